@@ -1,0 +1,38 @@
+# The two commands: `make run` (serve locally into ./recordings) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8080
+LOCAL_AUDIO_DIR ?= ./recordings
+
+.PHONY: run test lint format clean
+
+$(VENV)/.runtime: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.test: requirements.txt requirements-test.txt $(VENV)/.runtime
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	touch $@
+
+# Serve receive_audio on http://$(HOST):$(PORT); chunks go to $(LOCAL_AUDIO_DIR)
+# unless GCS_BUCKET_NAME is set in the environment.
+run: $(VENV)/.runtime
+	LOCAL_AUDIO_DIR="$(LOCAL_AUDIO_DIR)" $(VENV)/bin/functions-framework \
+		--source=main.py --target=receive_audio --host=$(HOST) --port=$(PORT)
+
+test: $(VENV)/.test
+	$(PY) -m pytest
+
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.test
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache

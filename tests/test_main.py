@@ -1,0 +1,493 @@
+"""The request contract of receive_audio, through functions-framework's own app."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+import pytest
+from conftest import assert_decodes, local_objects, objects, pcm_tone
+
+import wav
+
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}/\d{8}T\d{6}\.\d{6}Z(-[1-9]\d*)?\.wav$")
+UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"  # shaped like a Firebase uid
+
+
+def post(client, query: str, body: bytes = b"\x01\x00" * 100, **headers):
+    return client.post(f"/?{query}", data=body, headers={"Content-Type": "application/octet-stream", **headers})
+
+
+# -- 1. method ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_other_methods_get_405_with_allow_post(client, local_dir, method):
+    response = client.open(f"/?sample_rate=16000&uid={UID}", method=method, data=b"\0\0")
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+    assert "error" in response.get_json()
+    assert local_objects(local_dir) == {} if local_dir.exists() else True
+
+
+# -- 2, 3. query validation ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"uid={UID}",
+        f"sample_rate=abc&uid={UID}",
+        f"sample_rate=0&uid={UID}",
+        f"sample_rate=-16000&uid={UID}",
+        f"sample_rate=16000.0&uid={UID}",
+        f"sample_rate=1e4&uid={UID}",
+        f"sample_rate=7999&uid={UID}",
+        f"sample_rate=48001&uid={UID}",
+        f"sample_rate={'1' * 5000}&uid={UID}",
+        f"sample_rate=&uid={UID}",
+        f"sample_rate=%2016000&uid={UID}",
+    ],
+)
+def test_bad_sample_rate_is_400_and_writes_nothing(client, local_dir, query):
+    response = post(client, query)
+    assert response.status_code == 400
+    assert "sample_rate" in response.get_json()["error"]
+    assert not local_dir.exists() or local_objects(local_dir) == {}
+
+
+@pytest.mark.parametrize(
+    "uid",
+    ["", "../x", "a/b", "a%2Fb", "..", ".", "a%0Ab", "x" * 129, "x" * 300, "caf%C3%A9", "a b", "a%00b"],
+)
+def test_bad_uid_is_400_and_writes_nothing(client, local_dir, uid):
+    response = post(client, f"sample_rate=16000&uid={uid}")
+    assert response.status_code == 400
+    assert "uid" in response.get_json()["error"]
+    assert not local_dir.exists() or list(local_dir.rglob("*")) == []
+
+
+def test_missing_uid_is_400(client, local_dir):
+    response = post(client, "sample_rate=16000")
+    assert response.status_code == 400
+    assert "uid" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 44100, 48000])
+def test_accepted_sample_rates_are_written_into_the_header(client, local_dir, rate):
+    pcm = pcm_tone(0.25, rate)
+    response = post(client, f"sample_rate={rate}&uid={UID}", pcm)
+    assert response.status_code == 200
+    (data,) = local_objects(local_dir).values()
+    assert_decodes(data, rate, pcm)
+
+
+def test_uid_of_128_allowed_characters_is_accepted(client, local_dir):
+    uid = ("aZ09._-" * 20)[:128]
+    response = post(client, f"sample_rate=16000&uid={uid}")
+    assert response.status_code == 200
+    (name,) = local_objects(local_dir)
+    assert name.startswith(uid + "/")
+
+
+# -- 4. the three URL forms -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"token=T0k&sample_rate=16000&uid={UID}",  # merged, current backend
+        f"token=T0k?sample_rate=16000&uid={UID}",  # legacy: appended after the token
+        f"uid={UID}&sample_rate=16000&token=T0k",  # app webhook-only mode
+        f"token=T0k&sample_rate=16000&uid={UID}&token=T0k",  # repeated with the same value
+    ],
+)
+def test_every_omi_url_form_is_accepted(client, local_dir, monkeypatch, query):
+    monkeypatch.setenv("WEBHOOK_TOKEN", "T0k")
+    pcm = pcm_tone(0.1)
+    response = post(client, query, pcm)
+    assert response.status_code == 200, response.get_json()
+    (name, data), *_ = local_objects(local_dir).items()
+    assert name.startswith(f"{UID}/")
+    assert_decodes(data, 16000, pcm)
+
+
+def test_legacy_query_form_recovers_sample_rate_at_8000(client, local_dir, monkeypatch):
+    monkeypatch.setenv("WEBHOOK_TOKEN", "abc")
+    pcm = pcm_tone(0.2, 8000)
+    response = post(client, f"token=abc?sample_rate=8000&uid={UID}", pcm)
+    assert response.status_code == 200
+    (data,) = local_objects(local_dir).values()
+    assert_decodes(data, 8000, pcm)
+
+
+def test_webhook_device_uid_from_app_mode_is_accepted(client, local_dir):
+    response = post(client, "uid=webhook-device&sample_rate=16000")
+    assert response.status_code == 200
+    assert next(iter(local_objects(local_dir))).startswith("webhook-device/")
+
+
+def test_conflicting_repeated_parameter_is_400(client, local_dir):
+    response = post(client, f"sample_rate=16000&uid={UID}&sample_rate=8000")
+    assert response.status_code == 400
+    assert "twice" in response.get_json()["error"]
+
+
+# -- 5. token ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"sample_rate=16000&uid={UID}",
+        f"token=wrong&sample_rate=16000&uid={UID}",
+        f"token=&sample_rate=16000&uid={UID}",
+        f"token=s3cret-Token_x&sample_rate=16000&uid={UID}&x=1",
+        f"token=s3cret-Token_?sample_rate=16000&uid={UID}",
+    ],
+)
+def test_wrong_or_missing_token_is_401_and_writes_nothing(client, local_dir, monkeypatch, capsys, query):
+    monkeypatch.setenv("WEBHOOK_TOKEN", "s3cret-Token_xyz")
+    response = post(client, query)
+    assert response.status_code == 401
+    assert "token" in response.get_json()["error"]
+    assert not local_dir.exists()
+    assert "s3cret-Token_xyz" not in capsys.readouterr().out + response.get_data(as_text=True)
+
+
+def test_token_never_appears_in_logs_or_responses(client, local_dir, monkeypatch, capsys):
+    secret = "Sup3rS3cretT0ken-abc_def"
+    monkeypatch.setenv("WEBHOOK_TOKEN", secret)
+    responses = [
+        post(client, f"token={secret}&sample_rate=16000&uid={UID}"),
+        post(client, f"token={secret}?sample_rate=16000&uid={UID}"),
+        post(client, f"token={secret}&sample_rate=bad&uid={UID}"),
+        post(client, f"token={secret}&sample_rate=16000&uid=a/b"),
+        post(client, f"token={secret}&sample_rate=16000&uid={UID}", b""),
+    ]
+    assert [r.status_code for r in responses] == [200, 200, 400, 400, 200]
+    logged = capsys.readouterr()
+    seen = logged.out + logged.err + "".join(r.get_data(as_text=True) for r in responses)
+    assert secret not in seen
+    assert len([line for line in logged.out.splitlines() if line.startswith("{")]) == 5
+
+
+def test_token_comparison_is_constant_time():
+    import inspect
+
+    import main
+
+    assert "hmac.compare_digest" in inspect.getsource(main.receive_audio)
+
+
+# -- 6. body -------------------------------------------------------------------------
+
+
+def test_empty_body_is_200_with_nothing_stored(client, local_dir):
+    response = post(client, f"sample_rate=16000&uid={UID}", b"")
+    assert response.status_code == 200
+    assert response.get_json() == {"stored": None}
+    assert not local_dir.exists() or local_objects(local_dir) == {}
+
+
+def test_body_over_the_cap_is_413_by_content_length_before_reading(client, local_dir, monkeypatch):
+    monkeypatch.setenv("MAX_CHUNK_BYTES", "1000")
+    response = post(client, f"sample_rate=16000&uid={UID}", b"\0" * 1002)
+    assert response.status_code == 413
+    assert "MAX_CHUNK_BYTES" in response.get_json()["error"]
+    assert response.headers["Connection"] == "close"
+    assert not local_dir.exists()
+
+
+def test_body_at_the_cap_is_stored(client, local_dir, monkeypatch):
+    monkeypatch.setenv("MAX_CHUNK_BYTES", "1000")
+    assert post(client, f"sample_rate=16000&uid={UID}", b"\1" * 1000).status_code == 200
+
+
+def test_chunked_body_over_the_cap_is_413_without_reading_it_all(client, local_dir, monkeypatch):
+    monkeypatch.setenv("MAX_CHUNK_BYTES", "1000")
+    consumed = []
+
+    def stream():
+        for _ in range(10_000):  # 10 MB offered; only a little past the cap may be read
+            consumed.append(1)
+            yield b"\0" * 1000
+
+    response = post_unsized(client, f"sample_rate=16000&uid={UID}", stream())
+    assert response.status_code == 413
+    assert len(consumed) < 10
+    assert not local_dir.exists()
+
+
+def test_chunked_body_within_the_cap_is_stored_whole(client, local_dir):
+    pcm = pcm_tone(0.5)
+    pieces = [pcm[i : i + 999] for i in range(0, len(pcm), 999)]
+    response = post_unsized(client, f"sample_rate=16000&uid={UID}", iter(pieces))
+    assert response.status_code == 200
+    assert response.get_json()["bytes"] == len(pcm)
+    (data,) = local_objects(local_dir).values()
+    assert_decodes(data, 16000, pcm)
+
+
+def test_default_cap_is_within_cloud_functions_32_mib_limit():
+    import main
+
+    assert main.max_chunk_bytes() <= 32 * 1024 * 1024
+    assert main.max_chunk_bytes() >= 120 * 16000 * 2  # an older backend's 120 s batch fits
+
+
+def test_odd_length_body_keeps_every_byte_in_a_valid_wav(client, bucket):
+    pcm = pcm_tone(0.1) + b"\x7f"
+    response = post(client, f"sample_rate=16000&uid={UID}", pcm)
+    assert response.status_code == 200
+    assert response.get_json()["bytes"] == len(pcm)
+    (data,) = objects(bucket).values()
+    assert len(data) == wav.HEADER_SIZE + len(pcm) + 1  # RIFF pad byte
+    assert data[wav.HEADER_SIZE : wav.HEADER_SIZE + len(pcm)] == pcm
+    assert_decodes(data, 16000, pcm)
+
+
+# -- 7. what is stored ---------------------------------------------------------------
+
+
+def test_chunk_is_stored_in_gcs_as_wav_with_name_and_metadata(client, bucket):
+    pcm = pcm_tone(1.0)
+    key = str(uuid.uuid4())
+    response = post(client, f"sample_rate=16000&uid={UID}", pcm, **{"Idempotency-Key": key})
+    assert response.status_code == 200
+    body = response.get_json()
+    (blob,) = list(bucket.client.list_blobs(bucket))
+    assert body == {"object": f"gs://{bucket.name}/{blob.name}", "bytes": 32000, "duration_seconds": 1.0}
+    assert NAME_RE.match(blob.name) and blob.name.startswith(f"{UID}/")
+    assert blob.content_type == "audio/wav"
+    meta = blob.metadata
+    assert meta["sample_rate"] == "16000"
+    assert meta["duration_seconds"] == "1.0"
+    assert meta["idempotency_key"] == key
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", meta["received_at"])
+    stamp = blob.name.split("/")[1][:22]
+    assert meta["received_at"].replace("-", "").replace(":", "")[:22] == stamp
+    assert_decodes(blob.download_as_bytes(), 16000, pcm)
+
+
+def test_name_collision_takes_next_free_suffix_and_never_overwrites(bucket):
+    from datetime import UTC, datetime
+
+    import storage
+
+    store = storage.GcsStore(bucket.name)
+    at = datetime(2026, 11, 28, 20, 12, 11, 123456, tzinfo=UTC)
+    first = store.put("u1", at, wav.frame(b"\1\0", 16000), {}, "w1", 5)
+    second = store.put("u1", at, wav.frame(b"\2\0", 16000), {}, "w2", 5)
+    third = store.put("u1", at, wav.frame(b"\3\0", 16000), {}, "w3", 5)
+    assert [first.name, second.name, third.name] == [
+        "u1/20261128T201211.123456Z.wav",
+        "u1/20261128T201211.123456Z-1.wav",
+        "u1/20261128T201211.123456Z-2.wav",
+    ]
+    stored = objects(bucket)
+    assert [stored[s.name][44:] for s in (first, second, third)] == [b"\1\0", b"\2\0", b"\3\0"]
+
+
+def test_write_whose_response_was_lost_is_recognised_not_duplicated(bucket):
+    """A retried upload that meets its own earlier success (412) is success."""
+    from datetime import UTC, datetime
+
+    import storage
+
+    store = storage.GcsStore(bucket.name)
+    at = datetime(2026, 11, 28, 20, 12, 11, 5, tzinfo=UTC)
+    data = wav.frame(b"\1\0\2\0", 16000)
+    first = store.put("u2", at, data, {}, "same-write", 5)
+    again = store.put("u2", at, data, {}, "same-write", 5)
+    assert (again.name, again.existed) == (first.name, True)
+    assert list(objects(bucket)) == [first.name]
+
+
+# -- 8. retries with Idempotency-Key ---------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["bucket", "local_dir"])
+def test_same_idempotency_key_twice_stores_once_and_names_the_first(client, request, backend):
+    target = request.getfixturevalue(backend)
+    key = str(uuid.uuid4())
+    pcm = pcm_tone(0.3)
+    first = post(client, f"sample_rate=16000&uid={UID}", pcm, **{"Idempotency-Key": key})
+    second = post(client, f"sample_rate=16000&uid={UID}", pcm, **{"Idempotency-Key": key})
+    assert first.status_code == second.status_code == 200
+    assert second.get_json()["object"] == first.get_json()["object"]
+    stored = objects(target) if backend == "bucket" else local_objects(target)
+    assert len(stored) == 1
+
+
+def test_same_idempotency_key_from_another_uid_is_a_different_chunk(client, local_dir):
+    key = str(uuid.uuid4())
+    assert post(client, "sample_rate=16000&uid=alice", **{"Idempotency-Key": key}).status_code == 200
+    assert post(client, "sample_rate=16000&uid=bob", **{"Idempotency-Key": key}).status_code == 200
+    assert len(local_objects(local_dir)) == 2
+
+
+def test_absurd_idempotency_key_is_ignored_and_audio_kept(client, local_dir):
+    response = post(client, f"sample_rate=16000&uid={UID}", **{"Idempotency-Key": "k" * 5000})
+    assert response.status_code == 200
+    assert len(local_objects(local_dir)) == 1
+
+
+# -- 10. storage failure ---------------------------------------------------------------
+
+
+def test_unreachable_storage_is_503_within_the_deadline_then_recovers(client, monkeypatch, bucket, fake_gcs):
+    import time
+
+    from conftest import free_port
+
+    monkeypatch.setenv("STORAGE_DEADLINE_SECONDS", "1.5")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.setenv("GCS_BUCKET_NAME", bucket.name + "-x")  # a new client, pointed at the dead port
+    started = time.monotonic()
+    response = post(client, f"sample_rate=16000&uid={UID}")
+    elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    assert "storage" in response.get_json()["error"]
+    assert 1.0 <= elapsed < 5
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake_gcs)
+    monkeypatch.setenv("GCS_BUCKET_NAME", bucket.name)
+    assert post(client, f"sample_rate=16000&uid={UID}").status_code == 200
+    assert len(objects(bucket)) == 1
+
+
+def test_missing_bucket_is_503_with_a_reason(client, fake_gcs, monkeypatch):
+    monkeypatch.setenv("GCS_BUCKET_NAME", f"no-such-bucket-{uuid.uuid4().hex[:8]}")
+    response = post(client, f"sample_rate=16000&uid={UID}")
+    assert response.status_code == 503
+    assert "storage" in response.get_json()["error"]
+
+
+def test_local_write_failure_is_503_and_leaves_no_partial_file(client, tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    monkeypatch.setenv("LOCAL_AUDIO_DIR", str(blocker))
+    response = post(client, f"sample_rate=16000&uid={UID}")
+    assert response.status_code == 503
+    assert blocker.read_text() == "x"
+
+
+# -- 11. configuration ------------------------------------------------------------------
+
+
+def test_no_storage_configured_is_500_naming_both_variables(client):
+    response = post(client, f"sample_rate=16000&uid={UID}")
+    assert response.status_code == 500
+    error = response.get_json()["error"]
+    assert "GCS_BUCKET_NAME" in error and "LOCAL_AUDIO_DIR" in error
+
+
+def test_local_backend_is_refused_on_cloud_functions(client, local_dir, monkeypatch):
+    monkeypatch.setenv("K_SERVICE", "omi-audio")
+    response = post(client, f"sample_rate=16000&uid={UID}")
+    assert response.status_code == 500
+    assert "LOCAL_AUDIO_DIR" in response.get_json()["error"]
+    assert not local_dir.exists()
+
+
+def test_bucket_wins_over_local_dir(client, bucket, local_dir):
+    assert post(client, f"sample_rate=16000&uid={UID}").status_code == 200
+    assert len(objects(bucket)) == 1
+    assert not local_dir.exists()
+
+
+def test_local_backend_creates_directories_and_leaves_no_temporary_files(client, local_dir):
+    for _ in range(3):
+        assert post(client, f"sample_rate=16000&uid={UID}").status_code == 200
+    files = sorted(p.name for p in local_dir.rglob("*") if p.is_file())
+    assert len([f for f in files if f.endswith(".wav")]) == 3
+    assert not [f for f in files if f.startswith(".incoming")]
+
+
+# -- 12. one client per instance ---------------------------------------------------------
+
+
+def test_one_storage_client_is_built_under_concurrent_first_requests(bucket, monkeypatch):
+    import threading
+
+    import main
+    import storage
+
+    built = []
+    real_init = storage.GcsStore.__init__
+
+    def counting_init(self, name):
+        built.append(name)
+        real_init(self, name)
+
+    monkeypatch.setattr(storage.GcsStore, "__init__", counting_init)
+    main._stores.clear()
+    barrier = threading.Barrier(8)
+
+    def first_request():
+        barrier.wait()
+        main.store_from_env()
+
+    threads = [threading.Thread(target=first_request) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert built == [bucket.name]
+
+
+# -- 13. logs -----------------------------------------------------------------------------
+
+
+def test_one_json_log_line_per_request_with_the_fields(client, bucket, capsys):
+    post(client, f"sample_rate=16000&uid={UID}", pcm_tone(0.1))
+    post(client, "sample_rate=nope&uid=x")
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(lines) == 2
+    ok, bad = lines
+    assert {"severity", "message", "uid", "object", "bytes", "status", "latency_ms"} <= ok.keys()
+    assert (ok["severity"], ok["status"], ok["uid"], ok["bytes"]) == ("INFO", 200, UID, 3200)
+    assert ok["object"].startswith(f"gs://{bucket.name}/{UID}/")
+    assert (bad["severity"], bad["status"]) == ("WARNING", 400)
+    assert "sample_rate" in bad["message"]
+
+
+def test_storage_failure_is_logged_at_error_with_the_reason(client, fake_gcs, monkeypatch, capsys):
+    monkeypatch.setenv("GCS_BUCKET_NAME", f"absent-{uuid.uuid4().hex[:8]}")
+    post(client, f"sample_rate=16000&uid={UID}")
+    (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert (line["severity"], line["status"]) == ("ERROR", 503)
+    assert "storage" in line["message"]
+
+
+def post_unsized(client, query, pieces):
+    """POST a body with no Content-Length (chunked transfer), as a WSGI server passes it on."""
+    return client.post(
+        f"/?{query}",
+        headers={"Transfer-Encoding": "chunked", "Content-Type": "application/octet-stream"},
+        environ_overrides={"wsgi.input": _Iter(pieces), "wsgi.input_terminated": True},
+    )
+
+
+class _Iter:
+    """A file-like over an iterator of bytes, for a request body with no length."""
+
+    def __init__(self, it):
+        self._it = it
+        self._buf = b""
+
+    def read(self, n=-1):
+        while n < 0 or len(self._buf) < n:
+            try:
+                self._buf += next(self._it)
+            except StopIteration:
+                break
+        if n < 0:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def readline(self, n=-1):
+        return self.read(n)
