@@ -22,6 +22,7 @@ import soundfile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+FFPROBE_ENTRIES = ("-show_entries", "stream=sample_rate,channels,codec_name")
 CONFIG_VARS = (
     "GCS_BUCKET_NAME",
     "LOCAL_AUDIO_DIR",
@@ -31,6 +32,9 @@ CONFIG_VARS = (
     "MAX_CHUNK_BYTES",
     "STORAGE_DEADLINE_SECONDS",
 )
+
+
+FAKE_GCS_ARGS = ("-backend", "memory", "-log-level", "warn")
 
 
 def free_port() -> int:
@@ -61,10 +65,9 @@ def fake_gcs_binary() -> str:
 def start_fake_gcs(log_path: Path) -> tuple[subprocess.Popen, str]:
     """Start fake-gcs-server on a free loopback port; output to a file, never a pipe."""
     port = free_port()
-    log = open(log_path, "ab")  # noqa: SIM115 - kept open for the server's lifetime
+    log = open(log_path, "ab")
     proc = subprocess.Popen(
-        [fake_gcs_binary(), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port)]
-        + ["-backend", "memory", "-log-level", "warn"],
+        [fake_gcs_binary(), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), *FAKE_GCS_ARGS],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -168,8 +171,7 @@ def assert_decodes(data: bytes, rate: int, pcm: bytes) -> None:
                 assert int(out.stdout) == frames
             if shutil.which("ffprobe"):
                 out = subprocess.run(
-                    ["ffprobe", "-v", "error", "-show_entries", "stream=sample_rate,channels,codec_name"]
-                    + ["-of", "default=nw=1", f.name],
+                    ["ffprobe", "-v", "error", "-of", "default=nw=1", *FFPROBE_ENTRIES, f.name],
                     capture_output=True,
                     text=True,
                     check=True,
