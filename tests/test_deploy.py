@@ -39,7 +39,7 @@ elif "describe" in args:
     if "WEBHOOK_TOKEN" in fmt:
         print(os.environ.get("STUB_TOKEN", ""))
     elif "uri" in fmt:
-        print("''' + RUN_URI + r'''")
+        print("RUN_URI")
 '''
 
 
@@ -48,7 +48,7 @@ def stub(tmp_path):
     bindir = tmp_path / "bin"
     bindir.mkdir()
     gcloud = bindir / "gcloud"
-    gcloud.write_text(STUB.replace("PYTHON", sys.executable))
+    gcloud.write_text(STUB.replace("PYTHON", sys.executable).replace("RUN_URI", RUN_URI))
     gcloud.chmod(0o755)
     return tmp_path
 
@@ -227,9 +227,7 @@ def test_real_gcloud_accepts_every_flag_and_stops_at_credentials(stub, tmp_path)
     assert len(changing) >= 7
     for call in changing:
         call = [f"--lifecycle-file={lifecycle}" if a.startswith("--lifecycle-file=") else a for a in call]
-        result = subprocess.run(
-            [REAL_GCLOUD, *call], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
-        )
+        result = subprocess.run([REAL_GCLOUD, *call], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
         assert result.returncode != 0
         assert "unrecognized arguments" not in result.stderr and "argument" not in result.stderr.lower(), (
             call,
