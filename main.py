@@ -91,8 +91,9 @@ def receive_audio(request: flask.Request) -> flask.Response:
         _log(severity, message, **log, status=status, latency_ms=latency_ms)
         payload = json.dumps(body)
         if unread:
-            # The body was not read: close the connection rather than let the
-            # server (or functions-framework's after_request) read it all in.
+            # The body was not read. A streamed answer stops functions-framework's
+            # after_request from reading it all into memory; Connection: close asks
+            # the server to drop the connection rather than drain it.
             headers["Connection"] = "close"
             response = flask.Response(iter([payload]), status, headers, mimetype="application/json")
         else:
