@@ -22,13 +22,14 @@ def post(client, query: str, body: bytes = b"\x01\x00" * 100, **headers):
 # -- 1. method ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"])
 def test_other_methods_get_405_with_allow_post(client, local_dir, method):
     response = client.open(f"/?sample_rate=16000&uid={UID}", method=method, data=b"\0\0")
     assert response.status_code == 405
     assert response.headers["Allow"] == "POST"
-    assert "error" in response.get_json()
-    assert local_objects(local_dir) == {} if local_dir.exists() else True
+    if method != "HEAD":  # a HEAD answer has no body
+        assert "error" in response.get_json()
+    assert not local_dir.exists()
 
 
 # -- 2, 3. query validation ------------------------------------------------------
