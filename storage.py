@@ -25,12 +25,13 @@ import json
 import os
 import re
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import requests
 import urllib3
@@ -170,6 +171,36 @@ def _is_transient(exc: BaseException) -> bool:
     )
 
 
+_T = TypeVar("_T")
+
+
+def _within(seconds: float, call: Callable[..., _T], *args: object, **kwargs: object) -> _T:
+    """Return ``call(*args, **kwargs)``, or raise TimeoutError once `seconds` have passed.
+
+    Socket timeouts bound each read, not a whole answer: storage that answers a
+    byte at a time would hold a chunk past the sender's 30 s.  On timeout the
+    call is left to end by itself; a write it still completes carries our
+    write_id, so a retry of the chunk recognises it instead of writing twice.
+    """
+    outcome: list[tuple[bool, object]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call(*args, **kwargs)))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=run, name="storage-call", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if not outcome:
+        raise TimeoutError(f"no answer from storage within {seconds:.3g} s")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
 class GcsStore:
     """Chunks in a Google Cloud Storage bucket. Thread-safe: one per instance."""
 
@@ -213,7 +244,9 @@ class GcsStore:
             try:
                 blob = self.bucket.blob(name)
                 blob.metadata = {**metadata, "write_id": write_id}
-                blob.upload_from_string(
+                _within(
+                    remaining,
+                    blob.upload_from_string,
                     wav_bytes,
                     content_type="audio/wav",
                     if_generation_match=0,
@@ -223,7 +256,7 @@ class GcsStore:
                 return Stored(name, self.location(name))
             except api_exceptions.PreconditionFailed:
                 try:
-                    holder = self.bucket.get_blob(name, timeout=timeout, retry=None)
+                    holder = _within(remaining, self.bucket.get_blob, name, timeout=timeout, retry=None)
                 except Exception as exc:
                     if not _is_transient(exc):
                         raise StorageUnavailable(f"storage refused: {exc}") from exc

@@ -1,0 +1,162 @@
+"""Storage faults, injected by a proxy between the function and fake-gcs-server.
+
+Each test gets a fresh bucket, so the function builds a fresh storage client
+that talks to storage only through the proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+from conftest import assert_decodes, objects, pcm_tone
+from faultproxy import FaultProxy, is_any, is_upload
+
+UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"
+SENDER_TIMEOUT_SECONDS = 30  # Omi's HTTP client gives up after this
+
+
+@pytest.fixture
+def proxy(bucket, fake_gcs, monkeypatch):
+    """A fault proxy in front of fake-gcs-server, used by the function's storage client."""
+    with FaultProxy(fake_gcs) as running:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", running.url)
+        yield running
+
+
+def send(client, pcm: bytes, key: str | None = None):
+    """POST one chunk as the Omi backend does, returning (response, seconds taken)."""
+    headers = {"Content-Type": "application/octet-stream", "Idempotency-Key": key or str(uuid.uuid4())}
+    started = time.monotonic()
+    response = client.post(f"/?sample_rate=16000&uid={UID}", data=pcm, headers=headers)
+    return response, time.monotonic() - started
+
+
+def log_lines(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.parametrize("fault", ["503", "reset"])
+def test_first_failed_upload_attempts_are_retried_and_the_chunk_stored_once(client, bucket, proxy, fault):
+    proxy.arm(fault, times=3)
+    pcm = pcm_tone(0.5, seed=1)
+    response, _ = send(client, pcm)
+    assert response.status_code == 200, response.get_json()
+    assert proxy.count() == 4  # three failed attempts, then the one that landed
+    (data,) = objects(bucket).values()
+    assert_decodes(data, 16000, pcm)
+
+
+def test_upload_whose_response_is_cut_is_found_by_the_retry_not_written_twice(client, bucket, proxy, capsys):
+    proxy.arm("cut", times=1)
+    pcm = pcm_tone(0.5, seed=2)
+    response, _ = send(client, pcm)
+    assert response.status_code == 200, response.get_json()
+    assert proxy.count("cut") == 1 and proxy.count("forwarded") == 1
+    stored = objects(bucket)
+    assert len(stored) == 1
+    (name, data), *_ = stored.items()
+    assert response.get_json()["object"] == f"gs://{bucket.name}/{name}"
+    assert not name.endswith("-1.wav")
+    assert_decodes(data, 16000, pcm)
+    (line,) = log_lines(capsys)
+    assert line["message"] == "stored (found from an earlier attempt)"
+
+
+def test_hanging_storage_gets_503_within_the_deadline_writes_nothing_then_recovers(client, bucket, proxy, monkeypatch):
+    monkeypatch.setenv("STORAGE_DEADLINE_SECONDS", "2")
+    proxy.arm("hang", match=is_any)
+    key = str(uuid.uuid4())
+    pcm = pcm_tone(0.5, seed=3)
+    response, took = send(client, pcm, key)
+    assert response.status_code == 503
+    assert "storage" in response.get_json()["error"]
+    assert 2 <= took < 4 < SENDER_TIMEOUT_SECONDS
+    assert objects(bucket) == {}
+
+    proxy.clear()
+    again, took = send(client, pcm, key)  # the sender's retry of the same chunk
+    assert again.status_code == 200
+    assert took < 2
+    (data,) = objects(bucket).values()
+    assert_decodes(data, 16000, pcm)
+    following, _ = send(client, pcm_tone(0.5, seed=4))
+    assert following.status_code == 200
+    assert len(objects(bucket)) == 2
+
+
+def test_storage_answering_a_byte_at_a_time_still_gets_503_within_the_deadline(client, bucket, proxy, monkeypatch):
+    """Socket timeouts bound each read, not the whole answer: the deadline must too."""
+    monkeypatch.setenv("STORAGE_DEADLINE_SECONDS", "2")
+    proxy.arm("trickle", match=is_any)
+    response, took = send(client, pcm_tone(0.2, seed=5))
+    assert response.status_code == 503
+    assert took < 4 < SENDER_TIMEOUT_SECONDS
+
+
+def test_sender_retry_after_storage_hung_past_the_write_finds_it_and_writes_no_second(
+    client, bucket, proxy, monkeypatch
+):
+    """The write landed but its answer never came: 503, then the retry gets that object."""
+    monkeypatch.setenv("STORAGE_DEADLINE_SECONDS", "2")
+    proxy.arm("hang-after", times=1)
+    key = str(uuid.uuid4())
+    pcm = pcm_tone(0.5, seed=6)
+    first, _ = send(client, pcm, key)
+    assert first.status_code == 503
+    (name,) = objects(bucket)
+
+    retry, _ = send(client, pcm, key)
+    assert retry.status_code == 200
+    assert retry.get_json()["object"] == f"gs://{bucket.name}/{name}"
+    (data,) = objects(bucket).values()
+    assert_decodes(data, 16000, pcm)
+
+
+@pytest.mark.parametrize("outage", ["refused", "reset"])
+def test_storage_down_then_back_gives_503_while_down_and_200_after(client, bucket, proxy, monkeypatch, outage):
+    monkeypatch.setenv("STORAGE_DEADLINE_SECONDS", "1")
+    assert send(client, pcm_tone(0.1, seed=7))[0].status_code == 200  # the client is built and pooled
+    chunks = [(str(uuid.uuid4()), pcm_tone(0.3, seed=10 + i)) for i in range(4)]
+
+    if outage == "refused":
+        proxy.down()
+    else:
+        proxy.arm("reset", match=is_any)
+        proxy.drop_connections()
+    for key, pcm in chunks[:2]:
+        response, took = send(client, pcm, key)
+        assert response.status_code == 503
+        assert took < 3
+    assert len(objects(bucket)) == 1
+
+    if outage == "refused":
+        proxy.up()
+    else:
+        proxy.clear()
+    for key, pcm in chunks:  # the sender retries the two that failed, then goes on
+        response, took = send(client, pcm, key)
+        assert response.status_code == 200, response.get_json()
+        assert took < 1
+    stored = objects(bucket)
+    assert len(stored) == 1 + len(chunks)
+    by_payload = {data[44:]: data for data in stored.values()}
+    for _, pcm in chunks:
+        assert_decodes(by_payload[pcm], 16000, pcm)
+
+
+def test_many_chunks_through_intermittent_failures_are_all_kept_once(client, bucket, proxy):
+    """Every other upload fails one way or another; nothing is lost or doubled."""
+    faults = ["503", "reset", "cut", "503", "cut"]
+    sent = []
+    for i, fault in enumerate(faults * 2):
+        proxy.arm(fault, times=1)
+        pcm = pcm_tone(0.1, seed=100 + i)
+        response, _ = send(client, pcm)
+        assert response.status_code == 200, response.get_json()
+        sent.append(pcm)
+    stored = objects(bucket)
+    assert sorted(data[44:] for data in stored.values()) == sorted(sent)
+    assert proxy.count(match=is_upload) >= 2 * len(sent)
