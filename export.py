@@ -1,0 +1,628 @@
+"""Turn a user's one-second chunks back into one WAV file per recording session.
+
+    python export.py --uid UID --out DIR [--bucket NAME | --local-dir PATH]
+                     [--since T] [--until T] [--gap SECONDS] [--list] [--quiet] [--jobs N]
+
+The chunks are the objects ``receive_audio`` stored (see `storage`).  They are
+ordered by the receipt time in their names (then by the name's collision
+suffix), duplicates left by a sender retry (same ``idempotency_key`` metadata)
+keep only the first, and a new session starts when two consecutive chunks were
+received more than ``--gap`` seconds apart or when the sample rate changes.
+
+Each session's audio is exactly the concatenation of its chunks' PCM frames.  It
+is streamed into a temporary file in DIR while later chunks download on a
+bounded pool, the header sizes are written last, and only then is the file
+renamed to ``{uid}_{YYYYMMDDTHHMMSS.ffffff}Z.wav`` (the session's first receipt
+time), so an interrupted export never leaves a truncated WAV under a final name.
+A session longer than one WAV file can hold (4 GiB) is split into
+``…Z_part01.wav``, ``…Z_part02.wav``, ...  Memory stays bounded by the download
+window, whatever the session length.
+
+Exit status: 0 when at least one session was written (or listed), 1 when
+nothing matches or the source cannot be read, 2 for bad arguments, 130 when
+interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import sys
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO, TextIO
+
+import requests
+from requests.adapters import HTTPAdapter
+
+import storage
+import wav
+
+# Omi sends bursts of N one-second chunks every N seconds (N = 5 to 120), so inside
+# one recording consecutive receipts are at most ~N + 1 s apart.  180 s covers the
+# longest interval (120 s) plus the sender's whole retry backoff (1 + 5 + 30 s) with
+# room for network jitter; any longer silence means the phone stopped sending.
+DEFAULT_GAP_SECONDS = 180.0
+# Concurrent downloads.  One small object costs tens of milliseconds on real GCS.
+DEFAULT_JOBS = 16
+MAX_JOBS = 256
+# Downloads run ahead of the writer by at most this many objects per job, and never
+# by more than this many bytes: that window is all the audio ever held in memory.
+WINDOW_PER_JOB = 4
+WINDOW_BYTES = 64 * 1024 * 1024
+# The most PCM one WAV file can hold, in whole frames; longer sessions become parts.
+MAX_PART_BYTES = wav.MAX_DATA_SIZE - wav.MAX_DATA_SIZE % (wav.CHANNELS * wav.SAMPLE_WIDTH)
+FRAME_BYTES = wav.CHANNELS * wav.SAMPLE_WIDTH
+
+
+class ExportError(Exception):
+    """The export cannot go on; the message says why."""
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One stored chunk, as listed (no audio): only what ordering and sessions need."""
+
+    name: str
+    received_at: datetime
+    seq: int
+    size: int
+    sample_rate: int | None  # from metadata; None when missing or unreadable
+    pcm_bytes: int
+    key: str | None = None
+
+
+@dataclass
+class Session:
+    """A run of chunks with no gap longer than the limit and one sample rate."""
+
+    start: datetime
+    end: datetime
+    sample_rate: int | None
+    frames: int = 0
+    chunks: int = 0
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float | None:
+        return self.frames / self.sample_rate if self.sample_rate else None
+
+
+@dataclass
+class Selection:
+    """The chunks to export, in order, and what was left out on the way."""
+
+    chunks: list[Chunk]
+    duplicates: int
+
+
+@dataclass
+class Summary:
+    """What an export did."""
+
+    sessions: list[Session]
+    chunks: int
+    duplicates: int
+    skipped: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ selection
+
+
+def select_chunks(
+    store: storage.GcsStore | storage.LocalStore,
+    uid: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Selection:
+    """List `uid`'s chunks received in ``[since, until)``, ordered, duplicates dropped.
+
+    Only object names and metadata are read.  Order: receipt time in the name,
+    then the name's collision suffix.  Of several chunks with the same
+    ``idempotency_key`` metadata the first in that order is kept.
+    """
+    found: list[Chunk] = []
+    for info in store.list_chunks(uid):
+        parts = storage.parse_object_name(info.name)
+        if parts is None or parts.uid != uid:
+            continue
+        if (since and parts.received_at < since) or (until and parts.received_at >= until):
+            continue
+        found.append(_chunk_from_listing(info, parts))
+    found.sort(key=lambda chunk: (chunk.received_at, chunk.seq, chunk.name))
+    kept: list[Chunk] = []
+    seen: set[str] = set()
+    for chunk in found:
+        if chunk.key is not None:
+            if chunk.key in seen:
+                continue
+            seen.add(chunk.key)
+            chunk.key = None  # no longer needed: keep the index small
+        kept.append(chunk)
+    return Selection(kept, len(found) - len(kept))
+
+
+def _chunk_from_listing(info: storage.ChunkInfo, parts: storage.ChunkName) -> Chunk:
+    metadata = info.metadata
+    rate = _positive_int(metadata.get("sample_rate"))
+    pcm_bytes = _positive_int(metadata.get("pcm_bytes"))
+    if pcm_bytes is None:
+        pcm_bytes = max(info.size - wav.HEADER_SIZE, 0)
+    return Chunk(info.name, parts.received_at, parts.seq, info.size, rate, pcm_bytes, metadata.get("idempotency_key"))
+
+
+def _positive_int(value: str | None) -> int | None:
+    if value is None or not value.strip().isdigit():
+        return None
+    number = int(value)
+    return number if number > 0 else None
+
+
+def starts_new_session(
+    previous: datetime, previous_rate: int | None, at: datetime, rate: int | None, gap: float
+) -> bool:
+    """True when a chunk received `at` with `rate` cannot continue the session so far.
+
+    An unknown rate (metadata missing, in a listing) never splits a session.
+    """
+    if (at - previous).total_seconds() > gap:
+        return True
+    return rate is not None and previous_rate is not None and rate != previous_rate
+
+
+def session_base_name(uid: str, start: datetime, taken: set[str]) -> str:
+    """The file name stem for a session that starts at `start`, unique within `taken`.
+
+    ``{uid}_{YYYYMMDDTHHMMSS.ffffff}Z``: names sort chronologically.  Two sessions
+    starting in the same microsecond (a sample-rate change) get ``-1``, ``-2``, ...
+    """
+    stem = f"{uid}_{start.astimezone(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
+    candidate, n = stem, 0
+    while candidate in taken:
+        n += 1
+        candidate = f"{stem}-{n}"
+    taken.add(candidate)
+    return candidate
+
+
+def part_name(base: str, part: int, parts_known: bool) -> str:
+    """``base.wav`` for a session in one file, ``base_partNN.wav`` for one split in parts."""
+    return f"{base}_part{part:02d}.wav" if parts_known else f"{base}.wav"
+
+
+# ------------------------------------------------------------------------ list
+
+
+def plan_sessions(uid: str, chunks: Iterable[Chunk], gap: float, part_limit: int = MAX_PART_BYTES) -> Iterator[Session]:
+    """The sessions an export would write, from names and metadata alone (no audio).
+
+    A corrupt object cannot be seen without downloading it, so an export may
+    write fewer chunks than planned here.
+    """
+    taken: set[str] = set()
+    session: Session | None = None
+    base = ""
+    part_bytes = 0
+    for chunk in chunks:
+        rate = chunk.sample_rate
+        if session is not None and starts_new_session(session.end, session.sample_rate, chunk.received_at, rate, gap):
+            yield session
+            session = None
+        pcm = chunk.pcm_bytes - chunk.pcm_bytes % FRAME_BYTES
+        if session is None:
+            session = Session(chunk.received_at, chunk.received_at, rate)
+            base = session_base_name(uid, chunk.received_at, taken)
+            session.files = [part_name(base, 1, False)]
+            part_bytes = 0
+        elif part_bytes + pcm > part_limit and part_bytes:
+            session.files = [part_name(base, n, True) for n in range(1, len(session.files) + 2)]
+            part_bytes = 0
+        session.sample_rate = session.sample_rate or rate
+        session.end = chunk.received_at
+        session.frames += pcm // FRAME_BYTES
+        session.chunks += 1
+        part_bytes += pcm
+    if session is not None:
+        yield session
+
+
+# ---------------------------------------------------------------------- export
+
+
+class _PartWriter:
+    """One output WAV being written: a temporary file until `finish` renames it."""
+
+    def __init__(self, out_dir: Path, sample_rate: int) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".wav.tmp", dir=out_dir)
+        os.fchmod(fd, 0o644)  # mkstemp makes it private; the result is an ordinary file
+        self.path = Path(tmp)
+        self.file: BinaryIO = os.fdopen(fd, "wb")
+        self.sample_rate = sample_rate
+        self.size = 0
+        self.file.write(wav.header(0, sample_rate))  # sizes are written by `finish`
+
+    def write(self, pcm: memoryview) -> None:
+        self.file.write(pcm)
+        self.size += len(pcm)
+
+    def finish(self, final: Path) -> None:
+        self.file.seek(0)
+        self.file.write(wav.header(self.size, self.sample_rate))
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.path, final)
+
+    def discard(self) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def download_in_order(
+    read: Callable[[str], bytes], chunks: list[Chunk], jobs: int
+) -> Iterator[tuple[Chunk, bytes | None]]:
+    """Yield each chunk with its object's bytes (None if it vanished), in order.
+
+    Up to `jobs` downloads run at once; results wait in a window of at most
+    ``WINDOW_PER_JOB * jobs`` objects and about ``WINDOW_BYTES`` bytes.
+    """
+
+    def fetch(name: str) -> bytes | None:
+        try:
+            return read(name)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            if type(exc).__name__ == "NotFound":  # google.api_core.exceptions.NotFound
+                return None
+            raise
+
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="export")
+    window: deque[tuple[Chunk, Future[bytes | None]]] = deque()
+    window_bytes = 0
+    upcoming = iter(chunks)
+    try:
+        pending = next(upcoming, None)
+        while pending is not None or window:
+            while pending is not None and (
+                not window or (len(window) < WINDOW_PER_JOB * jobs and window_bytes + pending.size <= WINDOW_BYTES)
+            ):
+                window.append((pending, pool.submit(fetch, pending.name)))
+                window_bytes += pending.size
+                pending = next(upcoming, None)
+            chunk, future = window.popleft()
+            window_bytes -= chunk.size
+            yield chunk, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def check_chunk(data: bytes) -> tuple[int, memoryview]:
+    """Return (sample rate, whole-frame PCM) of one stored chunk.
+
+    A half sample at the end of an odd-sized chunk is left out so that the
+    frames after it stay aligned.
+
+    Raises:
+        ValueError: not a PCM16 mono WAV as the function writes them, or truncated.
+    """
+    rate, size = wav.parse_header(data)
+    expected = wav.HEADER_SIZE + size + (size & 1)
+    if len(data) != expected:
+        raise ValueError(f"header says {size} bytes of audio but the object holds {len(data) - wav.HEADER_SIZE}")
+    return rate, memoryview(data)[wav.HEADER_SIZE : wav.HEADER_SIZE + size - size % FRAME_BYTES]
+
+
+def export_sessions(
+    store: storage.GcsStore | storage.LocalStore,
+    uid: str,
+    selection: Selection,
+    out_dir: Path,
+    gap: float = DEFAULT_GAP_SECONDS,
+    jobs: int = DEFAULT_JOBS,
+    progress: Callable[[int], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+    part_limit: int = MAX_PART_BYTES,
+) -> Summary:
+    """Write one WAV per session of `selection` into `out_dir`, streaming.
+
+    Sessions are formed from the chunks that are valid WAVs (the sample rate is
+    read from each chunk's own header); corrupt or vanished objects are skipped
+    with a call to `warn` naming them and listed in the summary.
+
+    Returns:
+        What was written; `Session.files` are file names inside `out_dir`.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = Summary([], len(selection.chunks), selection.duplicates)
+    taken: set[str] = set()
+    writer: _PartWriter | None = None
+    session: Session | None = None
+    base = ""
+
+    def close_session() -> None:
+        nonlocal writer
+        if writer is None or session is None:
+            return
+        parts_known = len(session.files) > 0
+        name = part_name(base, len(session.files) + 1, parts_known)
+        writer.finish(out_dir / name)
+        writer = None
+        session.files.append(name)
+        summary.sessions.append(session)
+
+    try:
+        for chunk, data in download_in_order(store.read, selection.chunks, jobs):
+            if progress:
+                progress(1)
+            if data is None:
+                summary.skipped.append(chunk.name)
+                if warn:
+                    warn(f"skipped {chunk.name}: it disappeared before it could be read")
+                continue
+            try:
+                rate, pcm = check_chunk(data)
+            except ValueError as exc:
+                summary.skipped.append(chunk.name)
+                if warn:
+                    warn(f"skipped {chunk.name}: not a usable WAV chunk ({exc})")
+                continue
+            if session is not None and starts_new_session(
+                session.end, session.sample_rate, chunk.received_at, rate, gap
+            ):
+                close_session()
+                session = None
+            if session is None:
+                session = Session(chunk.received_at, chunk.received_at, rate)
+                base = session_base_name(uid, chunk.received_at, taken)
+                writer = _PartWriter(out_dir, rate)
+            elif writer is not None and writer.size and writer.size + len(pcm) > part_limit:
+                name = part_name(base, len(session.files) + 1, True)
+                writer.finish(out_dir / name)
+                session.files.append(name)
+                writer = _PartWriter(out_dir, rate)
+            assert writer is not None
+            writer.write(pcm)
+            session.end = chunk.received_at
+            session.frames += len(pcm) // FRAME_BYTES
+            session.chunks += 1
+            del data, pcm
+        close_session()
+    finally:
+        if writer is not None:
+            writer.discard()
+    return summary
+
+
+# ------------------------------------------------------------------------- CLI
+
+
+def format_table(sessions: Iterable[Session], out: TextIO) -> None:
+    """Print start, end, audio duration, chunk count and file of each session."""
+    rows = [("START (UTC)", "END (UTC)", "DURATION", "CHUNKS", "FILE")]
+    for s in sessions:
+        files = s.files[0] if len(s.files) == 1 else f"{s.files[0]} .. {s.files[-1]} ({len(s.files)} parts)"
+        rows.append((_when(s.start), _when(s.end), _duration(s.seconds), str(s.chunks), files))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        out.write(
+            f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}  {row[4]}\n"
+        )
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}.{int((seconds - whole) * 10)}"
+
+
+def _time_arg(end_of_day: bool) -> Callable[[str], datetime]:
+    def parse(text: str) -> datetime:
+        try:
+            day = date.fromisoformat(text)
+        except ValueError:
+            day = None
+        if day is not None:
+            moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            return moment + timedelta(days=1) if end_of_day else moment
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not an ISO 8601 date or time, e.g. 2025-03-01 or 2025-03-01T14:30:00Z"
+            ) from None
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+    parse.__name__ = "time"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _jobs(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_JOBS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {MAX_JOBS}")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; argparse exits with status 2 on bad arguments."""
+    parser = argparse.ArgumentParser(
+        prog="export.py",
+        description="Join a user's stored Omi chunks into one WAV file per recording session.",
+    )
+    parser.add_argument("--uid", required=True, help="the Omi user id whose chunks to export")
+    parser.add_argument("--out", type=Path, help="directory for the session WAVs (created if missing)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--bucket", help="GCS bucket (default: $GCS_BUCKET_NAME; honours $STORAGE_EMULATOR_HOST)")
+    source.add_argument("--local-dir", type=Path, help="the function's LOCAL_AUDIO_DIR (default: $LOCAL_AUDIO_DIR)")
+    parser.add_argument("--since", type=_time_arg(False), help="first receipt time, inclusive (ISO 8601, UTC default)")
+    parser.add_argument(
+        "--until", type=_time_arg(True), help="last receipt time, exclusive; a bare date includes that whole day"
+    )
+    parser.add_argument(
+        "--gap",
+        type=_positive_float,
+        default=DEFAULT_GAP_SECONDS,
+        help=f"start a new session after this many seconds without a chunk (default {DEFAULT_GAP_SECONDS:g})",
+    )
+    parser.add_argument("--list", action="store_true", help="print the session table only, downloading no audio")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--jobs", type=_jobs, default=DEFAULT_JOBS, help=f"concurrent downloads (default {DEFAULT_JOBS})"
+    )
+    return parser
+
+
+def open_store(args: argparse.Namespace, parser: argparse.ArgumentParser) -> storage.GcsStore | storage.LocalStore:
+    """The store named by --bucket / --local-dir, else by the function's environment variables."""
+    bucket = args.bucket
+    local_dir = args.local_dir
+    if not bucket and not local_dir:
+        bucket = os.environ.get("GCS_BUCKET_NAME", "").strip()
+        local_dir = Path(os.environ["LOCAL_AUDIO_DIR"]) if os.environ.get("LOCAL_AUDIO_DIR", "").strip() else None
+    if bucket:
+        store = storage.GcsStore(bucket)
+        _widen_connection_pool(store, args.jobs)
+        return store
+    if local_dir is None:
+        parser.error("no source: give --bucket NAME or --local-dir PATH (or set GCS_BUCKET_NAME / LOCAL_AUDIO_DIR)")
+    if not local_dir.is_dir():
+        parser.error(f"--local-dir {local_dir}: no such directory")
+    return storage.LocalStore(local_dir)
+
+
+def _widen_connection_pool(store: storage.GcsStore, jobs: int) -> None:
+    """Let every download thread keep its own connection (requests keeps 10 by default)."""
+    session = store.client._http
+    if isinstance(session, requests.Session):
+        for prefix in ("https://", "http://"):
+            session.mount(prefix, HTTPAdapter(pool_connections=4, pool_maxsize=jobs))
+
+
+def _progress_bar(total: int, quiet: bool):
+    """A tqdm bar on stderr when it is a terminal, else None."""
+    if quiet or total == 0 or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm comes with requirements-tools.txt; without it, no bar
+        return None
+    return tqdm(total=total, unit="chunk", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not re.fullmatch(storage.UID_PATTERN, args.uid) or args.uid in (".", ".."):
+        parser.error("--uid must be 1 to 128 characters of A-Z a-z 0-9 . _ - (and not '.' or '..')")
+    if args.since and args.until and args.since >= args.until:
+        parser.error("--since must be before --until")
+    if args.out is None and not args.list:
+        parser.error("--out DIR is required (or use --list)")
+    store = open_store(args, parser)
+    where = store.location(f"{args.uid}/")
+
+    try:
+        selection = select_chunks(store, args.uid, args.since, args.until)
+    except Exception as exc:
+        print(f"error: could not list {where}: {exc}", file=sys.stderr)
+        return 1
+    if not selection.chunks:
+        window = ""
+        if args.since or args.until:
+            window = f" received from {_when(args.since) if args.since else 'the start'}"
+            window += f" until {_when(args.until) if args.until else 'now'} (UTC)"
+        print(f"no chunks for uid {args.uid} in {where}{window}", file=sys.stderr)
+        return 1
+
+    if args.list:
+        sessions = list(plan_sessions(args.uid, selection.chunks, args.gap))
+        format_table(sessions, sys.stdout)
+        _print_summary(sessions, selection.duplicates, [], listed=True)
+        return 0
+
+    bar = _progress_bar(len(selection.chunks), args.quiet)
+
+    def warn(message: str) -> None:
+        (bar.write if bar else print)(f"warning: {message}", file=sys.stderr)
+
+    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _in_main_thread() else None
+    try:
+        summary = export_sessions(
+            store,
+            args.uid,
+            selection,
+            args.out,
+            args.gap,
+            args.jobs,
+            progress=bar.update if bar else None,
+            warn=warn,
+        )
+    except KeyboardInterrupt:
+        print("interrupted: finished sessions are kept, the unfinished one was removed", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"error: could not read from {where}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if bar:
+            bar.close()
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+
+    format_table(summary.sessions, sys.stdout)
+    _print_summary(summary.sessions, summary.duplicates, summary.skipped, listed=False)
+    if not summary.sessions:
+        print(f"nothing exported: none of the {summary.chunks} chunks is a usable WAV", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_summary(sessions: list[Session], duplicates: int, skipped: list[str], listed: bool) -> None:
+    seconds = sum(s.seconds or 0 for s in sessions)
+    files = sum(len(s.files) for s in sessions)
+    chunks = sum(s.chunks for s in sessions)
+    verb = "would be written (listed from metadata; no audio downloaded)" if listed else "written"
+    line = (
+        f"{len(sessions)} session(s), {files} file(s) {verb}; {chunks} chunk(s), {_duration(seconds)} of audio; "
+        f"{duplicates} duplicate(s) dropped; {len(skipped)} corrupt or missing object(s) skipped"
+    )
+    print(line)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,513 @@
+"""export.py: a user's chunks become one bit-exact WAV per recording session.
+
+Chunks are written with the real storage module into fake-gcs-server and into a
+local directory, exactly as receive_audio writes them, and the output is read
+back with the stdlib `wave` module, libsndfile and sox (see `assert_decodes`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, assert_decodes, pcm_tone
+from latency_proxy import LatencyProxy
+
+import export
+import storage
+import wav
+
+UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"  # shaped like a Firebase uid
+T0 = datetime(2025, 3, 1, 14, 0, tzinfo=UTC)
+RATE = 16000
+
+
+def metadata(at: datetime, pcm: bytes, rate: int, key: str | None = None) -> dict[str, str]:
+    """The metadata receive_audio stores with a chunk."""
+    meta = {
+        "sample_rate": str(rate),
+        "received_at": at.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "duration_seconds": str(wav.duration_seconds(len(pcm), rate)),
+        "pcm_bytes": str(len(pcm)),
+    }
+    if key:
+        meta["idempotency_key"] = key
+    return meta
+
+
+def put(store, at: datetime, pcm: bytes, rate: int = RATE, key: str | None = None, uid: str = UID) -> str:
+    """Store one chunk through the storage module, as the function does; returns its name."""
+    return store.put(uid, at, wav.frame(pcm, rate), metadata(at, pcm, rate, key), uuid.uuid4().hex, 10).name
+
+
+def omi_bursts(start: datetime, n: int, bursts: int) -> list[datetime]:
+    """Receipt times of Omi's sending: n one-second chunks back to back every n seconds."""
+    return [start + timedelta(seconds=b * n, milliseconds=15 * i) for b in range(bursts) for i in range(n)]
+
+
+@pytest.fixture(params=["gcs", "local"])
+def source(request, tmp_path):
+    """(store, CLI source arguments) for each backend."""
+    if request.param == "gcs":
+        bucket = request.getfixturevalue("bucket")
+        return storage.GcsStore(bucket.name), ["--bucket", bucket.name]
+    root = tmp_path / "recordings"
+    return storage.LocalStore(root), ["--local-dir", str(root)]
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the command in-process; returns (exit status, stdout, stderr)."""
+    try:
+        code = export.main(list(args))
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def wavs(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.wav"))
+
+
+def assert_session(path: Path, rate: int, pcms: list[bytes]) -> None:
+    """The file is exactly a WAV of the concatenated PCM, and every decoder agrees."""
+    data = path.read_bytes()
+    joined = b"".join(pcms)
+    assert data == wav.frame(joined, rate)
+    assert_decodes(data, rate, joined)
+
+
+# -- sessions --------------------------------------------------------------------
+
+
+def test_sessions_split_where_chunks_stop_for_longer_than_the_gap(source, tmp_path, capsys):
+    store, args = source
+    first = omi_bursts(T0, 5, 3)
+    second = omi_bursts(T0 + timedelta(minutes=20), 5, 2)
+    pcms = [pcm_tone(1, RATE, seed) for seed in range(len(first) + len(second))]
+    for at, pcm in zip(first + second, pcms, strict=True):
+        put(store, at, pcm, key=str(uuid.uuid4()))
+
+    code, out, err = run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "out"))
+
+    assert (code, err) == (0, "")
+    files = wavs(tmp_path / "out")
+    assert [f.name for f in files] == [f"{UID}_20250301T140000.000000Z.wav", f"{UID}_20250301T142000.000000Z.wav"]
+    assert_session(files[0], RATE, pcms[:15])
+    assert_session(files[1], RATE, pcms[15:])
+    assert "0:00:15.0      15" in out and "0:00:10.0      10" in out
+    assert "2 session(s)" in out
+
+
+def test_default_gap_keeps_omi_bursts_of_up_to_120_seconds_together(tmp_path, capsys):
+    store = storage.LocalStore(tmp_path / "rec")
+    times = omi_bursts(T0, 120, 3)  # 120 chunks, then 120 s until the next burst
+    pcms = [pcm_tone(0.01, 8000, seed) for seed in range(len(times))]
+    for at, pcm in zip(times, pcms, strict=True):
+        put(store, at, pcm, rate=8000)
+
+    code, _, _ = run(capsys, "--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path / "out"))
+    assert code == 0
+    [only] = wavs(tmp_path / "out")
+    assert_session(only, 8000, pcms)
+
+    code, out, _ = run(capsys, "--uid", UID, "--local-dir", str(tmp_path / "rec"), "--list", "--gap", "60")
+    assert code == 0
+    assert "3 session(s)" in out
+
+
+def test_a_sample_rate_change_starts_a_new_session(source, tmp_path, capsys):
+    store, args = source
+    low = [pcm_tone(0.5, 8000, seed) for seed in range(3)]
+    high = [pcm_tone(0.5, RATE, seed) for seed in range(3, 6)]
+    for i, pcm in enumerate(low):
+        put(store, T0 + timedelta(seconds=i), pcm, rate=8000)
+    for i, pcm in enumerate(high):
+        put(store, T0 + timedelta(seconds=3 + i), pcm, rate=RATE)
+
+    code, out, _ = run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "out"))
+
+    assert code == 0
+    first, second = wavs(tmp_path / "out")
+    assert_session(first, 8000, low)
+    assert_session(second, RATE, high)
+    assert "2 session(s)" in out
+
+
+def test_only_the_first_chunk_with_an_idempotency_key_is_kept(source, tmp_path, capsys):
+    store, args = source
+    pcms = [pcm_tone(0.5, RATE, seed) for seed in range(4)]
+    keys = [str(uuid.uuid4()) for _ in pcms]
+    for i, (pcm, key) in enumerate(zip(pcms, keys, strict=True)):
+        put(store, T0 + timedelta(seconds=i), pcm, key=key)
+    # A retry that reached another instance: stored again, later, under the same key;
+    # and one that landed in the same microsecond, stored under the "-1" name.
+    put(store, T0 + timedelta(seconds=1, milliseconds=500), pcm_tone(0.5, RATE, 99), key=keys[1])
+    assert put(store, T0 + timedelta(seconds=2), pcm_tone(0.5, RATE, 98), key=keys[2]).endswith("Z-1.wav")
+    # Chunks without a key are never taken for duplicates, even when identical.
+    put(store, T0 + timedelta(seconds=4), pcms[3])
+
+    code, out, _ = run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "out"))
+
+    assert code == 0
+    [only] = wavs(tmp_path / "out")
+    assert_session(only, RATE, [*pcms, pcms[3]])
+    assert "2 duplicate(s) dropped" in out
+
+
+def test_corrupt_and_foreign_objects_are_skipped_named_and_counted(source, tmp_path, capsys):
+    store, args = source
+    pcms = [pcm_tone(0.5, RATE, seed) for seed in range(3)]
+    for i, pcm in enumerate(pcms):
+        put(store, T0 + timedelta(seconds=2 * i), pcm)
+    not_wav = storage.object_name(UID, T0 + timedelta(seconds=1))
+    truncated = storage.object_name(UID, T0 + timedelta(seconds=3))
+    bad = {not_wav: b"<html>not audio</html>", truncated: wav.frame(pcm_tone(0.5, RATE, 7), RATE)[:-100]}
+    for name, data in bad.items():
+        if isinstance(store, storage.GcsStore):
+            store.bucket.blob(name).upload_from_string(data)
+        else:
+            Path(store.location(name)).write_bytes(data)
+
+    code, out, err = run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "out"))
+
+    assert code == 0
+    [only] = wavs(tmp_path / "out")
+    assert_session(only, RATE, pcms)
+    assert f"skipped {not_wav}" in err and f"skipped {truncated}" in err
+    assert "2 corrupt or missing object(s) skipped" in out
+    assert "      3  " in out  # three chunks in the session
+
+
+def test_nothing_usable_is_exit_1_and_writes_no_file(tmp_path, capsys):
+    root = tmp_path / "rec"
+    (root / UID).mkdir(parents=True)
+    Path(storage.LocalStore(root).location(storage.object_name(UID, T0))).write_bytes(b"garbage")
+
+    code, _, err = run(capsys, "--uid", UID, "--local-dir", str(root), "--out", str(tmp_path / "out"))
+
+    assert code == 1
+    assert "nothing exported" in err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+# -- selection -------------------------------------------------------------------
+
+
+def test_since_is_inclusive_and_until_is_exclusive(tmp_path, capsys):
+    store = storage.LocalStore(tmp_path / "rec")
+    pcms = [pcm_tone(0.25, RATE, seed) for seed in range(5)]
+    for i, pcm in enumerate(pcms):
+        put(store, T0 + timedelta(seconds=i), pcm)
+    base = ["--uid", UID, "--local-dir", str(tmp_path / "rec")]
+
+    code, _, _ = run(
+        capsys, *base, "--out", str(tmp_path / "a"), "--since", "2025-03-01T14:00:01Z", "--until", "2025-03-01T14:00:03"
+    )
+    assert code == 0
+    assert_session(wavs(tmp_path / "a")[0], RATE, pcms[1:3])
+
+    # The same window written with an offset: 15:00:01+01:00 is 14:00:01 UTC.
+    code, out, _ = run(
+        capsys, *base, "--list", "--since", "2025-03-01T15:00:01+01:00", "--until", "2025-03-01T14:00:03"
+    )
+    assert code == 0 and "      2  " in out
+
+
+def test_a_bare_date_means_the_whole_day(tmp_path, capsys):
+    store = storage.LocalStore(tmp_path / "rec")
+    edges = [datetime(2025, 2, 28, 23, 59, 59, 999999, UTC), datetime(2025, 3, 1, tzinfo=UTC)]
+    edges += [datetime(2025, 3, 1, 23, 59, 59, 999999, UTC), datetime(2025, 3, 2, tzinfo=UTC)]
+    pcms = [pcm_tone(0.25, RATE, seed) for seed in range(4)]
+    for at, pcm in zip(edges, pcms, strict=True):
+        put(store, at, pcm)
+
+    day = ["--since", "2025-03-01", "--until", "2025-03-01"]
+    code, _, _ = run(capsys, "--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path / "out"), *day)
+
+    assert code == 0
+    first, last = wavs(tmp_path / "out")
+    assert_session(first, RATE, [pcms[1]])
+    assert_session(last, RATE, [pcms[2]])
+
+
+def test_nothing_matching_is_a_clear_message_and_exit_1(source, tmp_path, capsys):
+    store, args = source
+    put(store, T0, pcm_tone(0.25))
+
+    code, out, err = run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "out"), "--since", "2025-03-02")
+    assert (code, out) == (1, "")
+    assert f"no chunks for uid {UID}" in err and "2025-03-02" in err
+
+    code, _, err = run(capsys, "--uid", "someone-else", *args, "--out", str(tmp_path / "out"))
+    assert code == 1 and "no chunks for uid someone-else" in err
+    assert not (tmp_path / "out").exists() or wavs(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--since", "yesterday"],
+        ["--until", "2025-13-01"],
+        ["--since", "2025-03-02", "--until", "2025-03-01"],
+        ["--gap", "0"],
+        ["--gap", "nan"],
+        ["--jobs", "0"],
+        ["--jobs", "many"],
+        ["--bucket", "b", "--local-dir", "."],
+        ["--uid", "../etc"],
+        ["--local-dir", "/nonexistent/dir"],
+        ["--no-such-option"],
+    ],
+)
+def test_bad_arguments_exit_2(tmp_path, capsys, bad):
+    (tmp_path / "rec").mkdir()
+    code, out, err = run(capsys, "--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path), *bad)
+    assert code == 2
+    assert "error" in err and out == ""
+
+
+def test_out_is_required_unless_listing(tmp_path, capsys):
+    (tmp_path / "rec").mkdir()
+    code, _, err = run(capsys, "--uid", UID, "--local-dir", str(tmp_path / "rec"))
+    assert code == 2 and "--out" in err
+
+
+# -- --list ----------------------------------------------------------------------
+
+
+def test_list_prints_the_table_from_metadata_without_reading_audio(tmp_path, capsys):
+    root = tmp_path / "rec"
+    store = storage.LocalStore(root)
+    names = [put(store, at, pcm_tone(1, RATE, i)) for i, at in enumerate(omi_bursts(T0, 5, 2))]
+    names += [put(store, T0 + timedelta(hours=1, seconds=i), pcm_tone(0.5, 8000, i), rate=8000) for i in range(3)]
+    for name in names:  # the audio is gone; only names and metadata remain readable
+        Path(store.location(name)).write_bytes(b"\xff" * 100)
+
+    code, out, err = run(capsys, "--uid", UID, "--local-dir", str(root), "--list")
+
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split() == ["START", "(UTC)", "END", "(UTC)", "DURATION", "CHUNKS", "FILE"]
+    assert lines[1].split() == [
+        "2025-03-01",
+        "14:00:00",
+        "2025-03-01",
+        "14:00:05",
+        "0:00:10.0",
+        "10",
+        f"{UID}_20250301T140000.000000Z.wav",
+    ]
+    assert lines[2].split()[4:] == ["0:00:01.5", "3", f"{UID}_20250301T150000.000000Z.wav"]
+    assert "2 session(s)" in lines[3] and "no audio downloaded" in lines[3]
+    assert not (tmp_path / "out").exists()
+
+
+def test_list_names_the_files_export_writes(source, tmp_path, capsys):
+    store, args = source
+    for i, at in enumerate(omi_bursts(T0, 5, 2) + omi_bursts(T0 + timedelta(hours=2), 5, 1)):
+        put(store, at, pcm_tone(0.1, RATE, i))
+
+    _, listed, _ = run(capsys, "--uid", UID, *args, "--list")
+    _, exported, _ = run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "out"))
+
+    assert listed.splitlines()[:-1] == exported.splitlines()[:-1]
+    assert [line.split()[-1] for line in listed.splitlines()[1:-1]] == [f.name for f in wavs(tmp_path / "out")]
+
+
+# -- output files ----------------------------------------------------------------
+
+
+def test_a_session_past_the_size_limit_is_split_into_numbered_parts(tmp_path):
+    store = storage.LocalStore(tmp_path / "rec")
+    pcms = [pcm_tone(0.5, RATE, seed) for seed in range(7)]  # 16,000 bytes each
+    for i, pcm in enumerate(pcms):
+        put(store, T0 + timedelta(seconds=i), pcm)
+    selection = export.select_chunks(store, UID)
+
+    summary = export.export_sessions(store, UID, selection, tmp_path / "out", part_limit=48_000)
+
+    files = wavs(tmp_path / "out")
+    stem = f"{UID}_20250301T140000.000000Z"
+    assert [f.name for f in files] == [f"{stem}_part01.wav", f"{stem}_part02.wav", f"{stem}_part03.wav"]
+    assert_session(files[0], RATE, pcms[0:3])
+    assert_session(files[1], RATE, pcms[3:6])
+    assert_session(files[2], RATE, pcms[6:7])
+    [session] = summary.sessions
+    assert session.files == [f.name for f in files] and session.chunks == 7
+    [planned] = export.plan_sessions(UID, selection.chunks, export.DEFAULT_GAP_SECONDS, part_limit=48_000)
+    assert planned.files == session.files
+
+
+def test_the_part_limit_is_the_wav_format_limit():
+    assert export.MAX_PART_BYTES <= wav.MAX_DATA_SIZE
+    assert wav.MAX_DATA_SIZE - export.MAX_PART_BYTES < 2 and export.MAX_PART_BYTES % 2 == 0
+    assert export.MAX_PART_BYTES > 4 * 1024**3 - 64
+
+
+def test_a_second_export_replaces_its_files_and_leaves_no_temporary_files(tmp_path, capsys):
+    store = storage.LocalStore(tmp_path / "rec")
+    pcms = [pcm_tone(0.25, RATE, seed) for seed in range(3)]
+    for i, pcm in enumerate(pcms):
+        put(store, T0 + timedelta(seconds=i), pcm)
+    args = ["--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path / "out")]
+
+    assert run(capsys, *args)[0] == 0
+    assert run(capsys, *args)[0] == 0
+
+    [only] = (tmp_path / "out").iterdir()
+    assert_session(only, RATE, pcms)
+    assert only.stat().st_mode & 0o777 == 0o644
+
+
+def test_an_interrupted_export_leaves_no_truncated_wav(bucket, fake_gcs, tmp_path):
+    store = storage.GcsStore(bucket.name)
+    first = pcm_tone(0.25, RATE, 0)
+    put(store, T0, first)
+    for i in range(150):  # a long second session, slowed by 20 ms per request
+        put(store, T0 + timedelta(hours=1, seconds=i), pcm_tone(0.01, RATE, i))
+    out = tmp_path / "out"
+
+    with LatencyProxy(fake_gcs, 0.02) as proxy:
+        env = {**os.environ, "STORAGE_EMULATOR_HOST": proxy.url}
+        command = [sys.executable, "export.py", "--uid", UID, "--bucket", bucket.name, "--out", str(out), "--jobs", "1"]
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        give_up = time.monotonic() + 30
+        while not (out.is_dir() and wavs(out) and list(out.glob(".export-*"))) and time.monotonic() < give_up:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 130, err
+    assert b"interrupted" in err
+    [finished] = list(out.iterdir())  # the finished session only: no part-written file at all
+    assert_session(finished, RATE, [first])
+
+
+# -- progress --------------------------------------------------------------------
+
+
+def test_progress_bar_shows_on_a_terminal_and_quiet_silences_it(tmp_path):
+    store = storage.LocalStore(tmp_path / "rec")
+    for i in range(20):
+        put(store, T0 + timedelta(seconds=i), pcm_tone(0.1, RATE, i))
+
+    def stderr_on_a_terminal(*extra: str) -> str:
+        leader, follower = pty.openpty()
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24 rows, 100 columns
+        command = [sys.executable, "export.py", "--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out"]
+        subprocess.run(
+            [*command, str(tmp_path / "out"), *extra], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=follower, check=True
+        )
+        os.close(follower)
+        seen = b""
+        try:
+            while chunk := os.read(leader, 65536):
+                seen += chunk
+        except OSError:  # the terminal is closed once everything is read
+            pass
+        os.close(leader)
+        return seen.decode(errors="replace")
+
+    shown = stderr_on_a_terminal()
+    assert "/20 [" in shown and "chunk/s" in shown
+    assert stderr_on_a_terminal("--quiet") == ""
+
+
+# -- scale -----------------------------------------------------------------------
+
+
+MEMORY_PROBE = """
+import json, resource, sys, tracemalloc
+import psutil
+sys.path.insert(0, {root!r})
+import export
+trace = sys.argv.pop(1) == "trace"
+before = psutil.Process().memory_info().rss
+if trace:
+    tracemalloc.start()
+code = export.main(sys.argv[1:])
+traced = tracemalloc.get_traced_memory()[1] if trace else None
+rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+print(json.dumps({{"code": code, "traced": traced, "rss_growth": rss_growth}}))
+"""
+
+
+def test_thousands_of_chunks_export_in_bounded_memory(tmp_path):
+    chunks, pcm = 3000, pcm_tone(1, RATE, 1)  # 50 minutes, 96 MB of audio in one session
+    root = tmp_path / "rec"
+    (root / UID).mkdir(parents=True)
+    for i in range(chunks):  # the LocalStore layout, written directly: put() fsyncs every file
+        at = T0 + timedelta(seconds=i)
+        path = Path(storage.LocalStore(root).location(storage.object_name(UID, at)))
+        path.write_bytes(wav.frame(pcm, RATE))
+        path.with_suffix(".json").write_text(json.dumps(metadata(at, pcm, RATE, str(uuid.uuid4()))))
+    out = tmp_path / "out"
+
+    def probe(mode: str) -> dict:
+        """Python's own peak allocation (tracemalloc) or, in a plain run, the peak RSS growth."""
+        args = ["--uid", UID, "--local-dir", str(root), "--out", str(out), "--quiet"]
+        command = [sys.executable, "-c", MEMORY_PROBE.format(root=str(ROOT)), mode, *args]
+        result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+        assert result["code"] == 0
+        return result
+
+    rss_growth = probe("rss")["rss_growth"]
+    traced = probe("trace")["traced"]
+
+    audio = chunks * len(pcm)
+    [only] = wavs(out)
+    assert only.stat().st_size == wav.HEADER_SIZE + audio
+    with open(only, "rb") as f:
+        assert wav.parse_header(f.read(wav.HEADER_SIZE)) == (RATE, audio)
+        assert all(f.read(len(pcm)) == pcm for _ in range(chunks))
+    print(
+        f"{audio / 1e6:.0f} MB exported: peak traced {traced / 1e6:.1f} MB, peak RSS growth {rss_growth / 1e6:.1f} MB"
+    )
+    # What is held is the download window and the index of chunks, never the session.
+    assert traced < 16 * 1024 * 1024
+    assert rss_growth < 48 * 1024 * 1024  # interpreter and allocator noise included; the audio alone is 96 MB
+
+
+# -- the whole path --------------------------------------------------------------
+
+
+def test_audio_streamed_through_the_function_comes_back_as_sent(client, bucket, tmp_path, capsys):
+    sent: list[list[bytes]] = [[], []]
+    for burst in range(2):
+        if burst:
+            time.sleep(1.2)  # longer than the --gap below
+        for i in range(3):
+            pcm = pcm_tone(1, RATE, 10 * burst + i)
+            key = str(uuid.uuid4())
+            for _ in range(1 if i else 2):  # the first chunk of each burst is retried
+                response = client.post(
+                    f"/?sample_rate={RATE}&uid={UID}",
+                    data=pcm,
+                    headers={"Content-Type": "application/octet-stream", "Idempotency-Key": key},
+                )
+                assert response.status_code == 200
+            sent[burst].append(pcm)
+    tail = pcm_tone(0.37, RATE, 99)  # the shorter remainder Omi sends after a batch
+    assert client.post(f"/?sample_rate={RATE}&uid={UID}", data=tail).status_code == 200
+    sent[1].append(tail)
+
+    code, out, err = run(capsys, "--uid", UID, "--out", str(tmp_path / "out"), "--gap", "1")
+
+    assert (code, err) == (0, "")
+    first, second = wavs(tmp_path / "out")
+    assert_session(first, RATE, sent[0])
+    assert_session(second, RATE, sent[1])
+    assert "2 session(s)" in out and "7 chunk(s)" in out
