@@ -36,3 +36,9 @@ format: $(VENV)/.test
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache
+
+# The full-size load run: 5,000 chunks through the functions-framework server
+# (`make test` runs the same test with LOAD_CHUNKS=1200 by default).
+.PHONY: soak
+soak: $(VENV)/.test
+	LOAD_CHUNKS=5000 $(PY) -m pytest -m load tests/test_load.py
