@@ -326,6 +326,7 @@ class LocalStore:
             fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=".tmp", dir=directory)
             try:
                 with os.fdopen(fd, "wb") as out:
+                    os.fchmod(out.fileno(), 0o644)  # mkstemp's 0600 would hide recordings from players
                     out.write(wav_bytes)
                     out.flush()
                     os.fsync(out.fileno())
@@ -373,6 +374,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o644)
             out.write(data)
         os.replace(tmp, path)
     except BaseException:
