@@ -42,3 +42,9 @@ clean:
 .PHONY: soak
 soak: $(VENV)/.test
 	LOAD_CHUNKS=5000 $(PY) -m pytest -m load tests/test_load.py
+
+# export.py against a one-at-a-time download loop: 2,000 chunks in fake-gcs-server
+# behind a proxy adding 20 ms per request; goal >= 8x (exit 1 when missed).
+.PHONY: bench-export
+bench-export: $(VENV)/.test
+	$(PY) bench/export_bench.py

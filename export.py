@@ -514,7 +514,7 @@ def open_store(args: argparse.Namespace, parser: argparse.ArgumentParser) -> sto
 
 
 def _widen_connection_pool(store: storage.GcsStore, jobs: int) -> None:
-    """Let every download thread keep its own connection (requests keeps 10 by default)."""
+    """Let every download thread keep its own connection (requests keeps 10 per host)."""
     session = store.client._http
     if isinstance(session, requests.Session):
         for prefix in ("https://", "http://"):
