@@ -473,24 +473,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="Join a user's stored Omi chunks into one WAV file per recording session.",
     )
     parser.add_argument("--uid", required=True, help="the Omi user id whose chunks to export")
-    parser.add_argument("--out", type=Path, help="directory for the session WAVs (created if missing)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="directory for the session WAVs (created if missing)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--bucket", help="GCS bucket (default: $GCS_BUCKET_NAME; honours $STORAGE_EMULATOR_HOST)")
-    source.add_argument("--local-dir", type=Path, help="the function's LOCAL_AUDIO_DIR (default: $LOCAL_AUDIO_DIR)")
-    parser.add_argument("--since", type=_time_arg(False), help="first receipt time, inclusive (ISO 8601, UTC default)")
+    source.add_argument(
+        "--bucket", metavar="NAME", help="GCS bucket (default: $GCS_BUCKET_NAME; honours $STORAGE_EMULATOR_HOST)"
+    )
+    source.add_argument(
+        "--local-dir", type=Path, metavar="PATH", help="the function's LOCAL_AUDIO_DIR (default: $LOCAL_AUDIO_DIR)"
+    )
     parser.add_argument(
-        "--until", type=_time_arg(True), help="last receipt time, exclusive; a bare date includes that whole day"
+        "--since", type=_time_arg(False), metavar="T", help="first receipt time, inclusive (ISO 8601, UTC default)"
+    )
+    parser.add_argument(
+        "--until",
+        type=_time_arg(True),
+        metavar="T",
+        help="last receipt time, exclusive; a bare date includes that whole day",
     )
     parser.add_argument(
         "--gap",
         type=_positive_float,
+        metavar="SECONDS",
         default=DEFAULT_GAP_SECONDS,
         help=f"start a new session after this many seconds without a chunk (default {DEFAULT_GAP_SECONDS:g})",
     )
     parser.add_argument("--list", action="store_true", help="print the session table only, downloading no audio")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
-        "--jobs", type=_jobs, default=DEFAULT_JOBS, help=f"concurrent downloads (default {DEFAULT_JOBS})"
+        "--jobs", type=_jobs, default=DEFAULT_JOBS, metavar="N", help=f"concurrent downloads (default {DEFAULT_JOBS})"
     )
     return parser
 
