@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 import requests
+from google.api_core import exceptions as api_exceptions
 from requests.adapters import HTTPAdapter
 
 import storage
@@ -61,10 +62,6 @@ WINDOW_BYTES = 64 * 1024 * 1024
 # The most PCM one WAV file can hold, in whole frames; longer sessions become parts.
 MAX_PART_BYTES = wav.MAX_DATA_SIZE - wav.MAX_DATA_SIZE % (wav.CHANNELS * wav.SAMPLE_WIDTH)
 FRAME_BYTES = wav.CHANNELS * wav.SAMPLE_WIDTH
-
-
-class ExportError(Exception):
-    """The export cannot go on; the message says why."""
 
 
 @dataclass(slots=True)
@@ -278,12 +275,8 @@ def download_in_order(
     def fetch(name: str) -> bytes | None:
         try:
             return read(name)
-        except FileNotFoundError:
+        except (FileNotFoundError, api_exceptions.NotFound):  # deleted since it was listed
             return None
-        except Exception as exc:
-            if type(exc).__name__ == "NotFound":  # google.api_core.exceptions.NotFound
-                return None
-            raise
 
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="export")
     window: deque[tuple[Chunk, Future[bytes | None]]] = deque()

@@ -191,6 +191,30 @@ def test_corrupt_and_foreign_objects_are_skipped_named_and_counted(source, tmp_p
     assert "      3  " in out  # three chunks in the session
 
 
+def test_a_chunk_deleted_after_listing_is_skipped_and_reported(source, tmp_path):
+    store, _ = source
+    pcms = [pcm_tone(0.25, RATE, seed) for seed in range(3)]
+    names = [put(store, T0 + timedelta(seconds=i), pcm) for i, pcm in enumerate(pcms)]
+    selection = export.select_chunks(store, UID)
+    if isinstance(store, storage.GcsStore):
+        store.bucket.blob(names[1]).delete()
+    else:
+        Path(store.location(names[1])).unlink()
+    warnings: list[str] = []
+
+    summary = export.export_sessions(store, UID, selection, tmp_path / "out", warn=warnings.append)
+
+    assert summary.skipped == [names[1]]
+    assert warnings == [f"skipped {names[1]}: it disappeared before it could be read"]
+    assert_session(wavs(tmp_path / "out")[0], RATE, [pcms[0], pcms[2]])
+
+
+def test_a_missing_bucket_is_a_clear_message_and_exit_1(fake_gcs, tmp_path, capsys):
+    code, out, err = run(capsys, "--uid", UID, "--bucket", "no-such-bucket", "--out", str(tmp_path / "out"))
+    assert (code, out) == (1, "")
+    assert "could not list gs://no-such-bucket/" in err and "Not Found" in err
+
+
 def test_nothing_usable_is_exit_1_and_writes_no_file(tmp_path, capsys):
     root = tmp_path / "rec"
     (root / UID).mkdir(parents=True)
