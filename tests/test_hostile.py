@@ -95,8 +95,9 @@ def mangled_queries(draw) -> str:
     for _ in range(draw(st.sampled_from([0, 0, 0, 0, 1, 1, 2, 3]))):
         op = draw(st.sampled_from(["repeat", "swap", "insert", "cut", "junk", "double", "separators"]))
         if op == "repeat":  # a parameter again, same or different value
-            name = draw(st.sampled_from(["uid", "sample_rate", "token"]))
-            value = draw(st.one_of(uids, rates, tokens))
+            # Each name with values of its own kind: the token is a secret only where it belongs.
+            name, values = draw(st.sampled_from([("uid", uids), ("sample_rate", rates), ("token", tokens)]))
+            value = draw(values)
             text += draw(st.sampled_from("&?")) + f"{name}={encode(value, how)}"
         elif op == "swap" and ("&" in text or "?" in text):
             text = text.replace("&", "\0").replace("?", "&").replace("\0", "?")
