@@ -79,7 +79,7 @@ def test_hanging_storage_gets_503_within_the_deadline_writes_nothing_then_recove
     proxy.clear()
     again, took = send(client, pcm, key)  # the sender's retry of the same chunk
     assert again.status_code == 200
-    assert took < 2
+    assert took < 5  # not another deadline-long wait: nothing is stuck
     (data,) = objects(bucket).values()
     assert_decodes(data, 16000, pcm)
     following, _ = send(client, pcm_tone(0.5, seed=4))
@@ -139,7 +139,7 @@ def test_storage_down_then_back_gives_503_while_down_and_200_after(client, bucke
     for key, pcm in chunks:  # the sender retries the two that failed, then goes on
         response, took = send(client, pcm, key)
         assert response.status_code == 200, response.get_json()
-        assert took < 1
+        assert took < 5  # no stuck connection or backoff carried over from the outage
     stored = objects(bucket)
     assert len(stored) == 1 + len(chunks)
     by_payload = {data[44:]: data for data in stored.values()}
