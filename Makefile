@@ -48,3 +48,16 @@ soak: $(VENV)/.test
 .PHONY: bench-export
 bench-export: $(VENV)/.test
 	$(PY) bench/export_bench.py
+
+# receive_audio against its floor (echo function + bare upload), side by side:
+# latency, throughput, cold start, memory, each with its goal (about 4 minutes);
+# then export's benchmark.
+.PHONY: bench
+bench: $(VENV)/.test
+	$(PY) bench/measure.py
+	$(MAKE) --no-print-directory bench-export
+
+# Where the worker's CPU goes on the request path (py-spy, under 16 senders).
+.PHONY: profile
+profile: $(VENV)/.test
+	$(PY) bench/profile_request.py
