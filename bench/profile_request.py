@@ -30,8 +30,8 @@ def summarize(collapsed: str, top: int) -> str:
     total = 0
     for line in collapsed.splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
+        if not stack or not count.isdigit():
+            continue  # not a sample line (py-spy may cut the last one short)
         samples = int(count)
         total += samples
         frames = [_short(frame) for frame in stack.split(";")]
