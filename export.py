@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -539,8 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not re.fullmatch(storage.UID_PATTERN, args.uid) or args.uid in (".", ".."):
-        parser.error("--uid must be 1 to 128 characters of A-Z a-z 0-9 . _ - (and not '.' or '..')")
+    if not storage.is_valid_uid(args.uid):
+        parser.error(f"--uid must be {storage.UID_RULE}")
     if args.since and args.until and args.since >= args.until:
         parser.error("--since must be before --until")
     if args.out is None and not args.list:

@@ -33,7 +33,6 @@ import wav
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 48000
 SAMPLE_RATE_RE = re.compile(r"[1-9][0-9]{3,4}")
-UID_RE = re.compile(storage.UID_PATTERN)
 
 # Cloud Functions refuses requests over 32 MiB; no cap may exceed that.
 HARD_MAX_CHUNK_BYTES = 32 * 1024 * 1024
@@ -225,8 +224,8 @@ def validate_uid(value: str | None) -> str:
     """Return the uid if it is safe as an object name prefix, else raise QueryError."""
     if value is None:
         raise QueryError("missing uid: add &uid=<your Omi user id> (Omi adds it itself)")
-    if not UID_RE.fullmatch(value) or value in (".", ".."):
-        raise QueryError("uid must be 1 to 128 characters of A-Z a-z 0-9 . _ - (and not '.' or '..')")
+    if not storage.is_valid_uid(value):
+        raise QueryError(f"uid must be {storage.UID_RULE}")
     return value
 
 

@@ -43,6 +43,8 @@ from google.cloud import storage as gcs
 
 _STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 UID_PATTERN = r"[A-Za-z0-9._-]{1,128}"
+_UID_RE = re.compile(UID_PATTERN)
+UID_RULE = "1 to 128 characters of A-Z a-z 0-9 . _ - (and not '.' or '..')"
 NAME_RE = re.compile(
     rf"^(?P<uid>{UID_PATTERN})/(?P<stamp>\d{{8}}T\d{{6}}\.\d{{6}}Z)(?:-(?P<seq>[1-9]\d{{0,8}}))?\.wav$"
 )
@@ -103,10 +105,15 @@ def object_name(uid: str, received_at: datetime, seq: int = 0) -> str:
     return f"{uid}/{stamp}{f'-{seq}' if seq else ''}.wav"
 
 
+def is_valid_uid(uid: str) -> bool:
+    """True if `uid` is safe as an object name prefix: it can never escape ``uid/``."""
+    return bool(_UID_RE.fullmatch(uid)) and uid not in (".", "..")
+
+
 def parse_object_name(name: str) -> ChunkName | None:
     """Return the parts of a chunk's object name, or None if it is not one."""
     match = NAME_RE.match(name)
-    if not match or match["uid"] in (".", ".."):
+    if not match or not is_valid_uid(match["uid"]):
         return None
     received_at = datetime.strptime(match["stamp"], _STAMP_FORMAT).replace(tzinfo=UTC)
     return ChunkName(match["uid"], received_at, int(match["seq"] or 0))
