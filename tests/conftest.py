@@ -13,6 +13,8 @@ import tempfile
 import time
 import uuid
 import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -65,13 +67,13 @@ def fake_gcs_binary() -> str:
 def start_fake_gcs(log_path: Path) -> tuple[subprocess.Popen, str]:
     """Start fake-gcs-server on a free loopback port; output to a file, never a pipe."""
     port = free_port()
-    log = open(log_path, "ab")
-    proc = subprocess.Popen(
-        [fake_gcs_binary(), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), *FAKE_GCS_ARGS],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    with open(log_path, "ab") as log:  # the server keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [fake_gcs_binary(), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), *FAKE_GCS_ARGS],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/storage/v1/b")
@@ -79,6 +81,33 @@ def start_fake_gcs(log_path: Path) -> tuple[subprocess.Popen, str]:
         proc.kill()
         raise
     return proc, url
+
+
+@contextmanager
+def serve_function(log_path: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run main.receive_audio under the real functions-framework CLI on a free loopback port.
+
+    The server gets this process's environment without any function setting,
+    then `env`; its output goes to `log_path`, never a pipe.
+    """
+    environ = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS} | env
+    port = free_port()
+    cli = Path(sys.executable).parent / "functions-framework"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(cli), "--source=main.py", "--target=receive_audio", "--host=127.0.0.1", f"--port={port}"],
+            cwd=ROOT,
+            env=environ,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @pytest.fixture(scope="session")

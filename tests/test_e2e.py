@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
-from conftest import ROOT, assert_decodes, free_port, pcm_tone, wait_http
+from conftest import assert_decodes, pcm_tone, serve_function
 
 import wav
 
@@ -23,30 +19,10 @@ def server(fake_gcs, tmp_path_factory):
     from google.cloud import storage as gcs
 
     bucket = gcs.Client().create_bucket(f"e2e-{uuid.uuid4().hex[:12]}")
-    port = free_port()
     log = tmp_path_factory.mktemp("e2e") / "server.log"
-    env = {
-        **os.environ,
-        "GCS_BUCKET_NAME": bucket.name,
-        "WEBHOOK_TOKEN": TOKEN,
-        "STORAGE_EMULATOR_HOST": fake_gcs,
-    }
-    env.pop("LOCAL_AUDIO_DIR", None)
-    cli = Path(sys.executable).parent / "functions-framework"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(cli), "--source=main.py", "--target=receive_audio", "--host=127.0.0.1", f"--port={port}"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/")
-        yield f"http://127.0.0.1:{port}", bucket, log
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    env = {"GCS_BUCKET_NAME": bucket.name, "WEBHOOK_TOKEN": TOKEN, "STORAGE_EMULATOR_HOST": fake_gcs}
+    with serve_function(log, **env) as (url, _):
+        yield url, bucket, log
     assert TOKEN not in log.read_text(errors="replace")
 
 

@@ -15,21 +15,18 @@ import io
 import os
 import random
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import uuid
 import wave
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psutil
 import pytest
 import requests
 import soundfile
-from conftest import ROOT, assert_decodes, free_port, wait_http
+from conftest import assert_decodes, serve_function
 
 import storage
 
@@ -80,27 +77,10 @@ def server(fake_gcs, tmp_path_factory):
     from google.cloud import storage as gcs
 
     bucket = gcs.Client().create_bucket(f"load-{uuid.uuid4().hex[:12]}")
-    port = free_port()
     log = tmp_path_factory.mktemp("load") / "server.log"
-    env = {**os.environ, "GCS_BUCKET_NAME": bucket.name, "WEBHOOK_TOKEN": TOKEN, "STORAGE_EMULATOR_HOST": fake_gcs}
-    for name in ("LOCAL_AUDIO_DIR", "ALLOWED_UIDS", "MAX_CHUNK_BYTES", "STORAGE_DEADLINE_SECONDS", "K_SERVICE"):
-        env.pop(name, None)
-    cli = Path(sys.executable).parent / "functions-framework"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(cli), "--source=main.py", "--target=receive_audio", "--host=127.0.0.1", f"--port={port}"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/")
-        yield f"http://127.0.0.1:{port}", bucket, psutil.Process(proc.pid), log
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    env = {"GCS_BUCKET_NAME": bucket.name, "WEBHOOK_TOKEN": TOKEN, "STORAGE_EMULATOR_HOST": fake_gcs}
+    with serve_function(log, **env) as (url, proc):
+        yield url, bucket, psutil.Process(proc.pid), log
 
 
 def test_thousands_of_chunks_from_concurrent_senders_are_all_kept_in_order_in_flat_memory(server, capsys):
