@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from pathlib import Path
 
 import pytest
 from conftest import assert_decodes, local_objects, objects, pcm_tone
@@ -396,6 +397,17 @@ def test_bucket_wins_over_local_dir(client, bucket, local_dir):
     assert post(client, f"sample_rate=16000&uid={UID}").status_code == 200
     assert len(objects(bucket)) == 1
     assert not local_dir.exists()
+
+
+def test_local_backend_keeps_the_metadata_in_a_json_file_beside_each_wav(client, local_dir):
+    key = str(uuid.uuid4())
+    response = post(client, f"sample_rate=8000&uid={UID}", pcm_tone(0.5, 8000), **{"Idempotency-Key": key})
+    assert response.status_code == 200
+    wav_path = Path(response.get_json()["object"])
+    meta = json.loads(wav_path.with_suffix(".json").read_text())
+    assert (meta["sample_rate"], meta["duration_seconds"], meta["idempotency_key"]) == ("8000", "0.5", key)
+    assert meta["received_at"].replace("-", "").replace(":", "")[:22] == wav_path.name[:22]
+    assert meta["write_id"]
 
 
 def test_local_backend_creates_directories_and_leaves_no_temporary_files(client, local_dir):
