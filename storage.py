@@ -42,11 +42,22 @@ from google.auth import exceptions as auth_exceptions
 from google.cloud import storage as gcs
 
 _STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
-UID_PATTERN = r"[A-Za-z0-9._-]{1,128}"
-_UID_RE = re.compile(UID_PATTERN)
-UID_RULE = "1 to 128 characters of A-Z a-z 0-9 . _ - (and not '.' or '..')"
+
+# A uid is whatever the sender sends: an Omi uid (28 letters and digits), or, from
+# the phone's webhook-only mode, the device's name ("Omi DevKit 2", "Zoë's Omi").
+# 128 bytes of UTF-8 is four times the longest Omi uid; escaped it stays far below
+# Cloud Storage's 1,024-byte object names.
+MAX_UID_BYTES = 128
+UID_RULE = f"1 to {MAX_UID_BYTES} bytes (UTF-8) of printable characters"
+# Uids made only of these characters (and not '.' or '..') are their own prefix,
+# as they always were.  Any other uid is escaped: each byte of its UTF-8 outside
+# `_ESCAPE_KEEPS` becomes "~XX" (upper-case hex).  Such a prefix always holds a
+# "~", which a plain uid never does, so no two uids share a prefix.
+_PLAIN_UID_RE = re.compile(r"[A-Za-z0-9._-]+")
+_ESCAPE_KEEPS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_PREFIX_PATTERN = r"(?:[A-Za-z0-9._-]|~[0-9A-F]{2}){1,384}"
 NAME_RE = re.compile(
-    rf"^(?P<uid>{UID_PATTERN})/(?P<stamp>\d{{8}}T\d{{6}}\.\d{{6}}Z)(?:-(?P<seq>[1-9]\d{{0,8}}))?\.wav$"
+    rf"(?P<prefix>{_PREFIX_PATTERN})/(?P<stamp>\d{{8}}T\d{{6}}\.\d{{6}}Z)(?:-(?P<seq>[1-9]\d{{0,8}}))?\.wav"
 )
 
 # How long one connection attempt to storage may take before it counts as failed.
@@ -102,21 +113,50 @@ class ChunkInfo:
 def object_name(uid: str, received_at: datetime, seq: int = 0) -> str:
     """Return the object name for a chunk of `uid` received at `received_at` (UTC)."""
     stamp = received_at.astimezone(UTC).strftime(_STAMP_FORMAT)
-    return f"{uid}/{stamp}{f'-{seq}' if seq else ''}.wav"
+    return f"{uid_prefix(uid)}/{stamp}{f'-{seq}' if seq else ''}.wav"
 
 
 def is_valid_uid(uid: str) -> bool:
-    """True if `uid` is safe as an object name prefix: it can never escape ``uid/``."""
-    return bool(_UID_RE.fullmatch(uid)) and uid not in (".", "..")
+    """True for any uid a sender may send: non-empty, printable, at most MAX_UID_BYTES."""
+    return bool(uid) and uid.isprintable() and len(uid.encode("utf-8", "surrogatepass")) <= MAX_UID_BYTES
+
+
+def uid_prefix(uid: str) -> str:
+    """The folder that holds `uid`'s chunks: never contains "/", is never "." or "..".
+
+    Raises:
+        ValueError: `uid` is not valid (see `is_valid_uid`).
+    """
+    if not is_valid_uid(uid):
+        raise ValueError(f"uid must be {UID_RULE}")
+    if _PLAIN_UID_RE.fullmatch(uid) and uid not in (".", ".."):
+        return uid
+    return "".join(chr(byte) if byte in _ESCAPE_KEEPS else f"~{byte:02X}" for byte in uid.encode("utf-8"))
+
+
+def uid_from_prefix(prefix: str) -> str | None:
+    """The uid whose folder is `prefix`, or None if `uid_prefix` never makes it."""
+    if "~" not in prefix:
+        uid = prefix
+    else:
+        try:
+            uid = re.sub(r"~([0-9A-F]{2})", lambda m: chr(int(m[1], 16)), prefix).encode("latin-1").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            return None
+    try:
+        return uid if uid_prefix(uid) == prefix else None
+    except ValueError:
+        return None
 
 
 def parse_object_name(name: str) -> ChunkName | None:
     """Return the parts of a chunk's object name, or None if it is not one."""
-    match = NAME_RE.match(name)
-    if not match or not is_valid_uid(match["uid"]):
+    match = NAME_RE.fullmatch(name)
+    uid = match and uid_from_prefix(match["prefix"])
+    if not uid:
         return None
     received_at = datetime.strptime(match["stamp"], _STAMP_FORMAT).replace(tzinfo=UTC)
-    return ChunkName(match["uid"], received_at, int(match["seq"] or 0))
+    return ChunkName(uid, received_at, int(match["seq"] or 0))
 
 
 class Store(Protocol):
@@ -340,7 +380,7 @@ class GcsStore:
 
     def list_chunks(self, uid: str) -> Iterator[ChunkInfo]:
         """Yield the uid's chunks (names that parse), without downloading audio."""
-        for blob in self.client.list_blobs(self.bucket, prefix=f"{uid}/"):
+        for blob in self.client.list_blobs(self.bucket, prefix=f"{uid_prefix(uid)}/"):
             if parse_object_name(blob.name):
                 yield ChunkInfo(blob.name, blob.size or 0, dict(blob.metadata or {}))
 
@@ -378,7 +418,7 @@ class LocalStore:
         The WAV is written and flushed under a temporary name, then claimed with a
         hard link, which fails instead of replacing an existing file.
         """
-        directory = self.root / uid
+        directory = self.root / uid_prefix(uid)
         try:
             directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=".tmp", dir=directory)
@@ -416,11 +456,12 @@ class LocalStore:
             return {}
 
     def list_chunks(self, uid: str) -> Iterator[ChunkInfo]:
-        directory = self.root / uid
+        prefix = uid_prefix(uid)
+        directory = self.root / prefix
         if not directory.is_dir():
             return
         for path in directory.iterdir():
-            name = f"{uid}/{path.name}"
+            name = f"{prefix}/{path.name}"
             if parse_object_name(name) and path.is_file():
                 yield ChunkInfo(name, path.stat().st_size, self._metadata(path))
 

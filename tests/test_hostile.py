@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import time
 import uuid
 from urllib.parse import quote
@@ -170,7 +169,9 @@ def assert_everything_stored_is_valid_and_reported(bucket, reported: dict[str, b
     stored = objects(bucket)
     for name in stored:
         parsed = storage.parse_object_name(name)
-        assert parsed and re.fullmatch(storage.UID_PATTERN, parsed.uid) and parsed.uid not in (".", "..")
+        assert parsed and storage.is_valid_uid(parsed.uid)
+        prefix = name.split("/")[0]
+        assert prefix not in (".", "..") and name.count("/") == 1 and prefix.isprintable()
     assert set(stored) == set(reported)  # nothing unreported, nothing lost
     for name, pcm in reported.items():
         data = stored[name]

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import assert_decodes, local_objects, objects, pcm_tone
 
+import storage
 import wav
 
-NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}/\d{8}T\d{6}\.\d{6}Z(-[1-9]\d*)?\.wav$")
+NAME_RE = re.compile(r"^[A-Za-z0-9._~-]{1,384}/\d{8}T\d{6}\.\d{6}Z(-[1-9]\d*)?\.wav$")
 UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"  # shaped like a Firebase uid
 
 
@@ -61,13 +62,45 @@ def test_bad_sample_rate_is_400_and_writes_nothing(client, local_dir, query):
 
 @pytest.mark.parametrize(
     "uid",
-    ["", "../x", "a/b", "a%2Fb", "..", ".", "a%0Ab", "x" * 129, "x" * 300, "caf%C3%A9", "a b", "a%00b"],
+    ["", "x" * 129, "%C3%A9" * 65, "a%0Ab", "a%00b", "a%7Fb", "a%E2%80%8Bb", "a%FFb", "%ED%A0%80"],
+    ids=[
+        "empty",
+        "129 bytes",
+        "130 bytes of e-acute",
+        "newline",
+        "NUL",
+        "DEL",
+        "zero-width space",
+        "bad UTF-8",
+        "surrogate",
+    ],
 )
-def test_bad_uid_is_400_and_writes_nothing(client, local_dir, uid):
+def test_empty_overlong_or_unprintable_uid_is_400_and_writes_nothing(client, local_dir, uid):
     response = post(client, f"sample_rate=16000&uid={uid}")
     assert response.status_code == 400
     assert "uid" in response.get_json()["error"]
     assert not local_dir.exists() or list(local_dir.rglob("*")) == []
+
+
+@pytest.mark.parametrize(
+    ("sent", "uid", "prefix"),
+    [
+        ("Omi%20DevKit%202", "Omi DevKit 2", "Omi~20DevKit~202"),  # the phone's device name, as Dart encodes it
+        ("Zo%C3%AB%27s+Omi", "Zo\u00eb's Omi", "Zo~C3~AB~27s~20Omi"),
+        ("../x", "../x", "~2E~2E~2Fx"),
+        ("a%2Fb", "a/b", "a~2Fb"),
+        ("..", "..", "~2E~2E"),
+        (".", ".", "~2E"),
+        ("~", "~", "~7E"),
+        ("x" * 128, "x" * 128, "x" * 128),
+    ],
+)
+def test_any_printable_uid_is_stored_under_a_safe_prefix_that_reads_back(client, local_dir, sent, uid, prefix):
+    response = post(client, f"sample_rate=16000&uid={sent}", b"\1\0")
+    assert response.status_code == 200
+    (name,) = local_objects(local_dir)
+    assert name.startswith(prefix + "/") and name.count("/") == 1
+    assert storage.parse_object_name(name).uid == uid
 
 
 def test_missing_uid_is_400(client, local_dir):
@@ -165,7 +198,7 @@ def test_token_never_appears_in_logs_or_responses(client, local_dir, monkeypatch
         post(client, f"token={secret}&sample_rate=16000&uid={UID}"),
         post(client, f"token={secret}?sample_rate=16000&uid={UID}"),
         post(client, f"token={secret}&sample_rate=bad&uid={UID}"),
-        post(client, f"token={secret}&sample_rate=16000&uid=a/b"),
+        post(client, f"token={secret}&sample_rate=16000&uid=a%0Ab"),
         post(client, f"token={secret}&sample_rate=16000&uid={UID}", b""),
     ]
     assert [r.status_code for r in responses] == [200, 200, 400, 400, 200]
