@@ -291,7 +291,7 @@ def test_nothing_matching_is_a_clear_message_and_exit_1(source, tmp_path, capsys
         ["--jobs", "0"],
         ["--jobs", "many"],
         ["--bucket", "b", "--local-dir", "."],
-        ["--uid", "../etc"],
+        ["--uid", "a\nb"],
         ["--local-dir", "/nonexistent/dir"],
         ["--no-such-option"],
     ],
