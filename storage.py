@@ -62,10 +62,10 @@ NAME_RE = re.compile(
 
 # How long one connection attempt to storage may take before it counts as failed.
 CONNECT_TIMEOUT_SECONDS = 3.0
-# Backoff between retried writes: short first (most blips are brief), capped so
-# several attempts fit in the deadline.
+# Backoff between retried writes: short first (most blips are brief), capped at a
+# second so that the end of an outage is noticed within a second.
 FIRST_BACKOFF_SECONDS = 0.2
-MAX_BACKOFF_SECONDS = 2.0
+MAX_BACKOFF_SECONDS = 1.0
 # A bucket where thousands of writers hold the same microsecond is not a real case;
 # stop rather than loop.
 MAX_NAME_SUFFIX = 1000
@@ -76,7 +76,11 @@ class ConfigError(Exception):
 
 
 class StorageUnavailable(Exception):
-    """A chunk could not be stored; nothing was left half-written."""
+    """A chunk could not be stored in time; nothing was left half-written.  A retry may succeed."""
+
+
+class StorageRefused(Exception):
+    """Storage refused the write for good (a missing bucket or permission); nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,11 @@ class Store(Protocol):
         deadline_seconds: float,
     ) -> Stored: ...
 
-    def list_chunks(self, uid: str) -> Iterator[ChunkInfo]: ...
+    def list_chunks(
+        self, uid: str, since: datetime | None = None, until: datetime | None = None, limit: int | None = None
+    ) -> Iterator[ChunkInfo]: ...
+
+    def list_uids(self) -> list[str]: ...
 
     def read(self, name: str) -> bytes: ...
 
@@ -327,7 +335,8 @@ class GcsStore:
         whose response was lost, and that is success; otherwise try the next name.
 
         Raises:
-            StorageUnavailable: not stored by the deadline, or storage refused.
+            StorageUnavailable: not stored by the deadline (a retry may succeed).
+            StorageRefused: storage refused for good (bucket or permission missing).
         """
         give_up_at = time.monotonic() + deadline_seconds
         backoff = FIRST_BACKOFF_SECONDS
@@ -352,15 +361,20 @@ class GcsStore:
                     retry=None,  # the library's own retry runs 120 s: we retry here instead
                 )
                 return Stored(name, self.location(name))
-            except api_exceptions.PreconditionFailed:
+            except (api_exceptions.PreconditionFailed, api_exceptions.Forbidden) as refusal:
+                # The name is taken.  Cloud Storage answers 412, or 403 to a caller that
+                # may not delete (replacing an object needs storage.objects.delete):
+                # look at the holder to tell which, and whether it is our own write.
                 try:
                     holder = _within(remaining, self.bucket.get_blob, name, timeout=timeout, retry=None)
                 except Exception as exc:
                     if not _is_transient(exc):
-                        raise StorageUnavailable(f"storage refused: {exc}") from exc
+                        raise StorageRefused(f"reading back {name} after {refusal.code}: {exc}") from exc
                     last_error = exc
                     continue  # same name again: the check will run again
                 if holder is None:
+                    if isinstance(refusal, api_exceptions.Forbidden):
+                        raise StorageRefused(f"upload of {name}: {refusal}") from refusal
                     continue  # deleted in between: the name is free again
                 if (holder.metadata or {}).get("write_id") == write_id:
                     return Stored(name, self.location(name), existed=True)
@@ -368,24 +382,69 @@ class GcsStore:
                 continue
             except Exception as exc:
                 if not _is_transient(exc):
-                    raise StorageUnavailable(f"storage refused: {exc}") from exc
+                    raise StorageRefused(f"upload of {name}: {exc}") from exc
                 last_error = exc
             pause = min(backoff, give_up_at - time.monotonic())
             if pause > 0:
                 time.sleep(pause)
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-        raise StorageUnavailable(
-            f"storage did not accept the chunk within {deadline_seconds:g} s: {last_error or 'no free name'}"
-        )
+        raise StorageUnavailable(f"not stored within {deadline_seconds:.3g} s: {last_error or 'no free name'}")
 
-    def list_chunks(self, uid: str) -> Iterator[ChunkInfo]:
-        """Yield the uid's chunks (names that parse), without downloading audio."""
-        for blob in self.client.list_blobs(self.bucket, prefix=f"{uid_prefix(uid)}/"):
+    def list_chunks(
+        self, uid: str, since: datetime | None = None, until: datetime | None = None, limit: int | None = None
+    ) -> Iterator[ChunkInfo]:
+        """Yield the uid's chunks received in ``[since, until)``, without downloading audio.
+
+        Only that range is listed (see `name_range`): the cost is the chunks it
+        holds, one list call per 1,000, whatever the rest of the archive holds.
+        Names come in text order; at most `limit` of them.
+        """
+        prefix, start, end = name_range(uid, since, until)
+        blobs = self.client.list_blobs(
+            self.bucket, prefix=prefix, start_offset=start, end_offset=end, max_results=limit
+        )
+        for blob in blobs:
             if parse_object_name(blob.name):
                 yield ChunkInfo(blob.name, blob.size or 0, dict(blob.metadata or {}))
 
+    def list_uids(self) -> list[str]:
+        """The uids that have a folder in the bucket, from one listing of top-level folders."""
+        folders: set[str] = set()
+        for page in self.client.list_blobs(self.bucket, delimiter="/").pages:
+            folders.update(page.prefixes)
+        return _uids_of(folder.removesuffix("/") for folder in folders)
+
     def read(self, name: str) -> bytes:
         return self.bucket.blob(name).download_as_bytes()
+
+
+def name_range(uid: str, since: datetime | None, until: datetime | None) -> tuple[str, str | None, str | None]:
+    """(folder prefix, first name, end name) of `uid`'s chunks received in ``[since, until)``.
+
+    A name is ``{prefix}/{stamp}[-N].wav`` with a fixed-width stamp, so in text
+    order every name whose stamp is at or after `since` sorts at or after
+    ``{prefix}/{stamp(since)}`` (its own ``-N`` copies included: they extend
+    that string), and every name received before `until` sorts before
+    ``{prefix}/{stamp(until)}`` (exclusive: a name with that very stamp, any
+    suffix, sorts at or after it).  None means no bound.
+    """
+    prefix = f"{uid_prefix(uid)}/"
+    return (
+        prefix,
+        prefix + _bound_stamp(since) if since else None,
+        prefix + _bound_stamp(until) if until else None,
+    )
+
+
+def _bound_stamp(at: datetime) -> str:
+    """The name stamp of `at`, zero-padded even before year 1000 (strftime's %Y is not)."""
+    t = at.astimezone(UTC)
+    return f"{t.year:04d}{t.month:02d}{t.day:02d}T{t.hour:02d}{t.minute:02d}{t.second:02d}.{t.microsecond:06d}Z"
+
+
+def _uids_of(prefixes: Iterator[str]) -> list[str]:
+    """The uids whose folders are `prefixes`, sorted; folders no uid maps to are left out."""
+    return sorted(uid for uid in map(uid_from_prefix, prefixes) if uid is not None)
 
 
 # ------------------------------------------------------------------------- local
@@ -455,15 +514,37 @@ class LocalStore:
         except (OSError, ValueError):
             return {}
 
-    def list_chunks(self, uid: str) -> Iterator[ChunkInfo]:
-        prefix = uid_prefix(uid)
-        directory = self.root / prefix
-        if not directory.is_dir():
+    def list_chunks(
+        self, uid: str, since: datetime | None = None, until: datetime | None = None, limit: int | None = None
+    ) -> Iterator[ChunkInfo]:
+        """Same contract as `GcsStore.list_chunks`: the range only, in text order.
+
+        The directory's names are read once; only those in range are stat'ed and
+        have their metadata read.
+        """
+        prefix, start, end = name_range(uid, since, until)
+        try:
+            entries = sorted(os.listdir(self.root / prefix))
+        except (FileNotFoundError, NotADirectoryError):
             return
-        for path in directory.iterdir():
-            name = f"{prefix}/{path.name}"
+        listed = 0
+        for entry in entries:
+            name = prefix + entry
+            if start and name < start:
+                continue
+            if (end and name >= end) or (limit is not None and listed >= limit):
+                return
+            path = self.root / name
             if parse_object_name(name) and path.is_file():
+                listed += 1
                 yield ChunkInfo(name, path.stat().st_size, self._metadata(path))
+
+    def list_uids(self) -> list[str]:
+        """The uids that have a folder under the directory."""
+        try:
+            return _uids_of(entry.name for entry in os.scandir(self.root) if entry.is_dir())
+        except FileNotFoundError:
+            return []
 
     def read(self, name: str) -> bytes:
         return (self.root / name).read_bytes()
