@@ -1,10 +1,12 @@
 """Turn a user's one-second chunks back into one WAV file per recording session.
 
     python export.py --uid UID --out DIR [--bucket NAME | --local-dir PATH]
-                     [--since T] [--until T] [--gap SECONDS] [--list] [--quiet] [--jobs N]
+                     [--since T] [--until T] [--gap SECONDS] [--format wav|flac]
+                     [--skip-existing] [--list] [--quiet] [--jobs N]
 
-The chunks are the objects ``receive_audio`` stored (see `storage`).  They are
-ordered by the receipt time in their names (then by the name's collision
+The chunks are the objects ``receive_audio`` stored (see `storage`); only the
+names received in ``[--since, --until)`` are listed, so a day costs a day's
+listing however long the archive.  They are ordered by the receipt time in their names (then by the name's collision
 suffix), duplicates left by a sender retry (same ``idempotency_key`` metadata)
 keep only the first, and a new session starts when two consecutive chunks were
 received more than ``--gap`` seconds apart or when the sample rate changes.
@@ -12,13 +14,17 @@ received more than ``--gap`` seconds apart or when the sample rate changes.
 Each session's audio is exactly the concatenation of its chunks' PCM frames.  It
 is streamed into a temporary file in DIR while later chunks download on a
 bounded pool, the header sizes are written last, and only then is the file
-renamed to ``{uid}_{YYYYMMDDTHHMMSS.ffffff}Z.wav`` (the session's first receipt
-time), so an interrupted export never leaves a truncated WAV under a final name.
-A session longer than one WAV file can hold (4 GiB) is split into
-``…Z_part01.wav``, ``…Z_part02.wav``, ...  Memory stays bounded by the download
-window, whatever the session length.
+renamed to ``{uid folder}_{YYYYMMDDTHHMMSS.ffffff}Z.wav`` (the uid's folder name
+in storage, then the session's first receipt time), so an interrupted export
+never leaves a truncated file under a final name.  A session longer than one WAV
+file can hold (4 GiB) is split into ``…Z_part01.wav``, ``…Z_part02.wav``, ...
+``--format flac`` writes lossless FLAC through libsndfile instead (no size
+limit, no parts).  ``--skip-existing`` keeps a session whose files in DIR already
+hold exactly its planned audio and downloads nothing for it, so a re-run resumes
+an interrupted export.  Memory stays bounded by the download window, whatever the
+session length.
 
-Exit status: 0 when at least one session was written (or listed), 1 when
+Exit status: 0 when at least one session was written, kept or listed, 1 when
 nothing matches or the source cannot be read, 2 for bad arguments, 130 when
 interrupted.
 """
@@ -86,6 +92,7 @@ class Session:
     frames: int = 0
     chunks: int = 0
     files: list[str] = field(default_factory=list)
+    first: int = 0  # position of its first chunk in the selection (planned sessions)
 
     @property
     def seconds(self) -> float | None:
@@ -108,6 +115,7 @@ class Summary:
     chunks: int
     duplicates: int
     skipped: list[str] = field(default_factory=list)
+    kept: list[Session] = field(default_factory=list)  # already complete in DIR (--skip-existing)
 
 
 # ------------------------------------------------------------------ selection
@@ -118,15 +126,19 @@ def select_chunks(
     uid: str,
     since: datetime | None = None,
     until: datetime | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Selection:
     """List `uid`'s chunks received in ``[since, until)``, ordered, duplicates dropped.
 
-    Only object names and metadata are read.  Order: receipt time in the name,
-    then the name's collision suffix.  Of several chunks with the same
-    ``idempotency_key`` metadata the first in that order is kept.
+    Only that range is listed, and only object names and metadata are read.
+    Order: receipt time in the name, then the name's collision suffix as a
+    number.  Of several chunks with the same ``idempotency_key`` metadata the
+    first in that order is kept.  `progress` is called with 1 per name listed.
     """
     found: list[Chunk] = []
-    for info in store.list_chunks(uid):
+    for info in store.list_chunks(uid, since, until):
+        if progress:
+            progress(1)
         parts = storage.parse_object_name(info.name)
         if parts is None or parts.uid != uid:
             continue
@@ -177,10 +189,13 @@ def starts_new_session(
 def session_base_name(uid: str, start: datetime, taken: set[str]) -> str:
     """The file name stem for a session that starts at `start`, unique within `taken`.
 
-    ``{uid}_{YYYYMMDDTHHMMSS.ffffff}Z``: names sort chronologically.  Two sessions
-    starting in the same microsecond (a sample-rate change) get ``-1``, ``-2``, ...
+    ``{uid folder}_{YYYYMMDDTHHMMSS.ffffff}Z``: the uid as its folder in storage
+    is named (``storage.uid_prefix``: a plain uid is itself, a device name such
+    as "Omi DevKit 2" becomes ``Omi~20DevKit~202``, never a path), so names sort
+    chronologically.  Two sessions starting in the same microsecond (a
+    sample-rate change) get ``-1``, ``-2``, ...
     """
-    stem = f"{uid}_{start.astimezone(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
+    stem = f"{storage.uid_prefix(uid)}_{start.astimezone(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
     candidate, n = stem, 0
     while candidate in taken:
         n += 1
@@ -189,15 +204,17 @@ def session_base_name(uid: str, start: datetime, taken: set[str]) -> str:
     return candidate
 
 
-def part_name(base: str, part: int, parts_known: bool) -> str:
+def part_name(base: str, part: int, parts_known: bool, suffix: str = ".wav") -> str:
     """``base.wav`` for a session in one file, ``base_partNN.wav`` for one split in parts."""
-    return f"{base}_part{part:02d}.wav" if parts_known else f"{base}.wav"
+    return f"{base}_part{part:02d}{suffix}" if parts_known else f"{base}{suffix}"
 
 
 # ------------------------------------------------------------------------ list
 
 
-def plan_sessions(uid: str, chunks: Iterable[Chunk], gap: float, part_limit: int = MAX_PART_BYTES) -> Iterator[Session]:
+def plan_sessions(
+    uid: str, chunks: Iterable[Chunk], gap: float, part_limit: int = MAX_PART_BYTES, suffix: str = ".wav"
+) -> Iterator[Session]:
     """The sessions an export would write, from names and metadata alone (no audio).
 
     A corrupt object cannot be seen without downloading it, so an export may
@@ -207,19 +224,19 @@ def plan_sessions(uid: str, chunks: Iterable[Chunk], gap: float, part_limit: int
     session: Session | None = None
     base = ""
     part_bytes = 0
-    for chunk in chunks:
+    for index, chunk in enumerate(chunks):
         rate = chunk.sample_rate
         if session is not None and starts_new_session(session.end, session.sample_rate, chunk.received_at, rate, gap):
             yield session
             session = None
         pcm = chunk.pcm_bytes - chunk.pcm_bytes % FRAME_BYTES
         if session is None:
-            session = Session(chunk.received_at, chunk.received_at, rate)
+            session = Session(chunk.received_at, chunk.received_at, rate, first=index)
             base = session_base_name(uid, chunk.received_at, taken)
-            session.files = [part_name(base, 1, False)]
+            session.files = [part_name(base, 1, False, suffix)]
             part_bytes = 0
         elif part_bytes + pcm > part_limit and part_bytes:
-            session.files = [part_name(base, n, True) for n in range(1, len(session.files) + 2)]
+            session.files = [part_name(base, n, True, suffix) for n in range(1, len(session.files) + 2)]
             part_bytes = 0
         session.sample_rate = session.sample_rate or rate
         session.end = chunk.received_at
@@ -245,6 +262,18 @@ class _PartWriter:
         self.size = 0
         self.file.write(wav.header(0, sample_rate))  # sizes are written by `finish`
 
+    @staticmethod
+    def frames(path: Path) -> tuple[int, int] | None:
+        """(sample rate, frames) of a finished WAV we wrote, or None if it is not whole."""
+        try:
+            with open(path, "rb") as f:
+                rate, size = wav.parse_header(f.read(wav.HEADER_SIZE))
+                if os.fstat(f.fileno()).st_size != wav.HEADER_SIZE + size:
+                    return None
+        except (OSError, ValueError):
+            return None
+        return rate, size // FRAME_BYTES
+
     def write(self, pcm: memoryview) -> None:
         self.file.write(pcm)
         self.size += len(pcm)
@@ -260,6 +289,108 @@ class _PartWriter:
     def discard(self) -> None:
         self.file.close()
         self.path.unlink(missing_ok=True)
+
+
+class _FlacWriter:
+    """One output FLAC being written through libsndfile, renamed by `finish` once whole."""
+
+    def __init__(self, out_dir: Path, sample_rate: int) -> None:
+        import soundfile  # a tools dependency (requirements-tools.txt), needed for FLAC only
+
+        fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".flac.tmp", dir=out_dir)
+        os.fchmod(fd, 0o644)
+        self.path = Path(tmp)
+        self.fd = fd
+        self.file = soundfile.SoundFile(
+            fd, "w", samplerate=sample_rate, channels=1, format="FLAC", subtype="PCM_16", closefd=False
+        )
+        self.size = 0
+
+    @staticmethod
+    def frames(path: Path) -> tuple[int, int] | None:
+        """(sample rate, frames) of a finished FLAC, or None if libsndfile cannot read it."""
+        import soundfile
+
+        try:
+            info = soundfile.info(str(path))
+        except (OSError, RuntimeError, soundfile.LibsndfileError):
+            return None
+        return (info.samplerate, info.frames) if info.format == "FLAC" and info.channels == 1 else None
+
+    def write(self, pcm: memoryview) -> None:
+        self.file.buffer_write(pcm, dtype="int16")
+        self.size += len(pcm)
+
+    def finish(self, final: Path) -> None:
+        self.file.close()  # libsndfile writes the stream's totals on close
+        os.fsync(self.fd)
+        os.close(self.fd)
+        os.replace(self.path, final)
+
+    def discard(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            os.close(self.fd)
+            self.path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """How sessions are written: file suffix, writer, and the most PCM one file holds."""
+
+    suffix: str
+    writer: type[_PartWriter] | type[_FlacWriter]
+    part_limit: int
+
+
+FORMATS = {
+    "wav": OutputFormat(".wav", _PartWriter, MAX_PART_BYTES),
+    # FLAC counts frames in 36 bits: no 4 GiB limit, so a session is always one file.
+    "flac": OutputFormat(".flac", _FlacWriter, sys.maxsize),
+}
+
+
+def already_complete(out_dir: Path, session: Session, output: OutputFormat) -> bool:
+    """True when `session`'s planned files are all in `out_dir` and hold exactly its audio.
+
+    Files appear under their final names only once whole (they are renamed into
+    place), so a session an interrupted export finished passes; one that has
+    grown since (it was still being recorded), or whose file is missing or
+    different, does not.
+    """
+    frames = 0
+    for name in session.files:
+        found = output.writer.frames(out_dir / name)
+        if found is None or (session.sample_rate is not None and found[0] != session.sample_rate):
+            return False
+        frames += found[1]
+    return frames == session.frames
+
+
+def resume_plan(
+    uid: str, selection: Selection, out_dir: Path, gap: float, output: OutputFormat
+) -> tuple[Selection, set[str], list[Session]]:
+    """What is left to do when the sessions already complete in `out_dir` are kept.
+
+    Returns the chunks still to export, the names of chunks that must start a new
+    session (the first after a kept session: without it two sessions on either
+    side could merge), and the kept sessions.
+    """
+    planned = list(plan_sessions(uid, selection.chunks, gap, output.part_limit, output.suffix))
+    kept = [s for s in planned if already_complete(out_dir, s, output)] if out_dir.is_dir() else []
+    if not kept:
+        return selection, set(), []
+    skip = {s.first for s in kept}
+    todo: list[Chunk] = []
+    starts: set[str] = set()
+    for session in planned:
+        if session.first in skip:
+            continue
+        chunks = selection.chunks[session.first : session.first + session.chunks]
+        starts.add(chunks[0].name)
+        todo.extend(chunks)
+    return Selection(todo, selection.duplicates), starts, kept
 
 
 def download_in_order(
@@ -322,21 +453,27 @@ def export_sessions(
     jobs: int = DEFAULT_JOBS,
     progress: Callable[[int], None] | None = None,
     warn: Callable[[str], None] | None = None,
-    part_limit: int = MAX_PART_BYTES,
+    part_limit: int | None = None,
+    output: OutputFormat = FORMATS["wav"],
+    starts: set[str] | frozenset[str] = frozenset(),
+    taken: set[str] | None = None,
 ) -> Summary:
-    """Write one WAV per session of `selection` into `out_dir`, streaming.
+    """Write one file per session of `selection` into `out_dir`, streaming.
 
     Sessions are formed from the chunks that are valid WAVs (the sample rate is
     read from each chunk's own header); corrupt or vanished objects are skipped
-    with a call to `warn` naming them and listed in the summary.
+    with a call to `warn` naming them and listed in the summary.  A chunk named
+    in `starts` always begins a new session; file stems in `taken` are not used.
 
     Returns:
         What was written; `Session.files` are file names inside `out_dir`.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    if part_limit is None:
+        part_limit = output.part_limit
     summary = Summary([], len(selection.chunks), selection.duplicates)
-    taken: set[str] = set()
-    writer: _PartWriter | None = None
+    taken = set() if taken is None else taken
+    writer: _PartWriter | _FlacWriter | None = None
     session: Session | None = None
     base = ""
 
@@ -345,7 +482,7 @@ def export_sessions(
         if writer is None or session is None:
             return
         parts_known = len(session.files) > 0
-        name = part_name(base, len(session.files) + 1, parts_known)
+        name = part_name(base, len(session.files) + 1, parts_known, output.suffix)
         writer.finish(out_dir / name)
         writer = None
         session.files.append(name)
@@ -367,20 +504,21 @@ def export_sessions(
                 if warn:
                     warn(f"skipped {chunk.name}: not a usable WAV chunk ({exc})")
                 continue
-            if session is not None and starts_new_session(
-                session.end, session.sample_rate, chunk.received_at, rate, gap
+            if session is not None and (
+                chunk.name in starts
+                or starts_new_session(session.end, session.sample_rate, chunk.received_at, rate, gap)
             ):
                 close_session()
                 session = None
             if session is None:
                 session = Session(chunk.received_at, chunk.received_at, rate)
                 base = session_base_name(uid, chunk.received_at, taken)
-                writer = _PartWriter(out_dir, rate)
+                writer = output.writer(out_dir, rate)
             elif writer is not None and writer.size and writer.size + len(pcm) > part_limit:
-                name = part_name(base, len(session.files) + 1, True)
+                name = part_name(base, len(session.files) + 1, True, output.suffix)
                 writer.finish(out_dir / name)
                 session.files.append(name)
-                writer = _PartWriter(out_dir, rate)
+                writer = output.writer(out_dir, rate)
             assert writer is not None
             writer.write(pcm)
             session.end = chunk.received_at
@@ -458,14 +596,15 @@ def _jobs(text: str) -> int:
     return int(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line; argparse exits with status 2 on bad arguments."""
-    parser = argparse.ArgumentParser(
-        prog="export.py",
-        description="Join a user's stored Omi chunks into one WAV file per recording session.",
-    )
-    parser.add_argument("--uid", required=True, help="the Omi user id whose chunks to export")
-    parser.add_argument("--out", type=Path, metavar="DIR", help="directory for the session WAVs (created if missing)")
+def uid_arg(text: str) -> str:
+    """A uid exactly as the sender sends it (a device name may hold spaces)."""
+    if not storage.is_valid_uid(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a uid: a uid is {storage.UID_RULE}")
+    return text
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """--bucket / --local-dir, shared by export.py and status.py."""
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--bucket", metavar="NAME", help="GCS bucket (default: $GCS_BUCKET_NAME; honours $STORAGE_EMULATOR_HOST)"
@@ -473,6 +612,22 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--local-dir", type=Path, metavar="PATH", help="the function's LOCAL_AUDIO_DIR (default: $LOCAL_AUDIO_DIR)"
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; argparse exits with status 2 on bad arguments."""
+    parser = argparse.ArgumentParser(
+        prog="export.py",
+        description="Join a user's stored Omi chunks into one audio file per recording session.",
+    )
+    parser.add_argument(
+        "--uid",
+        type=uid_arg,
+        required=True,
+        help="whose chunks to export, as the sender sends it (an Omi uid, or a device name such as 'Omi DevKit 2')",
+    )
+    parser.add_argument("--out", type=Path, metavar="DIR", help="directory for the session files (created if missing)")
+    add_source_arguments(parser)
     parser.add_argument(
         "--since", type=_time_arg(False), metavar="T", help="first receipt time, inclusive (ISO 8601, UTC default)"
     )
@@ -489,6 +644,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_GAP_SECONDS,
         help=f"start a new session after this many seconds without a chunk (default {DEFAULT_GAP_SECONDS:g})",
     )
+    parser.add_argument(
+        "--format",
+        choices=sorted(FORMATS),
+        default="wav",
+        help="wav (default) or flac: lossless, about half the size, needs soundfile (requirements-tools.txt)",
+    )
+    parser.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="keep sessions whose files in DIR already hold exactly their audio (resume an interrupted export)",
+    )
     parser.add_argument("--list", action="store_true", help="print the session table only, downloading no audio")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -497,7 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def open_store(args: argparse.Namespace, parser: argparse.ArgumentParser) -> storage.GcsStore | storage.LocalStore:
+def open_store(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, jobs: int = DEFAULT_JOBS
+) -> storage.GcsStore | storage.LocalStore:
     """The store named by --bucket / --local-dir, else by the function's environment variables."""
     bucket = args.bucket
     local_dir = args.local_dir
@@ -506,7 +674,7 @@ def open_store(args: argparse.Namespace, parser: argparse.ArgumentParser) -> sto
         local_dir = Path(os.environ["LOCAL_AUDIO_DIR"]) if os.environ.get("LOCAL_AUDIO_DIR", "").strip() else None
     if bucket:
         store = storage.GcsStore(bucket)
-        _widen_connection_pool(store, args.jobs)
+        _widen_connection_pool(store, jobs)
         return store
     if local_dir is None:
         parser.error("no source: give --bucket NAME or --local-dir PATH (or set GCS_BUCKET_NAME / LOCAL_AUDIO_DIR)")
@@ -523,32 +691,52 @@ def _widen_connection_pool(store: storage.GcsStore, jobs: int) -> None:
             session.mount(prefix, HTTPAdapter(pool_connections=4, pool_maxsize=jobs))
 
 
-def _progress_bar(total: int, quiet: bool):
-    """A tqdm bar on stderr when it is a terminal, else None."""
+def progress_bar(total: int | None, quiet: bool, unit: str = "chunk", desc: str | None = None):
+    """A tqdm bar on stderr when it is a terminal, else None; with no total, a running count."""
     if quiet or total == 0 or not sys.stderr.isatty():
         return None
     try:
         from tqdm import tqdm
     except ImportError:  # tqdm comes with requirements-tools.txt; without it, no bar
         return None
-    return tqdm(total=total, unit="chunk", file=sys.stderr, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def list_with_progress(
+    store: storage.GcsStore | storage.LocalStore,
+    uid: str,
+    since: datetime | None,
+    until: datetime | None,
+    quiet: bool,
+) -> Selection:
+    """`select_chunks` with a running count of names listed on a terminal."""
+    bar = progress_bar(None, quiet, unit="name", desc="listing")
+    try:
+        return select_chunks(store, uid, since, until, progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not storage.is_valid_uid(args.uid):
-        parser.error(f"--uid must be {storage.UID_RULE}")
     if args.since and args.until and args.since >= args.until:
         parser.error("--since must be before --until")
     if args.out is None and not args.list:
         parser.error("--out DIR is required (or use --list)")
-    store = open_store(args, parser)
-    where = store.location(f"{args.uid}/")
+    output = FORMATS[args.format]
+    if args.format == "flac" and not args.list:
+        try:
+            import soundfile  # noqa: F401
+        except (ImportError, OSError) as exc:
+            parser.error(f"--format flac needs soundfile (pip install -r requirements-tools.txt): {exc}")
+    store = open_store(args, parser, args.jobs)
+    where = store.location(storage.uid_prefix(args.uid) + "/")
 
     try:
-        selection = select_chunks(store, args.uid, args.since, args.until)
+        selection = list_with_progress(store, args.uid, args.since, args.until, args.quiet)
     except Exception as exc:
         print(f"error: could not list {where}: {exc}", file=sys.stderr)
         return 1
@@ -561,15 +749,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     if args.list:
-        sessions = list(plan_sessions(args.uid, selection.chunks, args.gap))
+        sessions = list(plan_sessions(args.uid, selection.chunks, args.gap, output.part_limit, output.suffix))
         format_table(sessions, sys.stdout)
         _print_summary(sessions, selection.duplicates, [], listed=True)
         return 0
 
-    bar = _progress_bar(len(selection.chunks), args.quiet)
+    starts: set[str] = set()
+    kept: list[Session] = []
+    if args.skip_existing:
+        selection, starts, kept = resume_plan(args.uid, selection, args.out, args.gap, output)
+    taken = {s.files[0].removesuffix(output.suffix).removesuffix("_part01") for s in kept}
+    bar = progress_bar(len(selection.chunks), args.quiet)
 
     def warn(message: str) -> None:
-        (bar.write if bar else print)(f"warning: {message}", file=sys.stderr)
+        (bar.write if bar is not None else print)(f"warning: {message}", file=sys.stderr)
 
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _in_main_thread() else None
     try:
@@ -580,8 +773,11 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             args.gap,
             args.jobs,
-            progress=bar.update if bar else None,
+            progress=bar.update if bar is not None else None,
             warn=warn,
+            output=output,
+            starts=starts,
+            taken=taken,
         )
     except KeyboardInterrupt:
         print("interrupted: finished sessions are kept, the unfinished one was removed", file=sys.stderr)
@@ -593,20 +789,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: could not read from {where}: {exc}", file=sys.stderr)
         return 1
     finally:
-        if bar:
+        if bar is not None:
             bar.close()
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
 
     format_table(summary.sessions, sys.stdout)
-    _print_summary(summary.sessions, summary.duplicates, summary.skipped, listed=False)
-    if not summary.sessions:
+    _print_summary(summary.sessions, summary.duplicates, summary.skipped, listed=False, kept=kept)
+    if not summary.sessions and not kept:
         print(f"nothing exported: none of the {summary.chunks} chunks is a usable WAV", file=sys.stderr)
         return 1
     return 0
 
 
-def _print_summary(sessions: list[Session], duplicates: int, skipped: list[str], listed: bool) -> None:
+def _print_summary(
+    sessions: list[Session], duplicates: int, skipped: list[str], listed: bool, kept: list[Session] | None = None
+) -> None:
     seconds = sum(s.seconds or 0 for s in sessions)
     files = sum(len(s.files) for s in sessions)
     chunks = sum(s.chunks for s in sessions)
@@ -615,6 +813,8 @@ def _print_summary(sessions: list[Session], duplicates: int, skipped: list[str],
         f"{len(sessions)} session(s), {files} file(s) {verb}; {chunks} chunk(s), {_duration(seconds)} of audio; "
         f"{duplicates} duplicate(s) dropped; {len(skipped)} corrupt or missing object(s) skipped"
     )
+    if kept is not None and (kept or not listed):
+        line += f"; {len(kept)} session(s) already complete, kept"
     print(line)
 
 
