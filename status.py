@@ -185,7 +185,7 @@ def human_duration(seconds: float) -> str:
         return f"{minutes} min"
     hours, minutes = divmod(minutes, 60)
     if hours < 48:
-        return f"{hours} h {minutes:02d} min"
+        return f"{hours} h {minutes:02d} min" if minutes else f"{hours} h"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h"
 
@@ -199,9 +199,8 @@ def format_report(statuses: list[UidStatus], alert_after: timedelta, out) -> Non
         if status.last_chunk is None:
             headline = "no chunk found"
         else:
-            headline = (
-                f"last chunk {status.last_chunk.replace('T', ' ')}, {human_duration(status.seconds_since_last)} ago"
-            )
+            when = status.last_chunk.replace("T", " ").replace("Z", " UTC")
+            headline = f"last chunk {when}, {human_duration(status.seconds_since_last or 0)} ago"
         verdict = f"STALE: nothing for more than {limit}" if status.stale else "OK"
         out.write(f"{status.uid}: {headline}  [{verdict}]\n")
         rows = [("DAY (UTC)", "AUDIO", "SESSIONS", "CHUNKS", "FIRST", "LAST", "LONGEST GAP")]
