@@ -22,7 +22,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import soundfile
 from conftest import ROOT, assert_decodes, pcm_tone
+from counting_proxy import CountingProxy
 from latency_proxy import LatencyProxy
 
 import export
@@ -307,6 +309,205 @@ def test_out_is_required_unless_listing(tmp_path, capsys):
     (tmp_path / "rec").mkdir()
     code, _, err = run(capsys, "--uid", UID, "--local-dir", str(tmp_path / "rec"))
     assert code == 2 and "--out" in err
+
+
+def test_chunks_in_the_same_microsecond_export_in_suffix_order_past_nine(source, tmp_path, capsys):
+    """-10 sorts before -2 as text; the export orders by the suffix's number."""
+    store, args = source
+    pcms = [pcm_tone(0.05, RATE, seed) for seed in range(13)]
+    names = [put(store, T0, pcm) for pcm in pcms]  # "…Z.wav", then "…Z-1.wav" up to "…Z-12.wav"
+    assert names[10].endswith("Z-10.wav") and names[12].endswith("Z-12.wav")
+    assert sorted(names) != names  # text order would misplace them
+
+    code, _, _ = run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "out"))
+
+    assert code == 0
+    [only] = wavs(tmp_path / "out")
+    assert_session(only, RATE, pcms)
+
+
+def test_the_listed_range_keeps_since_and_drops_until_whatever_the_suffix(source):
+    store, _ = source
+    since, until = T0, T0 + timedelta(seconds=10)
+    before = put(store, since - timedelta(microseconds=1), pcm_tone(0.01))
+    at_since = [put(store, since, pcm_tone(0.01, RATE, i)) for i in range(11)]  # suffixes up to -10
+    inside = put(store, until - timedelta(microseconds=1), pcm_tone(0.01))
+    at_until = [put(store, until, pcm_tone(0.01, RATE, i)) for i in range(3)]
+
+    listed = {info.name for info in store.list_chunks(UID, since, until)}
+    assert listed == {*at_since, inside}
+    assert {info.name for info in store.list_chunks(UID, until=since)} == {before}
+    assert {info.name for info in store.list_chunks(UID, since=until)} == set(at_until)
+    assert len(list(store.list_chunks(UID))) == 16
+    assert [info.name for info in store.list_chunks(UID, since, until, limit=1)] == [min(listed)]
+
+
+def test_exporting_one_day_of_thirty_lists_only_that_day(bucket, fake_gcs, tmp_path, monkeypatch, capsys):
+    store = storage.GcsStore(bucket.name)
+    per_day, days = 12, 30
+    start = datetime(2025, 3, 1, tzinfo=UTC)
+    for day in range(days):  # bursts at 00:00, 12:00 and the day's last second
+        for at in omi_bursts(start + timedelta(days=day), 4, 1) + omi_bursts(
+            start + timedelta(days=day, hours=12), 4, 1
+        ):
+            put(store, at, pcm_tone(0.01, RATE, day))
+        for i in range(4):
+            put(store, start + timedelta(days=day + 1, microseconds=-1), pcm_tone(0.01, RATE, i))  # -1 .. -3
+    day = "2025-03-15"
+
+    with CountingProxy(fake_gcs) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        code, out, _ = run(
+            capsys,
+            "--uid",
+            UID,
+            "--bucket",
+            bucket.name,
+            "--out",
+            str(tmp_path / "out"),
+            "--since",
+            day,
+            "--until",
+            day,
+        )
+        exported = proxy.names_listed, len(proxy.list_calls), proxy.downloads
+        proxy.reset()
+        run(capsys, "--uid", UID, "--bucket", bucket.name, "--list")
+        whole = proxy.names_listed
+
+    assert code == 0 and f"{per_day} chunk(s)" in out
+    print(
+        f"one day of {days}: {exported[0]} names listed in {exported[1]} call(s), {exported[2]} downloads; "
+        f"no range: {whole} names"
+    )
+    assert exported == (per_day, 1, per_day)
+    assert whole == per_day * days
+
+
+# -- uids ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("uid", ["Omi DevKit 2", "Zoë's Omi", "../etc", "webhook-device"])
+def test_uid_is_taken_as_the_sender_sends_it_and_files_are_named_by_its_folder(source, tmp_path, capsys, uid):
+    store, args = source
+    pcms = [pcm_tone(0.1, RATE, seed) for seed in range(3)]
+    for i, pcm in enumerate(pcms):
+        put(store, T0 + timedelta(seconds=i), pcm, uid=uid)
+    put(store, T0, pcm_tone(0.1, RATE, 9))  # another uid's chunk at the same time
+
+    code, _, err = run(capsys, "--uid", uid, *args, "--out", str(tmp_path / "out"))
+
+    assert (code, err) == (0, "")
+    [only] = (tmp_path / "out").iterdir()
+    assert only.name == f"{storage.uid_prefix(uid)}_20250301T140000.000000Z.wav"
+    assert_session(only, RATE, pcms)
+    assert "/" not in storage.uid_prefix(uid) and (uid == "webhook-device") == (storage.uid_prefix(uid) == uid)
+
+
+# -- --format flac ---------------------------------------------------------------
+
+
+def speech_like(seconds: float, rate: int, seed: int) -> bytes:
+    """A tone with a little noise: audio that compresses as recordings do, unlike pcm_tone's noise."""
+    import math
+    import random
+
+    rng = random.Random(seed)
+    samples = (
+        int(8000 * math.sin(2 * math.pi * (220 + 40 * seed) * n / rate) + rng.randint(-50, 50))
+        for n in range(int(seconds * rate))
+    )
+    return b"".join(struct.pack("<h", value) for value in samples)
+
+
+def test_flac_is_lossless_and_about_half_the_size(source, tmp_path, capsys):
+    store, args = source
+    pcms = [speech_like(1, RATE, seed) for seed in range(6)]
+    for i, pcm in enumerate(pcms):
+        put(store, T0 + timedelta(seconds=i), pcm)
+    put(store, T0 + timedelta(hours=1), pcms[0], rate=8000)
+
+    assert run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "wav"))[0] == 0
+    code, _, err = run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "flac"), "--format", "flac")
+    _, listed, _ = run(capsys, "--uid", UID, *args, "--list", "--format", "flac")
+
+    assert (code, err) == (0, "")
+    flacs = sorted((tmp_path / "flac").iterdir())
+    assert [f.name for f in flacs] == [w.name.replace(".wav", ".flac") for w in wavs(tmp_path / "wav")]
+    assert [line.split()[-1] for line in listed.splitlines()[1:-1]] == [f.name for f in flacs]
+    for flac, expected_rate, expected in [(flacs[0], RATE, b"".join(pcms)), (flacs[1], 8000, pcms[0])]:
+        info = soundfile.info(str(flac))
+        assert (info.format, info.subtype, info.samplerate, info.channels) == ("FLAC", "PCM_16", expected_rate, 1)
+        decoded, _ = soundfile.read(str(flac), dtype="int16")
+        assert decoded.tobytes() == expected
+        assert flac.stat().st_mode & 0o777 == 0o644
+    ratio = flacs[0].stat().st_size / wavs(tmp_path / "wav")[0].stat().st_size
+    print(f"FLAC/WAV size: {ratio:.2f}")
+    assert ratio < 0.6
+    assert not list((tmp_path / "flac").glob(".export-*"))
+
+
+# -- --skip-existing ---------------------------------------------------------------
+
+
+def test_skip_existing_keeps_complete_sessions_and_redoes_the_rest(source, tmp_path, capsys):
+    store, args = source
+    starts = [T0, T0 + timedelta(hours=1), T0 + timedelta(hours=2)]
+    audio = {at: [pcm_tone(0.2, RATE, 10 * n + i) for i in range(3)] for n, at in enumerate(starts)}
+    names = {at: [put(store, at + timedelta(seconds=i), pcm) for i, pcm in enumerate(audio[at])] for at in starts}
+    out = tmp_path / "out"
+    command = ["--uid", UID, *args, "--out", str(out)]
+    assert run(capsys, *command)[0] == 0
+    first, second, third = wavs(out)
+    second.unlink()  # as if the export had been interrupted before this session
+    # Change the stored audio of the first and third sessions: only a session that is
+    # downloaded again can show it.  The third also grows: it was still being recorded.
+    changed = {at: [pcm_tone(0.2, RATE, 100 + 10 * n + i) for i in range(3)] for n, at in enumerate(starts)}
+    for at in (starts[0], starts[2]):
+        for name, pcm in zip(names[at], changed[at], strict=True):
+            if isinstance(store, storage.GcsStore):
+                store.bucket.blob(name).upload_from_string(wav.frame(pcm, RATE))
+            else:
+                Path(store.location(name)).write_bytes(wav.frame(pcm, RATE))
+    late = pcm_tone(0.2, RATE, 999)
+    put(store, starts[2] + timedelta(seconds=3), late)
+
+    code, out_text, _ = run(capsys, *command, "--skip-existing")
+
+    assert code == 0
+    assert [f.name for f in wavs(out)] == [first.name, second.name, third.name]
+    assert_session(first, RATE, audio[starts[0]])  # kept: not downloaded again
+    assert_session(second, RATE, audio[starts[1]])  # missing: written
+    assert_session(third, RATE, [*changed[starts[2]], late])  # grown: redone
+    assert "2 session(s), 2 file(s) written" in out_text and "1 session(s) already complete, kept" in out_text
+
+    code, out_text, _ = run(capsys, *command, "--skip-existing")  # nothing left to do is still success
+    assert code == 0 and "0 session(s)" in out_text and "3 session(s) already complete, kept" in out_text
+
+
+def test_skip_existing_resumes_flac_and_never_merges_the_sessions_around_a_kept_one(tmp_path, capsys):
+    store = storage.LocalStore(tmp_path / "rec")
+    low = [pcm_tone(0.2, 8000, i) for i in range(2)]
+    high = [pcm_tone(0.2, RATE, 10 + i) for i in range(2)]
+    low_again = [pcm_tone(0.2, 8000, 20 + i) for i in range(2)]
+    for i, (pcm, rate) in enumerate(
+        [(p, 8000) for p in low] + [(p, RATE) for p in high] + [(p, 8000) for p in low_again]
+    ):
+        put(store, T0 + timedelta(seconds=i), pcm, rate=rate)
+    command = ["--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path / "out"), "--format", "flac"]
+    assert run(capsys, *command)[0] == 0
+    files = sorted((tmp_path / "out").iterdir())
+    assert len(files) == 3
+    files[0].unlink()
+    files[2].unlink()
+
+    code, out, _ = run(capsys, *command, "--skip-existing")
+
+    assert code == 0 and "1 session(s) already complete, kept" in out
+    assert [f.name for f in sorted((tmp_path / "out").iterdir())] == [f.name for f in files]
+    for flac, expected in zip(files, [low, high, low_again], strict=True):
+        decoded, _ = soundfile.read(str(flac), dtype="int16")
+        assert decoded.tobytes() == b"".join(expected)
 
 
 # -- --list ----------------------------------------------------------------------
