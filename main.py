@@ -34,13 +34,29 @@ MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 48000
 SAMPLE_RATE_RE = re.compile(r"[1-9][0-9]{3,4}")
 
-# Cloud Functions refuses requests over 32 MiB; no cap may exceed that.
+# Cloud Run refuses requests over 32 MiB before they reach us, so that is the default
+# cap and no cap may exceed it: the phone's 300 s batch (9.6 MB) and 120 s at 48 kHz
+# (11.5 MB) both fit.
 HARD_MAX_CHUNK_BYTES = 32 * 1024 * 1024
-# Default cap: the largest WAV that GCS takes in one atomic request (8 MiB), i.e.
-# 262 s of 16 kHz audio, over twice the largest batch an older Omi backend posts.
-DEFAULT_MAX_CHUNK_BYTES = 8 * 1024 * 1024 - wav.HEADER_SIZE - 1
-# Omi gives up after 30 s; answer 503 before that so it retries rather than times out.
+DEFAULT_MAX_CHUNK_BYTES = HARD_MAX_CHUNK_BYTES
+# Body bytes one instance holds at once.  Each body is held about twice while it is
+# framed and uploaded; 256 MiB takes 16 concurrent 11.5 MB batches with room to
+# spare, and deploy.sh's memory is sized from it (see the README's Performance).
+DEFAULT_BODY_BUDGET_BYTES = 256 * 1024 * 1024
+# A rejected body is read and thrown away before the answer: a client that is still
+# sending when the server closes gets a reset instead of the status (httpx then
+# retries what a clean 4xx would have stopped).  Bounded in bytes (twice what Cloud
+# Run lets through) and in time (the sender's own 30 s timeout).
+DISCARD_MAX_BYTES = 2 * HARD_MAX_CHUNK_BYTES
+DISCARD_MAX_SECONDS = 30.0
+# Storage deadlines, counted from the request's arrival.  A sender with an
+# Idempotency-Key is the Omi backend: it retries after 1, 5 and 30 s, so answer 503
+# early and let it.  A sender without one is the phone (or an older backend): it
+# never retries and gives up at 30 s, so keep trying until a margin before that.
 DEFAULT_STORAGE_DEADLINE_SECONDS = 20.0
+DEFAULT_NO_RETRY_DEADLINE_SECONDS = 27.0
+DEADLINE_BOUNDS_SECONDS = (1.0, 28.0)  # the answer must still reach a 30 s sender
+MIN_STORAGE_SECONDS = 1.0  # storage is always tried, however long the body took to arrive
 # Retries of one chunk come seconds apart; remember this many recent chunks per instance.
 IDEMPOTENCY_CACHE_SIZE = 10_000
 # Omi sends a uuid4; anything longer or unprintable is not used (the audio is still stored).
@@ -48,6 +64,7 @@ IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,128}")
 # The parameters we read; each may appear once (or repeated with the same value).
 QUERY_KEYS = ("sample_rate", "uid", "token")
 READ_PIECE_BYTES = 1024 * 1024
+DISCARD_PIECE_BYTES = 64 * 1024
 # Buffers above this get their own memory mapping, returned to the OS when freed
 # (glibc's starting threshold, held there; see `_unmap_large_buffers`).
 LARGE_BODY_BYTES = 128 * 1024
@@ -83,28 +100,27 @@ def receive_audio(request: flask.Request) -> flask.Response:
     Returns:
         200 ``{"object", "bytes", "duration_seconds"}`` when stored (or already
         stored by an earlier attempt), 200 ``{"stored": null}`` for an empty body,
-        4xx ``{"error"}`` for a request to fix, 503 when storage is unavailable.
+        4xx ``{"error"}`` for a request to fix, 503 when storage is unavailable
+        (retry), 500 when the function is misconfigured.  Every answer comes after
+        the whole body is read, so the sender can read it.
     """
-    started = time.perf_counter()
-    log = {"uid": None, "object": None, "bytes": None}
+    started = time.monotonic()
+    log = {"uid": None, "token": None, "object": None, "bytes": None}
 
-    def answer(status: int, body: dict, *, message: str, unread: bool = False, **headers: str) -> flask.Response:
+    def answer(status: int, body: dict, *, message: str, close: bool = False, **headers: str) -> flask.Response:
         severity = "INFO" if status < 400 else "WARNING" if status < 500 else "ERROR"
-        latency_ms = round((time.perf_counter() - started) * 1000, 2)
-        _log(severity, message, **log, status=status, latency_ms=latency_ms)
+        _log(severity, message, **log, status=status, latency_ms=round(elapsed(started) * 1000, 2))
         payload = json.dumps(body)
-        if unread:
-            # The body was not read. A streamed answer stops functions-framework's
-            # after_request from reading it all into memory; Connection: close asks
-            # the server to drop the connection rather than drain it.
+        if close:
+            # The body is still unread: a streamed answer stops functions-framework from
+            # reading it into memory, and the connection is closed instead of drained.
             headers["Connection"] = "close"
-            response = flask.Response(iter([payload]), status, headers, mimetype="application/json")
-        else:
-            response = flask.Response(payload, status, headers, mimetype="application/json")
-        return response
+            return flask.Response(iter([payload]), status, headers, mimetype="application/json")
+        return flask.Response(payload, status, headers, mimetype="application/json")
 
     def reject(status: int, error: str, **headers: str) -> flask.Response:
-        return answer(status, {"error": error}, message=f"rejected: {error}", unread=True, **headers)
+        read_to_end = discard_body(request.stream, request.content_length, started + DISCARD_MAX_SECONDS)
+        return answer(status, {"error": error}, message=f"rejected: {error}", close=not read_to_end, **headers)
 
     if request.method != "POST":
         return reject(405, f"method {request.method} not allowed: Omi posts audio with POST", Allow="POST")
@@ -114,10 +130,11 @@ def receive_audio(request: flask.Request) -> flask.Response:
     except QueryError as exc:
         return reject(400, str(exc))
 
-    expected_token = os.environ.get("WEBHOOK_TOKEN", "")
-    if expected_token and not hmac.compare_digest(
-        params.get("token", "").encode("utf-8", "surrogateescape"), expected_token.encode("utf-8", "surrogateescape")
-    ):
+    tokens = configured_tokens()
+    if not tokens and os.environ.get("K_SERVICE"):
+        return reject(500, "WEBHOOK_TOKEN is not set: a deployed function stores nothing without one; run deploy.sh")
+    log["token"] = matching_token(params.get("token", ""), tokens)
+    if tokens and log["token"] is None:
         return reject(401, "missing or wrong token: use the URL deploy.sh printed, ending in ?token=...")
 
     try:
@@ -129,55 +146,65 @@ def receive_audio(request: flask.Request) -> flask.Response:
 
     allowed = os.environ.get("ALLOWED_UIDS", "").strip()
     if allowed and uid not in {u.strip() for u in allowed.split(",")}:
-        return reject(403, f"uid {uid} is not in ALLOWED_UIDS")
+        return reject(403, f"uid {uid!r} is not in ALLOWED_UIDS")
 
     limit = max_chunk_bytes()
-    if request.content_length is not None and request.content_length > limit:
-        return reject(413, f"body of {request.content_length} bytes exceeds the {limit}-byte limit (MAX_CHUNK_BYTES)")
-    if (request.content_length or 0) > LARGE_BODY_BYTES:
-        _unmap_large_buffers()
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return reject(413, f"body of {declared} bytes exceeds the {limit}-byte limit (MAX_CHUNK_BYTES)")
 
     try:
         store = store_from_env()
     except storage.ConfigError as exc:
         return reject(500, str(exc))
 
-    pieces, size = read_body(request.stream, limit)
-    if pieces is None:
-        return reject(413, f"body exceeds the {limit}-byte limit (MAX_CHUNK_BYTES)")
-    log["bytes"] = size
-    if size == 0:
-        return answer(200, {"stored": None}, message="empty body: nothing to store")
-
-    key = request.headers.get("Idempotency-Key", "")
-    key = key if IDEMPOTENCY_KEY_RE.fullmatch(key) else ""
-    chunk = _remember(uid, key)
-    if chunk.response is not None:
-        log["object"] = chunk.response["object"]
-        return answer(200, {**chunk.response, "duplicate": True}, message="duplicate: already stored")
-
-    duration = wav.duration_seconds(size, sample_rate)
-    metadata = {
-        "sample_rate": str(sample_rate),
-        "received_at": chunk.received_at.isoformat(timespec="microseconds").replace("+00:00", "Z"),
-        "duration_seconds": str(duration),
-        "pcm_bytes": str(size),
-    }
-    if key:
-        metadata["idempotency_key"] = key
-    audio = wav.frame(pieces, sample_rate)
-    pieces.clear()  # the WAV is now the only copy: a large body is held twice, not three times
+    # Reserve what the body will hold before reading it (the cap, for a chunked body).
+    reserved = min(declared, limit) if declared is not None else limit
+    if not _body_budget.reserve(reserved):
+        return reject(503, "this instance is busy with other large bodies: retry in a few seconds")
     try:
-        stored = store.put(
-            uid,
-            chunk.received_at,
-            audio,
-            metadata,
-            chunk.write_id,
-            storage_deadline_seconds(),
-        )
-    except storage.StorageUnavailable as exc:
-        return answer(503, {"error": f"storage unavailable, retry later: {exc}"}, message=f"storage failed: {exc}")
+        if reserved > LARGE_BODY_BYTES:
+            _unmap_large_buffers()
+        pieces, size = read_body(request.stream, limit)
+        if pieces is None:
+            return reject(413, f"body exceeds the {limit}-byte limit (MAX_CHUNK_BYTES)")
+        log["bytes"] = size
+        if size == 0:
+            return answer(200, {"stored": None}, message="empty body: nothing to store")
+
+        key = request.headers.get("Idempotency-Key", "")
+        key = key if IDEMPOTENCY_KEY_RE.fullmatch(key) else ""
+        chunk = _remember(uid, key)
+        if chunk.response is not None:
+            log["object"] = chunk.response["object"]
+            return answer(200, {**chunk.response, "duplicate": True}, message="duplicate: already stored")
+
+        duration = wav.duration_seconds(size, sample_rate)
+        metadata = {
+            "sample_rate": str(sample_rate),
+            "received_at": chunk.received_at.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "duration_seconds": str(duration),
+            "pcm_bytes": str(size),
+        }
+        if key:
+            metadata["idempotency_key"] = key
+        audio = wav.frame(pieces, sample_rate)
+        pieces.clear()  # the WAV is now the only copy: a large body is held twice, not three times
+        deadline = storage_deadline_seconds(retried=bool(key))
+        try:
+            left = max(deadline - elapsed(started), MIN_STORAGE_SECONDS)
+            stored = store.put(uid, chunk.received_at, audio, metadata, chunk.write_id, left)
+        except storage.StorageUnavailable as exc:
+            return answer(503, {"error": "storage is unavailable: retry later"}, message=f"storage failed: {exc}")
+        except storage.StorageRefused as exc:
+            error = (
+                "storage refused the write: the bucket is missing or the function's service account lacks "
+                "a permission on it; re-run deploy.sh, or check the bucket's IAM"
+            )
+            return answer(500, {"error": error}, message=f"storage refused: {exc}")
+        del audio
+    finally:
+        _body_budget.release(reserved)
     log["object"] = stored.location
     chunk.response = {"object": stored.location, "bytes": size, "duration_seconds": duration}
     return answer(200, chunk.response, message="stored (found from an earlier attempt)" if stored.existed else "stored")
@@ -247,20 +274,94 @@ def read_body(stream: BinaryIO, limit: int) -> tuple[list[bytes] | None, int]:
             return None, size
 
 
-def max_chunk_bytes() -> int:
-    """The body cap: MAX_CHUNK_BYTES if set, never above Cloud Functions' 32 MiB."""
-    configured = os.environ.get("MAX_CHUNK_BYTES", "").strip()
-    value = int(configured) if configured.isdigit() else DEFAULT_MAX_CHUNK_BYTES
-    return min(value, HARD_MAX_CHUNK_BYTES)
+def discard_body(stream: BinaryIO, declared: int | None, give_up_at: float) -> bool:
+    """Read what the client is still sending and throw it away, in constant memory.
+
+    Returns:
+        True once the body is read to its end; False if it is longer than
+        DISCARD_MAX_BYTES (declared or read) or still arriving at `give_up_at`.
+    """
+    if declared is not None and declared > DISCARD_MAX_BYTES:
+        return False
+    read = 0
+    while read <= DISCARD_MAX_BYTES and time.monotonic() < give_up_at:
+        piece = stream.read(DISCARD_PIECE_BYTES)
+        if not piece:
+            return True
+        read += len(piece)
+    return False
 
 
-def storage_deadline_seconds() -> float:
-    """How long one chunk may spend on storage retries (STORAGE_DEADLINE_SECONDS)."""
+class BodyBudget:
+    """Body bytes this instance may hold at once; over it a request gets 503, never an OOM kill."""
+
+    def __init__(self) -> None:
+        self.in_use = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, size: int) -> bool:
+        with self._lock:
+            if self.in_use and self.in_use + size > body_budget_bytes():
+                return False  # one body alone always fits: the cap is at most the budget
+            self.in_use += size
+            return True
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self.in_use -= size
+
+
+_body_budget = BodyBudget()
+
+
+def configured_tokens() -> dict[str, str]:
+    """The tokens accepted now: WEBHOOK_TOKEN and, during a rotation, WEBHOOK_TOKEN_PREVIOUS."""
+    tokens = {"current": os.environ.get("WEBHOOK_TOKEN", ""), "previous": os.environ.get("WEBHOOK_TOKEN_PREVIOUS", "")}
+    return {which: token for which, token in tokens.items() if token}
+
+
+def matching_token(given: str, tokens: dict[str, str]) -> str | None:
+    """Which configured token `given` is ("current" or "previous"), compared in constant time."""
+    given_bytes = given.encode("utf-8", "surrogateescape")
+    matched = None
+    for which, token in tokens.items():  # every token is compared, whichever matches
+        if hmac.compare_digest(given_bytes, token.encode("utf-8", "surrogateescape")):
+            matched = matched or which
+    return matched
+
+
+def elapsed(started: float) -> float:
+    return time.monotonic() - started
+
+
+def _setting(name: str, default: float, low: float, high: float) -> float:
+    """A numeric setting from the environment; the default when unset, unreadable or out of bounds."""
     try:
-        value = float(os.environ.get("STORAGE_DEADLINE_SECONDS", DEFAULT_STORAGE_DEADLINE_SECONDS))
+        value = float(os.environ.get(name, default))
     except ValueError:
-        return DEFAULT_STORAGE_DEADLINE_SECONDS
-    return value if 0 < value < 30 else DEFAULT_STORAGE_DEADLINE_SECONDS
+        return default
+    return value if low <= value <= high else default
+
+
+def max_chunk_bytes() -> int:
+    """The body cap: MAX_CHUNK_BYTES if set, never above Cloud Run's 32 MiB."""
+    return int(_setting("MAX_CHUNK_BYTES", DEFAULT_MAX_CHUNK_BYTES, 1, HARD_MAX_CHUNK_BYTES))
+
+
+def body_budget_bytes() -> int:
+    """Body bytes one instance may hold at once (BODY_BUDGET_BYTES), at least one largest body."""
+    return max(int(_setting("BODY_BUDGET_BYTES", DEFAULT_BODY_BUDGET_BYTES, 1, 2**40)), max_chunk_bytes())
+
+
+def storage_deadline_seconds(*, retried: bool) -> float:
+    """Seconds from a request's arrival to its answer when storage fails.
+
+    STORAGE_DEADLINE_SECONDS for senders that retry (they send an Idempotency-Key),
+    NO_RETRY_DEADLINE_SECONDS for those that do not; each within DEADLINE_BOUNDS_SECONDS.
+    """
+    if retried:
+        return _setting("STORAGE_DEADLINE_SECONDS", DEFAULT_STORAGE_DEADLINE_SECONDS, *DEADLINE_BOUNDS_SECONDS)
+    return _setting("NO_RETRY_DEADLINE_SECONDS", DEFAULT_NO_RETRY_DEADLINE_SECONDS, *DEADLINE_BOUNDS_SECONDS)
 
 
 def store_from_env() -> storage.GcsStore | storage.LocalStore:

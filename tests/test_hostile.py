@@ -262,7 +262,8 @@ def test_lying_lengths_chunked_bodies_and_absurd_headers_never_get_a_500(client,
 
 def test_hostile_requests_while_storage_fails_get_503_never_500(client, bucket, fake_gcs, monkeypatch, capsys):
     """Storage refuses or drops every write: each request that would store gets 503, quickly."""
-    monkeypatch.setenv("STORAGE_DEADLINE_SECONDS", "0.3")
+    monkeypatch.setenv("STORAGE_DEADLINE_SECONDS", "1")
+    monkeypatch.setenv("NO_RETRY_DEADLINE_SECONDS", "1")
     statuses: dict[int, int] = {}
     with FaultProxy(fake_gcs) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)

@@ -208,17 +208,6 @@ def test_token_never_appears_in_logs_or_responses(client, local_dir, monkeypatch
     assert len([line for line in logged.out.splitlines() if line.startswith("{")]) == 5
 
 
-def test_token_comparison_is_constant_time():
-    import inspect
-
-    import main
-
-    assert "hmac.compare_digest" in inspect.getsource(main.receive_audio)
-
-
-# -- 6. body -------------------------------------------------------------------------
-
-
 def test_empty_body_is_200_with_nothing_stored(client, local_dir):
     response = post(client, f"sample_rate=16000&uid={UID}", b"")
     assert response.status_code == 200
@@ -226,12 +215,73 @@ def test_empty_body_is_200_with_nothing_stored(client, local_dir):
     assert not local_dir.exists() or local_objects(local_dir) == {}
 
 
-def test_body_over_the_cap_is_413_by_content_length_before_reading(client, local_dir, monkeypatch):
-    monkeypatch.setenv("MAX_CHUNK_BYTES", "1000")
-    response = post(client, f"sample_rate=16000&uid={UID}", b"\0" * 1002)
+class _Unread:
+    """A request body of `size` zero bytes, made as it is read; records how it was read."""
+
+    def __init__(self, size: int):
+        self.left = size
+        self.read_total = 0
+        self.largest_read = 0
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n is None or n < 0 else min(n, self.left)
+        self.left -= n
+        self.read_total += n
+        self.largest_read = max(self.largest_read, n)
+        return bytes(n)
+
+    def readline(self, n: int = -1) -> bytes:
+        return self.read(n)
+
+
+def post_lazy(client, query: str, body: _Unread, size: int):
+    return client.post(
+        f"/?{query}",
+        headers={"Content-Type": "application/octet-stream"},
+        environ_overrides={"wsgi.input": body, "CONTENT_LENGTH": str(size)},
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "query", "env"),
+    [
+        (400, f"sample_rate=1e4&uid={UID}", {}),
+        (401, f"token=wrong&sample_rate=16000&uid={UID}", {"WEBHOOK_TOKEN": "right-token-xyz"}),
+        (403, f"sample_rate=16000&uid={UID}", {"ALLOWED_UIDS": "someone-else"}),
+        (413, f"sample_rate=16000&uid={UID}", {"MAX_CHUNK_BYTES": str(8 * 1024 * 1024)}),
+    ],
+)
+def test_rejected_body_is_read_to_its_end_and_thrown_away_in_constant_memory(
+    client, local_dir, monkeypatch, status, query, env
+):
+    """So the sender, still sending, reads the status instead of a reset; and the connection stays open."""
+    import tracemalloc
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    size = 16 * 1024 * 1024
+    body = _Unread(size)
+    tracemalloc.start()
+    try:
+        response = post_lazy(client, query, body, size)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == status
+    assert body.read_total == size  # read to its end...
+    assert peak < 1024 * 1024  # ...without holding it (8 MiB would be the cap's worth)
+    assert "Connection" not in response.headers
+    assert not local_dir.exists()
+
+
+def test_body_too_large_to_reach_a_deployed_function_is_answered_unread_and_closed(client, local_dir):
+    size = 200 * 1024 * 1024  # Cloud Run refuses anything over 32 MiB before it reaches us
+    body = _Unread(size)
+    response = post_lazy(client, f"sample_rate=16000&uid={UID}", body, size)
     assert response.status_code == 413
     assert "MAX_CHUNK_BYTES" in response.get_json()["error"]
     assert response.headers["Connection"] == "close"
+    assert body.read_total == 0
     assert not local_dir.exists()
 
 
@@ -240,18 +290,25 @@ def test_body_at_the_cap_is_stored(client, local_dir, monkeypatch):
     assert post(client, f"sample_rate=16000&uid={UID}", b"\1" * 1000).status_code == 200
 
 
-def test_chunked_body_over_the_cap_is_413_without_reading_it_all(client, local_dir, monkeypatch):
+def test_chunked_body_over_the_cap_is_413_read_to_its_end_but_never_held(client, local_dir, monkeypatch):
+    import tracemalloc
+
     monkeypatch.setenv("MAX_CHUNK_BYTES", "1000")
     consumed = []
 
     def stream():
-        for _ in range(10_000):  # 10 MB offered; only a little past the cap may be read
+        for _ in range(10_000):  # 10 MB offered with no length: read and thrown away
             consumed.append(1)
             yield b"\0" * 1000
 
-    response = post_unsized(client, f"sample_rate=16000&uid={UID}", stream())
+    tracemalloc.start()
+    try:
+        response = post_unsized(client, f"sample_rate=16000&uid={UID}", stream())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert response.status_code == 413
-    assert len(consumed) < 10
+    assert len(consumed) == 10_000 and peak < 1024 * 1024
     assert not local_dir.exists()
 
 
@@ -265,11 +322,12 @@ def test_chunked_body_within_the_cap_is_stored_whole(client, local_dir):
     assert_decodes(data, 16000, pcm)
 
 
-def test_default_cap_is_within_cloud_functions_32_mib_limit():
+def test_default_cap_is_cloud_runs_32_mib_limit_and_no_setting_exceeds_it(monkeypatch):
     import main
 
-    assert main.max_chunk_bytes() <= 32 * 1024 * 1024
-    assert main.max_chunk_bytes() >= 120 * 16000 * 2  # an older backend's 120 s batch fits
+    assert main.max_chunk_bytes() == 32 * 1024 * 1024  # the phone's 300 s and 120 s at 48 kHz fit
+    monkeypatch.setenv("MAX_CHUNK_BYTES", str(64 * 1024 * 1024))
+    assert main.max_chunk_bytes() == 32 * 1024 * 1024
 
 
 def test_odd_length_body_keeps_every_byte_in_a_valid_wav(client, bucket):
@@ -377,7 +435,7 @@ def test_unreachable_storage_is_503_within_the_deadline_then_recovers(client, mo
 
     from conftest import free_port
 
-    monkeypatch.setenv("STORAGE_DEADLINE_SECONDS", "1.5")
+    monkeypatch.setenv("NO_RETRY_DEADLINE_SECONDS", "1.5")
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")  # nothing listens
     monkeypatch.setenv("GCS_BUCKET_NAME", bucket.name + "-x")  # a new client, pointed at the dead port
     started = time.monotonic()
@@ -392,11 +450,19 @@ def test_unreachable_storage_is_503_within_the_deadline_then_recovers(client, mo
     assert len(objects(bucket)) == 1
 
 
-def test_missing_bucket_is_503_with_a_reason(client, fake_gcs, monkeypatch):
-    monkeypatch.setenv("GCS_BUCKET_NAME", f"no-such-bucket-{uuid.uuid4().hex[:8]}")
+def test_missing_bucket_is_500_pointing_at_deploy_sh_with_the_detail_only_in_the_log(
+    client, fake_gcs, monkeypatch, capsys
+):
+    """A retry cannot cure a missing bucket or permission: 500, not 503, and no bucket name in the answer."""
+    bucket_name = f"no-such-bucket-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("GCS_BUCKET_NAME", bucket_name)
     response = post(client, f"sample_rate=16000&uid={UID}")
-    assert response.status_code == 503
-    assert "storage" in response.get_json()["error"]
+    assert response.status_code == 500
+    error = response.get_json()["error"]
+    assert "deploy.sh" in error and "IAM" in error
+    assert bucket_name not in response.get_data(as_text=True) and "http" not in error
+    (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert (line["severity"], line["status"]) == ("ERROR", 500) and bucket_name in line["message"]
 
 
 def test_local_write_failure_is_503_and_leaves_no_partial_file(client, tmp_path, monkeypatch):
@@ -420,10 +486,21 @@ def test_no_storage_configured_is_500_naming_both_variables(client):
 
 def test_local_backend_is_refused_on_cloud_functions(client, local_dir, monkeypatch):
     monkeypatch.setenv("K_SERVICE", "omi-audio")
-    response = post(client, f"sample_rate=16000&uid={UID}")
+    monkeypatch.setenv("WEBHOOK_TOKEN", "a-token-of-16-chars")
+    response = post(client, f"token=a-token-of-16-chars&sample_rate=16000&uid={UID}")
     assert response.status_code == 500
     assert "LOCAL_AUDIO_DIR" in response.get_json()["error"]
     assert not local_dir.exists()
+
+
+def test_deployed_without_a_token_stores_nothing_and_names_webhook_token(client, bucket, monkeypatch):
+    monkeypatch.setenv("K_SERVICE", "omi-audio")
+    response = post(client, f"sample_rate=16000&uid={UID}")
+    assert response.status_code == 500
+    assert "WEBHOOK_TOKEN" in response.get_json()["error"]
+    assert objects(bucket) == {}
+    monkeypatch.delenv("K_SERVICE")  # run locally, the same function stores without a token
+    assert post(client, f"sample_rate=16000&uid={UID}").status_code == 200
 
 
 def test_bucket_wins_over_local_dir(client, bucket, local_dir):
@@ -499,12 +576,19 @@ def test_one_json_log_line_per_request_with_the_fields(client, bucket, capsys):
     assert "sample_rate" in bad["message"]
 
 
-def test_storage_failure_is_logged_at_error_with_the_reason(client, fake_gcs, monkeypatch, capsys):
+def test_storage_unavailable_is_503_saying_retry_with_the_detail_only_in_the_log(client, monkeypatch, capsys):
+    from conftest import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens
+    monkeypatch.setenv("NO_RETRY_DEADLINE_SECONDS", "1")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", dead)
     monkeypatch.setenv("GCS_BUCKET_NAME", f"absent-{uuid.uuid4().hex[:8]}")
-    post(client, f"sample_rate=16000&uid={UID}")
+    response = post(client, f"sample_rate=16000&uid={UID}")
+    assert response.status_code == 503
+    assert response.get_json() == {"error": "storage is unavailable: retry later"}
     (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert (line["severity"], line["status"]) == ("ERROR", 503)
-    assert "storage" in line["message"]
+    assert "storage" in line["message"] and "Connection refused" in line["message"]
 
 
 def post_unsized(client, query, pieces):
