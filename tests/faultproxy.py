@@ -14,11 +14,23 @@ unless a fault is armed for requests of that kind:
 
 Hangs and trickles end when the client goes away, when `release` or `stop` is called, or
 after `HANG_LIMIT_SECONDS`, so no test can leave a thread behind for long.
+
+Two settings make the stand-in answer as Cloud Storage does where fake-gcs-server
+does not:
+
+* ``resumable_preconditions``: fake-gcs-server ignores ``ifGenerationMatch`` on a
+  resumable upload (the library's path for bodies over 8 MiB); Cloud Storage
+  refuses to start one for a name already taken.  The proxy checks the name
+  upstream and answers 412 itself.
+* ``taken_status=403``: to a caller without ``storage.objects.delete`` (our
+  function's role), Cloud Storage may answer a write to a taken name with 403
+  rather than 412.  The proxy turns every 412 into that 403.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import select
 import socket
 import socketserver
@@ -28,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 FAULTS = ("503", "reset", "cut", "hang", "hang-after", "trickle")
 HANG_LIMIT_SECONDS = 60.0
@@ -68,6 +80,8 @@ class FaultProxy:
 
     upstream: str
     seen: list[Seen] = field(default_factory=list)
+    resumable_preconditions: bool = False
+    taken_status: int = 412
 
     def __post_init__(self) -> None:
         self._rules: list[_Rule] = []
@@ -212,7 +226,14 @@ class _Handler(BaseHTTPRequestHandler):
         if action == "hang":
             self._hang()
             return
+        taken = self._taken_by_precondition(body)
+        if taken:
+            self._refuse_taken()
+            return
         status, reason, headers, payload = self._forward(body)
+        if status == 412:
+            self._refuse_taken()
+            return
         if action == "cut":
             self._drop()
             return
@@ -226,6 +247,42 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _proxy
+
+    def _taken_by_precondition(self, body: bytes) -> bool:
+        """A resumable upload asking ifGenerationMatch=0 for a name that exists (Cloud Storage refuses it)."""
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        if not (
+            self.owner.resumable_preconditions
+            and self.command == "POST"
+            and query.get("uploadType") == ["resumable"]
+            and query.get("ifGenerationMatch") == ["0"]
+        ):
+            return False
+        bucket = url.path.split("/b/", 1)[1].split("/", 1)[0]
+        name = (query.get("name") or [json.loads(body or b"{}").get("name", "")])[0]
+        conn = http.client.HTTPConnection(self.owner._upstream_host, self.owner._upstream_port, timeout=30)
+        try:
+            conn.request("GET", f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}")
+            response = conn.getresponse()
+            response.read()
+            return response.status == 200
+        finally:
+            conn.close()
+
+    def _refuse_taken(self) -> None:
+        """Answer a write to a taken name as Cloud Storage does: 412, or 403 to a caller that may not delete."""
+        if self.owner.taken_status == 403:
+            message = "does not have storage.objects.delete access to the Google Cloud Storage object."
+        else:
+            message = "At least one of the pre-conditions you specified did not hold."
+        payload = json.dumps({"error": {"code": self.owner.taken_status, "message": message}}).encode()
+        self.owner._record(self.command, self.path, f"taken-{self.owner.taken_status}")
+        self.send_response(self.owner.taken_status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
 
     def _forward(self, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
         conn = http.client.HTTPConnection(self.owner._upstream_host, self.owner._upstream_port, timeout=30)
