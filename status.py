@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--at",
         type=export._time_arg(False),
         metavar="T",
-        help="report as of this time instead of now (ISO 8601, UTC default); later chunks are ignored",
+        help="report as of this time instead of now (ISO 8601, UTC default); chunks after it are ignored",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -310,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     store = export.open_store(args, parser)
     now = args.at or datetime.now(UTC)
+    until = args.at + timedelta(microseconds=1) if args.at else None  # --at T includes a chunk received at T
     try:
         uids = [args.uid] if args.uid else store.list_uids()
     except Exception as exc:
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     statuses: list[UidStatus] = []
     for uid in uids:
         try:
-            statuses.append(report_uid(store, uid, now, args.days, args.alert_after, args.gap, args.quiet, args.at))
+            statuses.append(report_uid(store, uid, now, args.days, args.alert_after, args.gap, args.quiet, until))
         except Exception as exc:
             where = store.location(storage.uid_prefix(uid) + "/")
             print(f"error: could not list {where}: {exc}", file=sys.stderr)

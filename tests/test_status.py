@@ -1,0 +1,232 @@
+"""status.py: whether audio still arrives, per UTC day, listing only the days it reports.
+
+Chunks are written with the real storage module into fake-gcs-server and into a
+local directory; listing costs are counted at a proxy in front of the server.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from conftest import ROOT, pcm_tone
+from counting_proxy import CountingProxy
+
+import status
+import storage
+import wav
+
+UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"
+RATE = 16000
+NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
+
+
+def put(store, at: datetime, seconds: float = 1.0, uid: str = UID, rate: int = RATE) -> str:
+    pcm = pcm_tone(seconds, rate, int(at.timestamp()) % 1000)
+    meta = {"sample_rate": str(rate), "pcm_bytes": str(len(pcm))}
+    return store.put(uid, at, wav.frame(pcm, rate), meta, uuid.uuid4().hex, 10).name
+
+
+@pytest.fixture(params=["gcs", "local"])
+def source(request, tmp_path):
+    if request.param == "gcs":
+        bucket = request.getfixturevalue("bucket")
+        return storage.GcsStore(bucket.name), ["--bucket", bucket.name]
+    root = tmp_path / "recordings"
+    root.mkdir()
+    return storage.LocalStore(root), ["--local-dir", str(root)]
+
+
+def put_many(store, times: list[datetime]) -> None:
+    """Store a tiny chunk at each time, eight at once."""
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda at: put(store, at, seconds=0.01), times))
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    try:
+        code = status.main(list(args))
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def report(capsys, *args: str) -> tuple[int, dict]:
+    code, out, _ = run(capsys, *args, "--json", "--at", NOW.isoformat())
+    return code, json.loads(out)
+
+
+def test_each_day_shows_audio_sessions_first_last_and_longest_gap(source, capsys):
+    store, args = source
+    day1 = datetime(2025, 3, 8, 9, 0, tzinfo=UTC)
+    for i in range(10):  # 10 s, then 10 minutes of silence, then 5 s: two sessions
+        put(store, day1 + timedelta(seconds=i))
+    for i in range(5):
+        put(store, day1 + timedelta(seconds=609 + i), seconds=0.5)
+    put(store, datetime(2025, 3, 10, 11, 30, tzinfo=UTC), seconds=2)  # today, half an hour ago
+    put(store, datetime(2025, 3, 1, 8, 0, tzinfo=UTC))  # before the reported days
+
+    code, doc = report(capsys, "--uid", UID, *args, "--days", "3")
+
+    assert code == 0 and doc["stale"] is False
+    [uid] = doc["uids"]
+    assert (uid["uid"], uid["last_chunk"], uid["seconds_since_last"], uid["stale"]) == (
+        UID,
+        "2025-03-10T11:30:00Z",
+        1800.0,
+        False,
+    )
+    day8, day9, day10 = uid["days"]
+    assert day8 == {
+        "date": "2025-03-08",
+        "chunks": 15,
+        "audio_seconds": 12.5,
+        "sessions": 2,
+        "first_chunk": "2025-03-08T09:00:00Z",
+        "last_chunk": "2025-03-08T09:10:13Z",
+        "longest_gap_seconds": 600.0,
+        "longest_gap_from": "2025-03-08T09:00:09Z",
+        "no_audio": False,
+    }
+    assert day9["date"] == "2025-03-09" and day9["no_audio"] and day9["chunks"] == 0 and day9["sessions"] == 0
+    assert (day10["chunks"], day10["audio_seconds"], day10["sessions"], day10["longest_gap_seconds"]) == (
+        1,
+        2.0,
+        1,
+        None,
+    )
+    assert uid["names_listed"] == 16  # the three days only
+
+
+def test_the_table_reads_at_a_glance(source, capsys):
+    store, args = source
+    put(store, datetime(2025, 3, 9, 23, 59, 59, tzinfo=UTC))
+    put(store, datetime(2025, 3, 10, 0, 1, tzinfo=UTC))
+
+    code, out, err = run(capsys, "--uid", UID, *args, "--days", "3", "--at", NOW.isoformat())
+
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0] == f"{UID}: last chunk 2025-03-10 00:01:00 UTC, 11 h 59 min ago  [OK]"
+    assert lines[1].split() == ["DAY", "(UTC)", "AUDIO", "SESSIONS", "CHUNKS", "FIRST", "LAST", "LONGEST", "GAP"]
+    assert lines[2].split() == ["2025-03-08", "-", "-", "-", "-", "-", "no", "audio"]
+    # A session that runs over midnight counts on both days.
+    assert lines[3].split()[:6] == ["2025-03-09", "0:00:01.0", "1", "1", "23:59:59", "23:59:59"]
+    assert lines[4].split()[:6] == ["2025-03-10", "0:00:01.0", "1", "1", "00:01:00", "00:01:00"]
+
+
+def test_nothing_for_longer_than_alert_after_is_exit_3(source, capsys):
+    store, args = source
+    put(store, NOW - timedelta(hours=5))
+
+    assert run(capsys, "--uid", UID, *args, "--at", NOW.isoformat())[0] == 0
+    code, out, err = run(capsys, "--uid", UID, *args, "--at", NOW.isoformat(), "--alert-after", "4h")
+    assert code == status.EXIT_STALE == 3
+    assert "[STALE: nothing for more than 4 h]" in out and "no audio arrived in the last 4 h" in err
+    assert run(capsys, "--uid", UID, *args, "--at", NOW.isoformat(), "--alert-after", "301m")[0] == 0
+    assert run(capsys, "--uid", "never-sent", *args, "--at", NOW.isoformat())[0] == 3
+
+
+def test_the_last_chunk_before_the_reported_days_is_found_without_listing_the_archive(
+    bucket, fake_gcs, monkeypatch, capsys
+):
+    store = storage.GcsStore(bucket.name)
+    last = datetime(2025, 2, 18, 17, 42, 7, 123456, tzinfo=UTC)  # audio stopped 20 days before NOW
+    put_many(store, [last - timedelta(days=day, seconds=10 * i) for day in range(40) for i in range(15)])
+
+    with CountingProxy(fake_gcs) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        code, doc = report(capsys, "--uid", UID, "--bucket", bucket.name, "--days", "7")
+
+    [uid] = doc["uids"]
+    assert code == 3
+    assert uid["last_chunk"] == "2025-02-18T17:42:07Z"
+    assert uid["seconds_since_last"] == (NOW - last).total_seconds()
+    print(
+        f"last chunk 20 days back: {len(proxy.list_calls)} list calls, {proxy.names_listed} names, "
+        f"{proxy.downloads} downloads"
+    )
+    assert proxy.downloads == 0
+    # Probes that ask for one name each, then one minute of chunks (at most 6 here): never the 600.
+    _window, *probes, final = proxy.list_calls
+    assert all(call.query.get("maxResults") == ["1"] and call.names <= 1 for call in probes)
+    assert final.names <= 6 and proxy.names_listed <= len(proxy.list_calls) + 6
+    assert len(proxy.list_calls) <= 40
+
+
+def test_status_lists_only_the_days_it_reports(bucket, fake_gcs, monkeypatch, capsys):
+    store = storage.GcsStore(bucket.name)
+    put_many(store, [NOW - timedelta(days=day, minutes=i) for day in range(30) for i in range(10)])
+
+    with CountingProxy(fake_gcs) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        code, doc = report(capsys, "--uid", UID, "--bucket", bucket.name, "--days", "3")
+
+    assert code == 0
+    assert [day["chunks"] for day in doc["uids"][0]["days"]] == [10, 10, 10]
+    print(f"3 days of 30: {len(proxy.list_calls)} list call(s), {proxy.names_listed} names")
+    assert (len(proxy.list_calls), proxy.names_listed, proxy.downloads) == (1, 30, 0)
+
+
+def test_with_no_uid_every_uid_is_reported_from_one_folder_listing(bucket, fake_gcs, monkeypatch, capsys):
+    store = storage.GcsStore(bucket.name)
+    put(store, NOW - timedelta(hours=1), uid="Omi DevKit 2")
+    put(store, NOW - timedelta(days=3), uid=UID)
+    bucket.blob("notes.txt").upload_from_string(b"not a chunk")  # no uid folder
+    bucket.blob("bad~zz/20250101T000000.000000Z.wav").upload_from_string(b"x")  # no uid makes this folder
+
+    with CountingProxy(fake_gcs) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        code, doc = report(capsys, "--bucket", bucket.name, "--days", "2")
+        folder_listings = [call for call in proxy.list_calls if call.query.get("delimiter") == ["/"]]
+        stale_code, stale_doc = report(capsys, "--bucket", bucket.name, "--alert-after", "30m")
+
+    assert code == 0 and doc["stale"] is False  # one uid is still sending
+    assert [(u["uid"], u["stale"]) for u in doc["uids"]] == [("Omi DevKit 2", False), (UID, True)]
+    assert len(folder_listings) == 1 and folder_listings[0].names <= 1
+    assert stale_code == 3 and stale_doc["stale"] is True
+
+
+def test_no_uid_at_all_is_stale(source, capsys):
+    _, args = source
+    code, out, err = run(capsys, *args, "--at", NOW.isoformat())
+    assert (code, out) == (3, "") and "no uid has any chunk" in err
+
+
+def test_a_missing_bucket_is_exit_1(fake_gcs, capsys):
+    code, _, err = run(capsys, "--bucket", "no-such-bucket")
+    assert code == 1 and "could not list gs://no-such-bucket/" in err
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [["--days", "0"], ["--days", "x"], ["--alert-after", "soon"], ["--alert-after", "0h"], ["--uid", "a\nb"]],
+)
+def test_bad_arguments_exit_2(tmp_path, capsys, bad):
+    code, out, err = run(capsys, "--local-dir", str(tmp_path), *bad)
+    assert code == 2 and out == "" and "error" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("30m", 1800), ("24h", 86400), ("2d", 172800), ("6", 21600), ("1.5h", 5400)]
+)
+def test_alert_after_takes_a_duration(text, seconds):
+    assert status.duration_arg(text).total_seconds() == seconds
+
+
+def test_runs_as_a_script_from_cron(tmp_path):
+    store = storage.LocalStore(tmp_path / "rec")
+    put(store, datetime.now(UTC) - timedelta(minutes=5), uid="Omi DevKit 2")
+    command = [sys.executable, "status.py", "--local-dir", str(tmp_path / "rec"), "--uid", "Omi DevKit 2"]
+
+    fresh = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    stale = subprocess.run([*command, "--alert-after", "2m"], cwd=ROOT, capture_output=True, text=True)
+
+    assert fresh.returncode == 0 and "min ago  [OK]" in fresh.stdout
+    assert stale.returncode == 3 and "STALE" in stale.stdout
