@@ -7,6 +7,7 @@ that talks to storage only through the proxy.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 
@@ -160,3 +161,68 @@ def test_many_chunks_through_intermittent_failures_are_all_kept_once(client, buc
     stored = objects(bucket)
     assert sorted(data[44:] for data in stored.values()) == sorted(sent)
     assert proxy.count(match=is_upload) >= 2 * len(sent)
+
+
+# -- senders that never retry get all the time they wait -------------------------------------
+
+PHONE_TIMEOUT_SECONDS = 30  # the app's http.post(...).timeout(30 s); it never retries
+
+
+def outage(proxy: FaultProxy, seconds: float) -> threading.Timer:
+    """Storage refuses connections from now for `seconds`, then is back."""
+    proxy.down()
+    timer = threading.Timer(seconds, proxy.up)
+    timer.start()
+    return timer
+
+
+def phone_sends(client, pcm: bytes):
+    """POST one batch as the phone does: no Idempotency-Key; returns (response, seconds taken)."""
+    started = time.monotonic()
+    response = client.post(
+        f"/?sample_rate=16000&uid={UID}", data=pcm, headers={"Content-Type": "application/octet-stream"}
+    )
+    return response, time.monotonic() - started
+
+
+def test_a_phone_batch_outlives_a_25_s_storage_outage_and_is_stored_once(client, bucket, proxy):
+    assert send(client, pcm_tone(0.1, seed=20))[0].status_code == 200  # the client is built and pooled
+    batch = pcm_tone(60, seed=21)
+    timer = outage(proxy, 25)
+    response, took = phone_sends(client, batch)
+    timer.join()
+    assert response.status_code == 200, response.get_json()
+    assert 25 <= took < PHONE_TIMEOUT_SECONDS - 2
+    stored = [data for data in objects(bucket).values() if data[44:] == batch]
+    assert len(stored) == 1
+    assert_decodes(stored[0], 16000, batch)
+
+
+def test_the_same_outage_with_an_idempotency_key_gets_503_by_the_deadline_and_the_retry_stores_once(
+    client, bucket, proxy
+):
+    assert send(client, pcm_tone(0.1, seed=22))[0].status_code == 200
+    chunk, key = pcm_tone(1, seed=23), str(uuid.uuid4())
+    timer = outage(proxy, 25)
+    response, took = send(client, chunk, key)
+    assert response.status_code == 503
+    assert 20 <= took < 22  # STORAGE_DEADLINE_SECONDS' default: the backend retries after 1, 5 and 30 s
+    timer.join()
+    time.sleep(5)  # the backend's second retry
+    retry, _ = send(client, chunk, key)
+    assert retry.status_code == 200
+    stored = [data for data in objects(bucket).values() if data[44:] == chunk]
+    assert len(stored) == 1
+
+
+def test_an_outage_longer_than_the_phone_waits_gets_503_before_its_timeout_and_writes_nothing(client, bucket, proxy):
+    assert send(client, pcm_tone(0.1, seed=24))[0].status_code == 200
+    before = objects(bucket)
+    timer = outage(proxy, 35)
+    try:
+        response, took = phone_sends(client, pcm_tone(60, seed=25))
+    finally:
+        timer.join()
+    assert response.status_code == 503
+    assert took < PHONE_TIMEOUT_SECONDS - 2  # answered with time to reach the phone
+    assert objects(bucket) == before
