@@ -43,6 +43,12 @@ clean:
 soak: $(VENV)/.test
 	LOAD_CHUNKS=5000 $(PY) -m pytest -m load tests/test_load.py
 
+# Every rejection status at every body size, 20 tries each, with httpx 0.27 (the Omi
+# backend's client), requests, urllib and curl through the real server (about 6 minutes).
+.PHONY: senders
+senders: $(VENV)/.test
+	SENDER_TRIES=20 $(PY) -m pytest -q -s tests/test_senders.py
+
 # export.py against a one-at-a-time download loop: 2,000 chunks in fake-gcs-server
 # behind a proxy adding 20 ms per request; goal >= 8x (exit 1 when missed).
 .PHONY: bench-export
