@@ -20,9 +20,24 @@ from pathlib import Path
 import pytest
 import requests
 import soundfile
+from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+# Under CI=true Hypothesis would load its "ci" profile, whose derandomize=True sends
+# the same inputs on every run.  Every run here, CI's included, draws new inputs; a
+# failure prints the blob that reproduces it (@reproduce_failure), and no example
+# database is kept between runs.
+settings.register_profile(
+    "explore",
+    derandomize=False,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("explore")
 
 FFPROBE_ENTRIES = ("-show_entries", "stream=sample_rate,channels,codec_name")
 CONFIG_VARS = (
