@@ -50,10 +50,27 @@ senders: $(VENV)/.test
 	SENDER_TRIES=20 $(PY) -m pytest -q -s tests/test_senders.py
 
 # export.py against a one-at-a-time download loop: 2,000 chunks in fake-gcs-server
-# behind a proxy adding 20 ms per request; goal >= 8x (exit 1 when missed).
+# behind a proxy adding 20 ms per request; goal >= 8x.  Then one day exported from a
+# 30-day archive against the same day alone; goal <= 1.2x (exit 1 when either is missed).
 .PHONY: bench-export
 bench-export: $(VENV)/.test
 	$(PY) bench/export_bench.py
+
+# The tools' dependencies (progress bars, FLAC): requirements-tools.txt.
+$(VENV)/.tools: requirements.txt requirements-tools.txt $(VENV)/.runtime
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-tools.txt
+	touch $@
+
+# Join chunks into one file per session: make export ARGS='--uid UID --out exported [--since 2026-11-28]'
+.PHONY: export
+export: $(VENV)/.tools
+	$(PY) export.py $(ARGS)
+
+# Is audio still arriving?  make status [ARGS='--uid "Omi DevKit 2" --days 30']; exit 3 when stale.
+# Reads GCS_BUCKET_NAME, else LOCAL_AUDIO_DIR, from the environment, or --bucket / --local-dir in ARGS.
+.PHONY: status
+status: $(VENV)/.tools
+	$(PY) status.py $(ARGS)
 
 # receive_audio against its floor (echo function + bare upload), side by side:
 # latency, throughput, cold start, memory, each with its goal (about 4 minutes);
