@@ -115,7 +115,6 @@ class Summary:
     chunks: int
     duplicates: int
     skipped: list[str] = field(default_factory=list)
-    kept: list[Session] = field(default_factory=list)  # already complete in DIR (--skip-existing)
 
 
 # ------------------------------------------------------------------ selection
@@ -755,10 +754,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     starts: set[str] = set()
-    kept: list[Session] = []
+    kept: list[Session] | None = None  # sessions already complete in DIR, with --skip-existing
     if args.skip_existing:
         selection, starts, kept = resume_plan(args.uid, selection, args.out, args.gap, output)
-    taken = {s.files[0].removesuffix(output.suffix).removesuffix("_part01") for s in kept}
+    taken = {s.files[0].removesuffix(output.suffix).removesuffix("_part01") for s in kept or []}
     bar = progress_bar(len(selection.chunks), args.quiet)
 
     def warn(message: str) -> None:
@@ -813,7 +812,7 @@ def _print_summary(
         f"{len(sessions)} session(s), {files} file(s) {verb}; {chunks} chunk(s), {_duration(seconds)} of audio; "
         f"{duplicates} duplicate(s) dropped; {len(skipped)} corrupt or missing object(s) skipped"
     )
-    if kept is not None and (kept or not listed):
+    if kept is not None:
         line += f"; {len(kept)} session(s) already complete, kept"
     print(line)
 

@@ -98,18 +98,20 @@ def populate_days(bucket_name: str, days: list[datetime], per_day: int, tiny: bo
         list(pool.map(put, times))
 
 
-def export_day(bucket_name: str, out_dir: Path) -> float:
-    """Seconds for ``export.py --since DAY --until DAY`` (the whole day)."""
+def export_day(bucket_name: str, out_dir: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``export.py --since DAY --until DAY`` (the whole day), in this process."""
     day = DAY.date().isoformat()
+    cpu = time.process_time()
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         code = export.main(
             ["--uid", UID, "--bucket", bucket_name, "--out", str(out_dir), "--quiet", "--since", day, "--until", day]
         )
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     if code != 0:
         raise SystemExit(f"export failed with status {code}")
-    return elapsed
+    return elapsed, cpu
 
 
 def one_at_a_time(bucket_name: str, out: Path) -> float:
@@ -192,7 +194,7 @@ def list_day(bucket_name: str) -> float:
     return elapsed
 
 
-def range_cost(args: argparse.Namespace, tmp: Path) -> tuple[list[float], list[float], list[float], list[float]]:
+def range_cost(args: argparse.Namespace, tmp: Path) -> tuple[list, list, list[float], list[float]]:
     """Alternating runs: DAY exported from the archive and from the one-day bucket, and their list calls.
 
     fake-gcs-server keeps objects as files on tmpfs here: its memory backend looks
@@ -270,10 +272,11 @@ def main() -> int:
     print(f"export --jobs {args.jobs:<4} : {exported:7.2f} s  ({args.chunks / exported:6.0f} chunks/s)")
     print(f"speed-up           : {ratio:7.1f}x  (goal >= {GOAL:g}x)  {'PASS' if ratio >= GOAL else 'FAIL'}")
 
-    archive_s, single_s = statistics.median(from_archive), statistics.median(from_single)
+    archive_s, single_s = (statistics.median(wall for wall, _ in runs) for runs in (from_archive, from_single))
+    archive_cpu, single_cpu = (statistics.median(cpu for _, cpu in runs) for runs in (from_archive, from_single))
     range_ratio = archive_s / single_s
     stand_in = statistics.median(list_archive) - statistics.median(list_single)
-    runs = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(from_archive, from_single, strict=True))
+    runs = ", ".join(f"{a:.2f}/{b:.2f}" for (a, _), (b, _) in zip(from_archive, from_single, strict=True))
     print(f"export one day ({args.per_day} chunks) of a {ARCHIVE_DAYS}-day archive vs. a bucket of that day alone,")
     print(f"  {args.repeats} alternating runs, archive/alone: {runs} s")
     print(f"  medians              : {archive_s:.2f} s / {single_s:.2f} s")
@@ -284,6 +287,10 @@ def main() -> int:
         f" in the archive, {statistics.median(list_single) * 1000:.0f} ms alone (median of {len(list_archive)})"
     )
     print(f"  ratio without that difference: {(archive_s - stand_in) / single_s:.2f}x (reported, not the goal)")
+    print(
+        f"  export's own CPU time: {archive_cpu:.2f} s / {single_cpu:.2f} s = {archive_cpu / single_cpu:.2f}x"
+        " (reported, not the goal)"
+    )
     return 0 if ratio >= GOAL and range_ratio <= RANGE_GOAL else 1
 
 
