@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import pty
+import shutil
 import signal
 import struct
 import subprocess
@@ -441,6 +442,14 @@ def test_flac_is_lossless_and_about_half_the_size(source, tmp_path, capsys):
         decoded, _ = soundfile.read(str(flac), dtype="int16")
         assert decoded.tobytes() == expected
         assert flac.stat().st_mode & 0o777 == 0o644
+        if shutil.which("soxi"):
+            soxi = subprocess.run(["soxi", "-s", str(flac)], capture_output=True, text=True, check=True)
+            assert int(soxi.stdout) == len(expected) // 2
+        if shutil.which("ffprobe"):
+            entries = ["-show_entries", "stream=sample_rate,channels,codec_name"]
+            probe = ["ffprobe", "-v", "error", "-of", "default=nw=1", *entries, str(flac)]
+            found = subprocess.run(probe, capture_output=True, text=True, check=True).stdout
+            assert "codec_name=flac" in found and f"sample_rate={expected_rate}" in found and "channels=1" in found
     ratio = flacs[0].stat().st_size / wavs(tmp_path / "wav")[0].stat().st_size
     print(f"FLAC/WAV size: {ratio:.2f}")
     assert ratio < 0.6
