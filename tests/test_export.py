@@ -606,12 +606,13 @@ def test_a_second_export_replaces_its_files_and_leaves_no_temporary_files(tmp_pa
     assert only.stat().st_mode & 0o777 == 0o644
 
 
-def test_an_interrupted_export_leaves_no_truncated_wav(bucket, fake_gcs, tmp_path):
+def test_an_interrupted_export_leaves_no_truncated_wav_and_resumes(bucket, fake_gcs, tmp_path, capsys):
     store = storage.GcsStore(bucket.name)
     first = pcm_tone(0.25, RATE, 0)
     put(store, T0, first)
-    for i in range(150):  # a long second session, slowed by 20 ms per request
-        put(store, T0 + timedelta(hours=1, seconds=i), pcm_tone(0.01, RATE, i))
+    second = [pcm_tone(0.01, RATE, i) for i in range(150)]
+    for i, pcm in enumerate(second):  # a long second session, slowed by 20 ms per request
+        put(store, T0 + timedelta(hours=1, seconds=i), pcm)
     out = tmp_path / "out"
 
     with LatencyProxy(fake_gcs, 0.02) as proxy:
@@ -628,6 +629,15 @@ def test_an_interrupted_export_leaves_no_truncated_wav(bucket, fake_gcs, tmp_pat
     assert b"interrupted" in err
     [finished] = list(out.iterdir())  # the finished session only: no part-written file at all
     assert_session(finished, RATE, [first])
+
+    # Run again with --skip-existing: the finished session is kept, the other written.
+    store.bucket.blob(storage.object_name(UID, T0)).upload_from_string(wav.frame(pcm_tone(0.25, RATE, 5), RATE))
+    code, text, _ = run(capsys, "--uid", UID, "--bucket", bucket.name, "--out", str(out), "--skip-existing")
+    assert code == 0 and "1 session(s) already complete, kept" in text
+    kept, written = wavs(out)
+    assert kept == finished
+    assert_session(kept, RATE, [first])  # not downloaded again: the stored audio changed meanwhile
+    assert_session(written, RATE, second)
 
 
 # -- progress --------------------------------------------------------------------
