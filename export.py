@@ -6,10 +6,11 @@
 
 The chunks are the objects ``receive_audio`` stored (see `storage`); only the
 names received in ``[--since, --until)`` are listed, so a day costs a day's
-listing however long the archive.  They are ordered by the receipt time in their names (then by the name's collision
-suffix), duplicates left by a sender retry (same ``idempotency_key`` metadata)
-keep only the first, and a new session starts when two consecutive chunks were
-received more than ``--gap`` seconds apart or when the sample rate changes.
+listing however long the archive.  They are ordered by the receipt time in their
+names (then by the name's collision suffix as a number), duplicates left by a
+sender retry (same ``idempotency_key`` metadata) keep only the first, and a new
+session starts when two consecutive chunks were received more than ``--gap``
+seconds apart or when the sample rate changes.
 
 Each session's audio is exactly the concatenation of its chunks' PCM frames.  It
 is streamed into a temporary file in DIR while later chunks download on a
