@@ -6,9 +6,14 @@ local directory; listing costs are counted at a proxy in front of the server.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -230,3 +235,28 @@ def test_runs_as_a_script_from_cron(tmp_path):
 
     assert fresh.returncode == 0 and "min ago  [OK]" in fresh.stdout
     assert stale.returncode == 3 and "STALE" in stale.stdout
+
+
+def test_a_progress_bar_shows_on_a_terminal_and_quiet_silences_it(tmp_path):
+    store = storage.LocalStore(tmp_path / "rec")
+    for i in range(20):
+        put(store, datetime.now(UTC) - timedelta(minutes=i), seconds=0.01)
+
+    def stderr_on_a_terminal(*extra: str) -> str:
+        leader, follower = pty.openpty()
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        command = [sys.executable, "status.py", "--local-dir", str(tmp_path / "rec"), "--uid", UID, *extra]
+        subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=follower, check=True)
+        os.close(follower)
+        seen = b""
+        try:
+            while chunk := os.read(leader, 65536):
+                seen += chunk
+        except OSError:  # the terminal is closed once everything is read
+            pass
+        os.close(leader)
+        return seen.decode(errors="replace")
+
+    shown = stderr_on_a_terminal()
+    assert "listing: " in shown and "name/s]" in shown
+    assert stderr_on_a_terminal("--quiet") == ""
