@@ -1,173 +1,674 @@
 #!/usr/bin/env bash
 # Deploy receive_audio as a Cloud Function (gen2) that writes Omi audio into your
-# own Cloud Storage bucket, then print the URL to paste into the Omi app.
-#
-#   GCS_BUCKET_NAME=my-omi-audio ./deploy.sh            # deploy or update in place
-#   GCS_BUCKET_NAME=my-omi-audio ./deploy.sh --dry-run  # print the commands only
-#
-# Settings (environment variables):
-#   GCS_BUCKET_NAME  required; created if missing (private, uniform access)
-#   GOOGLE_CLOUD_PROJECT  default: the gcloud config's project
-#   REGION           default: us-central1
-#   FUNCTION_NAME    default: omi-audio
-#   WEBHOOK_TOKEN    default: the deployed function's token, else a new random one
-#   RETENTION_DAYS   optional: delete audio older than this many days
-#   ALLOWED_UIDS     optional: comma-separated Omi uids; others get 403
-#   SERVICE_ACCOUNT  default: omi-audio-writer (created if missing)
+# own Cloud Storage bucket, prove the URL works, then print it for the Omi app.
+# Run it again at any time: it keeps the token and every setting you do not change.
 set -euo pipefail
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() {
+  cat <<'EOF'
+Usage: GCS_BUCKET_NAME=my-omi-audio ./deploy.sh [option]
+
+  (no option)         deploy, or update in place keeping the token and settings
+  --dry-run           read what exists, print the commands that would change it
+  --rotate-token      add a new token and print the new URL; the old one keeps
+                      working until --finish-rotation
+  --finish-rotation   stop accepting the old token (after pasting the new URL)
+  --allow-any-uid     remove the ALLOWED_UIDS allow-list
+  -h, --help          this text
+
+Settings (environment variables; on a re-run, unset means "keep as deployed"):
+  GCS_BUCKET_NAME       bucket for the audio; required on the first deploy
+  GOOGLE_CLOUD_PROJECT  default: the gcloud config's project
+  REGION                default: where the function runs, else us-central1
+  FUNCTION_NAME         default: omi-audio
+  SERVICE_ACCOUNT       default: the function's, else omi-audio-writer
+  ALLOWED_UIDS          comma-separated uids (device names allowed); others get 403
+  RETENTION_DAYS        delete the function's audio older than N days; 'forever'
+                        removes that rule
+  REQUEST_LOG           'exclude' (first-deploy default): Cloud Run's request log,
+                        which records each URL with its token, is not stored;
+                        'keep': store it anyway
+  WEBHOOK_TOKEN         the token for a first deploy or --rotate-token
+                        (default: 32 random bytes)
+EOF
+}
+
+die() {
+  echo "deploy.sh: $*" >&2
+  exit 1
+}
 
 DRY_RUN=0
+ROTATE=0
+FINISH=0
+CLEAR_UIDS=0
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
+    --rotate-token) ROTATE=1 ;;
+    --finish-rotation) FINISH=1 ;;
+    --allow-any-uid) CLEAR_UIDS=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "deploy.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
+((ROTATE + FINISH < 2)) || die "--rotate-token and --finish-rotation are separate steps: paste the new URL into the app in between"
 
-die() { echo "deploy.sh: $*" >&2; exit 1; }
+# The source is always this script's own folder, wherever it is run from;
+# .gcloudignore there limits the upload to the function's own files.
+SOURCE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+for f in main.py requirements.txt .gcloudignore; do
+  [[ -f "$SOURCE_DIR/$f" ]] || die "$SOURCE_DIR/$f is missing: run the deploy.sh that sits beside the function's code"
+done
+command -v gcloud >/dev/null || die "the Google Cloud CLI (gcloud) is not installed: https://cloud.google.com/sdk/docs/install"
+command -v curl >/dev/null || die "curl is needed to test the deployed URL"
 
+WORK="$(mktemp -d)"
+DONE=() # what is in place (found or made by this run), for the message if it stops midway
+
+on_exit() {
+  local status=$?
+  rm -rf "$WORK"
+  if ((status != 0 && ${#DONE[@]} > 0)); then
+    echo >&2
+    echo "deploy.sh stopped. In place so far (kept as it is):" >&2
+    printf '  - %s\n' "${DONE[@]}" >&2
+    echo "Fix the cause above and run the same command again: it resumes from there, creating nothing twice." >&2
+  fi
+}
+trap on_exit EXIT
+
+# ---------------------------------------------------------------------------
+# 1. Check every setting before touching anything.
+# ---------------------------------------------------------------------------
+
+# Whitespace trimmed from both ends, as the function does with ALLOWED_UIDS.
+trim() {
+  local s="$1"
+  s="${s#"${s%%[![:space:]]*}"}"
+  printf '%s' "${s%"${s##*[![:space:]]}"}"
+}
+
+# The function compares each comma-separated entry, stripped, with the uid it
+# receives: printable text of 1-128 bytes of UTF-8 (a phone sends its device name).
+check_uids() {
+  local LC_ALL=C rest="$1," entry
+  while [[ -n "$rest" ]]; do
+    entry="$(trim "${rest%%,*}")"
+    rest="${rest#*,}"
+    [[ -n "$entry" ]] || die "ALLOWED_UIDS has an empty entry ('$1'): list uids separated by single commas, or use --allow-any-uid to remove the allow-list"
+    ((${#entry} <= 128)) || die "ALLOWED_UIDS entry '$entry' is longer than 128 bytes, so no uid can match it"
+    if [[ "$entry" == *[[:cntrl:]]* || "$entry" == *$'\xc2'[$'\x80'-$'\x9f']* ]]; then
+      die "ALLOWED_UIDS entry $(printf '%q' "$entry") has a control character, so no uid can match it"
+    fi
+    if command -v iconv >/dev/null && ! printf '%s' "$entry" | iconv -f UTF-8 -t UTF-8 >/dev/null 2>&1; then
+      die "ALLOWED_UIDS entry $(printf '%q' "$entry") is not valid UTF-8"
+    fi
+  done
+}
+
+FUNCTION_NAME="${FUNCTION_NAME:-omi-audio}"
+[[ "$FUNCTION_NAME" =~ ^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$ ]] ||
+  die "FUNCTION_NAME '$FUNCTION_NAME' must be 1-63 of a-z 0-9 -, starting with a letter"
 BUCKET="${GCS_BUCKET_NAME:-}"
-[[ -n "$BUCKET" ]] || die "set GCS_BUCKET_NAME to the bucket that will hold the audio, e.g. GCS_BUCKET_NAME=my-omi-audio ./deploy.sh"
-[[ "$BUCKET" =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]] || die "'$BUCKET' is not a valid bucket name (3-63 of a-z 0-9 . _ -)"
+if [[ -n "$BUCKET" && ! "$BUCKET" =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]]; then
+  die "'$BUCKET' is not a valid bucket name (3-63 of a-z 0-9 . _ -)"
+fi
+REGION_SET="${REGION:-}"
+if [[ -n "$REGION_SET" && ! "$REGION_SET" =~ ^[a-z]+-[a-z]+[0-9]+$ ]]; then
+  die "REGION '$REGION_SET' is not a region name such as us-central1 or europe-west1"
+fi
+SA_NAME="${SERVICE_ACCOUNT:-}"
+if [[ -n "$SA_NAME" && ! "$SA_NAME" =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]]; then
+  die "SERVICE_ACCOUNT '$SA_NAME' must be 6-30 of a-z 0-9 -, starting with a letter"
+fi
+RETENTION_DAYS="${RETENTION_DAYS:-}"
+if [[ -n "$RETENTION_DAYS" && ! "$RETENTION_DAYS" =~ ^([1-9][0-9]{0,4}|forever)$ ]]; then
+  die "RETENTION_DAYS must be a whole number of days (1-99999), or 'forever' to remove the rule"
+fi
+if [[ -n "$RETENTION_DAYS" ]] && ! command -v python3 >/dev/null; then
+  die "RETENTION_DAYS needs python3 (to merge the rule into the bucket's other lifecycle rules)"
+fi
+REQUEST_LOG="${REQUEST_LOG:-}"
+[[ "$REQUEST_LOG" =~ ^(|exclude|keep)$ ]] || die "REQUEST_LOG must be 'exclude' or 'keep'"
+if [[ -n "${ALLOWED_UIDS+set}" ]]; then
+  ((CLEAR_UIDS == 0)) || die "ALLOWED_UIDS and --allow-any-uid contradict each other: use one"
+  [[ -n "$(trim "$ALLOWED_UIDS")" ]] ||
+    die "ALLOWED_UIDS is set but blank, which would allow every uid: unset it to keep the deployed list, or use --allow-any-uid"
+  check_uids "$ALLOWED_UIDS"
+fi
+# ALLOWED_UIDS goes to gcloud with a delimiter that appears in no value.
+DELIM=""
+for d in '|' ';' '@' '#' '~' '!' '%' '&' '*' '+' ':'; do
+  if [[ "${ALLOWED_UIDS:-}" != *"$d"* ]]; then DELIM="$d"; break; fi
+done
+[[ -n "$DELIM" ]] || die "ALLOWED_UIDS uses every one of | ; @ # ~ ! % & * + : so deploy.sh cannot pass it to gcloud; drop one of them"
+# The token travels in the URL, so it must be URL-safe, and the Omi app splits
+# its setting on the first comma, so it must have none.
+TOKEN_RE='^[A-Za-z0-9._~-]{16,}$'
+if [[ -n "${WEBHOOK_TOKEN:-}" && ! "$WEBHOOK_TOKEN" =~ $TOKEN_RE ]]; then
+  die "WEBHOOK_TOKEN must be at least 16 characters of A-Z a-z 0-9 . _ ~ - (no comma)"
+fi
+
 PROJECT="${GOOGLE_CLOUD_PROJECT:-$(gcloud config get-value project 2>/dev/null || true)}"
 [[ -n "$PROJECT" ]] || die "no project: set GOOGLE_CLOUD_PROJECT or run 'gcloud config set project PROJECT_ID'"
-REGION="${REGION:-us-central1}"
-FUNCTION_NAME="${FUNCTION_NAME:-omi-audio}"
-RETENTION_DAYS="${RETENTION_DAYS:-}"
-[[ -z "$RETENTION_DAYS" || "$RETENTION_DAYS" =~ ^[1-9][0-9]*$ ]] || die "RETENTION_DAYS must be a whole number of days"
-ALLOWED_UIDS="${ALLOWED_UIDS:-}"
-SERVICE_ACCOUNT="${SERVICE_ACCOUNT:-omi-audio-writer}"
-SA_EMAIL="${SERVICE_ACCOUNT}@${PROJECT}.iam.gserviceaccount.com"
+[[ "$PROJECT" =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] || die "'$PROJECT' is not a project ID"
+
+# ---------------------------------------------------------------------------
+# 2. Read what exists. Only a NOT_FOUND answer means "missing"; any other
+#    failure (login, network, permission) stops here, before anything changes.
+# ---------------------------------------------------------------------------
+
+# Run a read-only gcloud command, its output in $OUT. Returns 0 if found, 1 if
+# the answer was NOT_FOUND; stops the script on any other failure.
+probe() {
+  local status=0
+  "$@" >"$WORK/out" 2>"$WORK/err" || status=$?
+  OUT="$(<"$WORK/out")"
+  ((status == 0)) && return 0
+  if grep -Eq 'NOT_FOUND|[Nn]ot found|404' "$WORK/err"; then return 1; fi
+  cat "$WORK/err" >&2
+  die "could not read '${*:1:4}' (the error above is not 'not found'). Nothing was changed. Check 'gcloud auth login', your network and your permissions on project $PROJECT, then run deploy.sh again."
+}
+
+# Print a command; run it unless --dry-run. Standard input passes through.
+run() {
+  echo "+ $(printf '%q ' "$@")" >&2
+  if ((DRY_RUN == 0)); then "$@"; fi
+}
+
+# Run a command until it succeeds, waiting longer each time: a new service
+# account takes a while to become visible to IAM everywhere.
+retry() {
+  local delay=2 attempt
+  for attempt in 1 2 3 4 5 6; do
+    if run "$@"; then return 0; fi
+    ((attempt < 6)) || break
+    echo "deploy.sh: that failed (IAM may still be propagating); trying again in ${delay}s" >&2
+    sleep "$delay"
+    delay=$((delay * 2))
+  done
+  die "gave up after 6 attempts (about 1 minute): see the error above"
+}
+
+probe gcloud projects describe "$PROJECT" --format='value(projectNumber)' ||
+  die "project '$PROJECT' does not exist or you cannot see it: check GOOGLE_CLOUD_PROJECT and 'gcloud auth list'"
+PROJECT_NUMBER="$OUT"
+
+SERVICES=(cloudfunctions.googleapis.com run.googleapis.com cloudbuild.googleapis.com
+  artifactregistry.googleapis.com storage.googleapis.com iam.googleapis.com
+  secretmanager.googleapis.com logging.googleapis.com)
+probe gcloud services list --enabled --project="$PROJECT" --format='value(config.name)' || true
+MISSING_SERVICES=()
+for s in "${SERVICES[@]}"; do
+  grep -qxF "$s" <<<"$OUT" || MISSING_SERVICES+=("$s")
+done
+if ((${#MISSING_SERVICES[@]} > 0)); then
+  if [[ -z "$BUCKET" && " ${MISSING_SERVICES[*]} " == *" cloudfunctions.googleapis.com "* ]]; then
+    die "set GCS_BUCKET_NAME to the bucket that will hold the audio, e.g. GCS_BUCKET_NAME=my-omi-audio ./deploy.sh"
+  fi
+  run gcloud services enable "${MISSING_SERVICES[@]}" --project="$PROJECT"
+  DONE+=("enabled APIs: ${MISSING_SERVICES[*]}")
+fi
+# True if the API's resources can be read: always after a real enable; in a dry
+# run an API still off holds nothing yet.
+api_on() {
+  ((DRY_RUN == 0)) || [[ " ${MISSING_SERVICES[*]:-} " != *" $1.googleapis.com "* ]]
+}
+
+describe_function() { # $1: the fields to print
+  probe gcloud functions describe "$FUNCTION_NAME" --gen2 --project="$PROJECT" --region="$REGION" --format="$1"
+}
+
+# The region: as given, else where the function already runs, else us-central1.
+REGION="${REGION_SET:-us-central1}"
+FUNCTION_EXISTS=0
+if api_on cloudfunctions; then
+  if describe_function 'value[separator="|"](url,serviceConfig.serviceAccountEmail,serviceConfig.environmentVariables.GCS_BUCKET_NAME)'; then
+    FUNCTION_EXISTS=1
+  elif [[ -z "$REGION_SET" ]]; then
+    probe gcloud functions list --project="$PROJECT" --format='value(name)' || true
+    while read -r name; do
+      if [[ "$name" == */functions/"$FUNCTION_NAME" ]]; then
+        REGION="${name#*/locations/}"
+        REGION="${REGION%%/*}"
+        echo "Found $FUNCTION_NAME in region $REGION; updating it there (set REGION to choose)." >&2
+        describe_function 'value[separator="|"](url,serviceConfig.serviceAccountEmail,serviceConfig.environmentVariables.GCS_BUCKET_NAME)' &&
+          FUNCTION_EXISTS=1
+        break
+      fi
+    done <<<"$OUT"
+  fi
+fi
+FUNCTION_URL="https://${REGION}-${PROJECT}.cloudfunctions.net/${FUNCTION_NAME}"
+DEPLOYED_SA=""
+DEPLOYED_BUCKET=""
+DEPLOYED_UIDS=""
+if ((FUNCTION_EXISTS)); then
+  IFS='|' read -r FUNCTION_URL DEPLOYED_SA DEPLOYED_BUCKET <<<"$OUT"
+  describe_function 'value(serviceConfig.environmentVariables.ALLOWED_UIDS)'
+  DEPLOYED_UIDS="$OUT"
+fi
+
+BUCKET="${BUCKET:-$DEPLOYED_BUCKET}"
+[[ -n "$BUCKET" ]] || die "set GCS_BUCKET_NAME to the bucket that will hold the audio, e.g. GCS_BUCKET_NAME=my-omi-audio ./deploy.sh"
+if [[ -n "$DEPLOYED_BUCKET" && "$BUCKET" != "$DEPLOYED_BUCKET" ]]; then
+  echo "Note: the function wrote to gs://$DEPLOYED_BUCKET until now; from this deploy on it writes to gs://$BUCKET." >&2
+fi
+if [[ -z "$SA_NAME" && "$DEPLOYED_SA" == *@"$PROJECT".iam.gserviceaccount.com ]]; then
+  SA_NAME="${DEPLOYED_SA%@*}"
+fi
+SA_NAME="${SA_NAME:-omi-audio-writer}"
+SA_EMAIL="${SA_NAME}@${PROJECT}.iam.gserviceaccount.com"
 # A custom role with exactly what the function does: create objects, and read one
 # back when a retried upload meets a 412 (to tell its own earlier write from
 # another writer's). No list, no delete, no overwrite.
 ROLE_ID="omiAudioWriter"
 ROLE_PERMISSIONS="storage.objects.create,storage.objects.get"
+SECRET="${FUNCTION_NAME}-webhook-token"
+EXCLUSION="${FUNCTION_NAME}-request-urls"
+EXCLUSION_FILTER="resource.type=\"cloud_run_revision\" AND resource.labels.service_name=\"${FUNCTION_NAME}\" AND log_id(\"run.googleapis.com/requests\")"
 
-# Print a command with the token masked; run it unless --dry-run.
-run() {
-  local shown
-  shown="$(printf '%q ' "$@")"
-  [[ -n "${TOKEN:-}" ]] && shown="${shown//$TOKEN/****}"
-  echo "+ ${shown% }" >&2
-  if [[ "$DRY_RUN" == 0 ]]; then "$@"; fi
-}
-
-# True if a read-only probe succeeds; in --dry-run nothing is probed (assume missing).
-exists() {
-  [[ "$DRY_RUN" == 0 ]] && "$@" >/dev/null 2>&1
-}
-
-# The token travels in the URL, so it must be URL-safe, and the Omi app splits
-# its setting on the first comma, so it must have none.
-TOKEN="${WEBHOOK_TOKEN:-}"
-if [[ -z "$TOKEN" && "$DRY_RUN" == 0 ]]; then
-  # Re-running must not change the URL already pasted into the app.
-  TOKEN="$(gcloud functions describe "$FUNCTION_NAME" --gen2 --project="$PROJECT" --region="$REGION" \
-    --format='value(serviceConfig.environmentVariables.WEBHOOK_TOKEN)' 2>/dev/null || true)"
+# The token: versions of one secret. The newest enabled version is the current
+# token; a second enabled version is the previous one, accepted until the
+# rotation is finished.
+SECRET_EXISTS=0
+VERSIONS=()
+if api_on secretmanager && probe gcloud secrets describe "$SECRET" --project="$PROJECT" --format='value(name)'; then
+  SECRET_EXISTS=1
+  probe gcloud secrets versions list "$SECRET" --project="$PROJECT" --filter='state=ENABLED' \
+    --format='value(name.basename())' || die "secret $SECRET vanished while being read; run deploy.sh again"
+  while read -r v; do VERSIONS+=("$v"); done < <(grep -E '^[0-9]+$' <<<"$OUT" | sort -rn)
 fi
-NEW_TOKEN=0
-if [[ -z "$TOKEN" ]]; then
-  TOKEN="$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
-  NEW_TOKEN=1
-fi
-[[ "$TOKEN" =~ ^[A-Za-z0-9._~-]{16,}$ ]] || die "WEBHOOK_TOKEN must be at least 16 characters of A-Z a-z 0-9 . _ ~ - (no comma)"
+((${#VERSIONS[@]} <= 2)) ||
+  die "secret $SECRET has ${#VERSIONS[@]} enabled versions; deploy.sh keeps at most two (current and previous). Disable the ones no URL uses: gcloud secrets versions disable VERSION --secret=$SECRET --project=$PROJECT"
 
-run gcloud services enable cloudfunctions.googleapis.com run.googleapis.com cloudbuild.googleapis.com \
-  artifactregistry.googleapis.com storage.googleapis.com iam.googleapis.com --project="$PROJECT"
+# An earlier deploy.sh kept the token as a plain environment variable: carry it
+# over so the URL in the app stays valid.
+MIGRATED_TOKEN=""
+if ((FUNCTION_EXISTS && ${#VERSIONS[@]} == 0)); then
+  describe_function 'value(serviceConfig.environmentVariables.WEBHOOK_TOKEN)'
+  MIGRATED_TOKEN="$OUT"
+  if [[ -n "$MIGRATED_TOKEN" && ! "$MIGRATED_TOKEN" =~ $TOKEN_RE ]]; then
+    die "the deployed WEBHOOK_TOKEN is not URL-safe; set a new one with WEBHOOK_TOKEN=... ./deploy.sh and paste the new URL"
+  fi
+fi
+
+BUCKET_EXISTS=0
+BUCKET_STATE=""
+if api_on storage && probe gcloud storage buckets describe "gs://$BUCKET" --project="$PROJECT" \
+  --format='value[separator="|"](uniform_bucket_level_access,public_access_prevention,location)'; then
+  BUCKET_EXISTS=1
+  BUCKET_STATE="$OUT"
+fi
+
+SA_EXISTS=0
+if api_on iam && probe gcloud iam service-accounts describe "$SA_EMAIL" --project="$PROJECT" --format='value(disabled)'; then
+  SA_EXISTS=1
+  [[ "$OUT" != True ]] ||
+    die "service account $SA_EMAIL is disabled, so the function could not reach the bucket. If that was not deliberate: gcloud iam service-accounts enable $SA_EMAIL --project=$PROJECT, then run deploy.sh again."
+fi
+
+ROLE_STATE="missing"
+if api_on iam && probe gcloud iam roles describe "$ROLE_ID" --project="$PROJECT" \
+  --format='value[separator="|"](deleted,includedPermissions.list(separator=","))'; then
+  ROLE_STATE="$OUT"
+fi
+
+EXCLUDED=0
+if api_on logging && probe gcloud logging sinks describe _Default --project="$PROJECT" --format='value(exclusions[].name)'; then
+  [[ ";$OUT;" == *";$EXCLUSION;"* ]] && EXCLUDED=1
+fi
+
+((!FUNCTION_EXISTS)) || DONE+=("function $FUNCTION_NAME in $REGION (already there)")
+((!SECRET_EXISTS)) || DONE+=("token: secret $SECRET (already there)")
+((!BUCKET_EXISTS)) || DONE+=("bucket gs://$BUCKET (already there)")
+((!SA_EXISTS)) || DONE+=("service account $SA_EMAIL (already there)")
+
+# ---------------------------------------------------------------------------
+# 3. Decide the token versions this deploy pins.
+# ---------------------------------------------------------------------------
+CURRENT="${VERSIONS[0]:-}"
+PREVIOUS="${VERSIONS[1]:-}"
+ADD_TOKEN=""     # a new token value to add as a version (never on a command line)
+NEW_TOKEN_KIND="" # what to tell the user about it
+if [[ -z "$CURRENT" ]]; then
+  if [[ -n "$MIGRATED_TOKEN" ]]; then
+    ADD_TOKEN="$MIGRATED_TOKEN"
+    NEW_TOKEN_KIND="migrated"
+  else
+    ADD_TOKEN="${WEBHOOK_TOKEN:-$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')}"
+    NEW_TOKEN_KIND="new"
+  fi
+elif ((ROTATE)); then
+  if [[ -n "$PREVIOUS" ]]; then
+    echo "A rotation is already in progress (token version $CURRENT is the new one); completing it rather than adding another." >&2
+  else
+    ADD_TOKEN="${WEBHOOK_TOKEN:-$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')}"
+    NEW_TOKEN_KIND="rotated"
+  fi
+elif [[ -n "${WEBHOOK_TOKEN:-}" ]]; then
+  die "WEBHOOK_TOKEN is only used by a first deploy or --rotate-token; to change the token without losing audio, run: ./deploy.sh --rotate-token"
+fi
+if ((FINISH)) && [[ -z "$PREVIOUS" ]]; then
+  echo "No rotation in progress: nothing to finish; checking the rest of the deployment." >&2
+fi
+[[ "$ADD_TOKEN" =~ $TOKEN_RE ]] || [[ -z "$ADD_TOKEN" ]] || die "internal: generated token is not URL-safe"
+
+# REQUEST_LOG: unset keeps what an earlier run of this script chose (the
+# exclusion is made before the secret, so a secret means a choice was made).
+if [[ -z "$REQUEST_LOG" ]]; then
+  if ((SECRET_EXISTS && !EXCLUDED)); then REQUEST_LOG=keep; else REQUEST_LOG=exclude; fi
+fi
+
+# The allow-list the function will hold (for the test chunk's uid).
+if [[ -n "${ALLOWED_UIDS+set}" ]]; then
+  UIDS_FOR_FUNCTION="$ALLOWED_UIDS"
+elif ((CLEAR_UIDS)); then
+  UIDS_FOR_FUNCTION=""
+else
+  UIDS_FOR_FUNCTION="$DEPLOYED_UIDS"
+fi
+
+# ---------------------------------------------------------------------------
+# 4. Make the changes, each only if needed.
+# ---------------------------------------------------------------------------
+
+# Cloud Run's request log records every request URL, token included. Excluding
+# this service's request log from the _Default sink keeps it out of storage;
+# the function's own log line (which never holds the token) still lands.
+if [[ "$REQUEST_LOG" == exclude && "$EXCLUDED" == 0 ]]; then
+  run gcloud logging sinks update _Default --project="$PROJECT" \
+    --add-exclusion="name=$EXCLUSION,description=Cloud Run request URLs of $FUNCTION_NAME carry its webhook token,filter=$EXCLUSION_FILTER"
+  DONE+=("_Default log sink: exclusion $EXCLUSION (request URLs are not stored)")
+elif [[ "$REQUEST_LOG" == keep && "$EXCLUDED" == 1 ]]; then
+  run gcloud logging sinks update _Default --project="$PROJECT" --remove-exclusions="$EXCLUSION"
+  echo "REQUEST_LOG=keep: Cloud Run's request log will store each URL, token included." >&2
+  DONE+=("_Default log sink: exclusion $EXCLUSION removed")
+fi
+
+# The token is written from standard input, never a command line.
+if [[ -n "$ADD_TOKEN" ]]; then
+  if ((SECRET_EXISTS)); then
+    printf '%s' "$ADD_TOKEN" | run gcloud secrets versions add "$SECRET" --project="$PROJECT" --data-file=-
+  else
+    printf '%s' "$ADD_TOKEN" | run gcloud secrets create "$SECRET" --project="$PROJECT" \
+      --replication-policy=automatic --data-file=-
+  fi
+  if ((DRY_RUN == 0)); then
+    probe gcloud secrets versions list "$SECRET" --project="$PROJECT" --filter='state=ENABLED' \
+      --format='value(name.basename())' || die "secret $SECRET vanished just after being written; run deploy.sh again"
+    NEWEST="$(grep -E '^[0-9]+$' <<<"$OUT" | sort -rn | head -n 1)"
+  else
+    NEWEST="$((${CURRENT:-0} + 1))"
+  fi
+  [[ -z "$CURRENT" ]] || PREVIOUS="$CURRENT"
+  CURRENT="$NEWEST"
+  DONE+=("token: secret $SECRET version $CURRENT")
+fi
+ADD_TOKEN=""
+if ((FINISH)); then PREVIOUS=""; fi
 
 # The bucket: private by construction. Uniform bucket-level access means IAM
 # alone decides who reads it; public access prevention refuses any public grant.
-if exists gcloud storage buckets describe "gs://$BUCKET" --project="$PROJECT"; then
-  echo "Using existing bucket gs://$BUCKET" >&2
+if ((BUCKET_EXISTS)); then
+  IFS='|' read -r UBLA PAP LOCATION <<<"$BUCKET_STATE"
+  if [[ "$UBLA" != True || "$PAP" != enforced ]]; then
+    echo "Existing bucket gs://$BUCKET: turning on uniform bucket-level access and public access prevention (object ACLs stop applying; IAM alone decides access)." >&2
+    run gcloud storage buckets update "gs://$BUCKET" --project="$PROJECT" \
+      --uniform-bucket-level-access --public-access-prevention
+    DONE+=("bucket gs://$BUCKET: uniform access and public access prevention on")
+  fi
+  LOCATION="$(tr '[:upper:]' '[:lower:]' <<<"$LOCATION")"
+  if [[ -n "$LOCATION" && "$LOCATION" != "$REGION" ]]; then
+    echo "Note: bucket gs://$BUCKET is in $LOCATION, the function in $REGION (works; traffic crosses regions)." >&2
+  fi
 else
   run gcloud storage buckets create "gs://$BUCKET" --project="$PROJECT" --location="$REGION" \
     --uniform-bucket-level-access --public-access-prevention
+  DONE+=("bucket gs://$BUCKET")
 fi
+
+# Retention: one Delete rule that matches only the function's object names
+# (…<digit>Z.wav, or …Z-N.wav after a name clash); the bucket's other lifecycle
+# rules are kept as they are.
 if [[ -n "$RETENTION_DAYS" ]]; then
-  LIFECYCLE="$(mktemp)"
-  trap 'rm -f "$LIFECYCLE"' EXIT
-  printf '{"rule": [{"action": {"type": "Delete"}, "condition": {"age": %d}}]}\n' "$RETENTION_DAYS" >"$LIFECYCLE"
-  run gcloud storage buckets update "gs://$BUCKET" --project="$PROJECT" --lifecycle-file="$LIFECYCLE"
+  echo '{}' >"$WORK/lifecycle-now.json"
+  if ((BUCKET_EXISTS)); then
+    probe gcloud storage buckets describe "gs://$BUCKET" --project="$PROJECT" --format='json(lifecycle_config)' ||
+      die "bucket gs://$BUCKET vanished; run deploy.sh again"
+    printf '%s' "$OUT" >"$WORK/lifecycle-now.json"
+  fi
+  python3 - "$WORK/lifecycle-now.json" "$RETENTION_DAYS" >"$WORK/lifecycle.json" <<'PY'
+import json, sys
+
+now = json.load(open(sys.argv[1])) or {}
+rules = (now.get("lifecycle_config") or now.get("lifecycle") or {}).get("rule") or []
+ours = sorted([f"{d}Z.wav" for d in range(10)] + [f"Z-{n}.wav" for n in range(1, 10)])
+mine = lambda r: r.get("action", {}).get("type") == "Delete" and sorted(r.get("condition", {}).get("matchesSuffix") or []) == ours
+kept = [r for r in rules if not mine(r)]
+for r in kept:
+    if r.get("action", {}).get("type") == "Delete" and set(r.get("condition", {})) == {"age"}:
+        print(f"Note: the bucket also has a rule deleting EVERY object older than {r['condition']['age']} days "
+              "(an earlier deploy.sh wrote such a rule); it is kept. Remove it in the console if unwanted.", file=sys.stderr)
+if sys.argv[2] != "forever":
+    kept.append({"action": {"type": "Delete"}, "condition": {"age": int(sys.argv[2]), "matchesSuffix": ours}})
+json.dump({"rule": kept}, sys.stdout)
+PY
+  if grep -q '"rule": \[\]' "$WORK/lifecycle.json"; then
+    run gcloud storage buckets update "gs://$BUCKET" --project="$PROJECT" --clear-lifecycle
+  else
+    run gcloud storage buckets update "gs://$BUCKET" --project="$PROJECT" --lifecycle-file="$WORK/lifecycle.json"
+  fi
+  DONE+=("bucket gs://$BUCKET: retention set to $RETENTION_DAYS")
 fi
 
 # The identity the function runs as, holding the custom role on this bucket only.
-if ! exists gcloud iam service-accounts describe "$SA_EMAIL" --project="$PROJECT"; then
-  run gcloud iam service-accounts create "$SERVICE_ACCOUNT" --project="$PROJECT" \
+if ((!SA_EXISTS)); then
+  run gcloud iam service-accounts create "$SA_NAME" --project="$PROJECT" \
     --display-name="Omi audio webhook (writes to gs://$BUCKET)"
+  DONE+=("service account $SA_EMAIL")
 fi
-if exists gcloud iam roles describe "$ROLE_ID" --project="$PROJECT"; then
-  run gcloud iam roles update "$ROLE_ID" --project="$PROJECT" --permissions="$ROLE_PERMISSIONS" --quiet
-else
+IFS='|' read -r ROLE_DELETED ROLE_HAS <<<"$ROLE_STATE"
+if [[ "$ROLE_STATE" == missing ]]; then
   run gcloud iam roles create "$ROLE_ID" --project="$PROJECT" --title="Omi audio writer" \
     --description="Create audio objects and read one back to reconcile a retried upload" \
     --permissions="$ROLE_PERMISSIONS" --stage=GA
+  DONE+=("custom role $ROLE_ID")
+else
+  if [[ "$ROLE_DELETED" == True ]]; then
+    echo "Custom role $ROLE_ID was deleted; restoring it." >&2
+    run gcloud iam roles undelete "$ROLE_ID" --project="$PROJECT"
+    DONE+=("custom role $ROLE_ID restored")
+  fi
+  if [[ "$ROLE_HAS" != "$ROLE_PERMISSIONS" ]]; then
+    run gcloud iam roles update "$ROLE_ID" --project="$PROJECT" --permissions="$ROLE_PERMISSIONS" --quiet
+    DONE+=("custom role $ROLE_ID: permissions set")
+  fi
 fi
-run gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" --project="$PROJECT" \
+retry gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" --project="$PROJECT" \
   --member="serviceAccount:$SA_EMAIL" --role="projects/$PROJECT/roles/$ROLE_ID"
+# Only the function's identity may read the token (besides project owners).
+retry gcloud secrets add-iam-policy-binding "$SECRET" --project="$PROJECT" \
+  --member="serviceAccount:$SA_EMAIL" --role=roles/secretmanager.secretAccessor
+DONE+=("access: $SA_EMAIL may write to gs://$BUCKET and read secret $SECRET")
 
-# '^|^' makes '|' the separator, so a comma-separated ALLOWED_UIDS stays whole.
-ENV_VARS="^|^GCS_BUCKET_NAME=$BUCKET|WEBHOOK_TOKEN=$TOKEN"
-[[ -n "$ALLOWED_UIDS" ]] && ENV_VARS="$ENV_VARS|ALLOWED_UIDS=$ALLOWED_UIDS"
+# Removals apply before updates, so WEBHOOK_TOKEN_PREVIOUS is dropped unless a
+# rotation is in progress.
+SECRETS="WEBHOOK_TOKEN=$SECRET:$CURRENT"
+[[ -z "$PREVIOUS" ]] || SECRETS="$SECRETS,WEBHOOK_TOKEN_PREVIOUS=$SECRET:$PREVIOUS"
+ENV_VARS="^$DELIM^GCS_BUCKET_NAME=$BUCKET${DELIM}THREADS=16"
+[[ -z "${ALLOWED_UIDS+set}" ]] || ENV_VARS="$ENV_VARS${DELIM}ALLOWED_UIDS=$ALLOWED_UIDS"
+REMOVE_VARS=WEBHOOK_TOKEN # where an earlier deploy.sh kept the token in plain text
+((CLEAR_UIDS == 0)) || REMOVE_VARS="$REMOVE_VARS,ALLOWED_UIDS"
 
 # --allow-unauthenticated: the Omi backend cannot send Google auth headers (it
 #   posts to a plain URL), so IAM would reject every chunk; the token in the URL
 #   is the guard instead, checked before anything is read or written.
-# --memory=512Mi: a 1-second chunk is 32 KB; this leaves room for 16 concurrent
-#   requests even at the 8 MiB body cap (an older sender's 120 s batch is 3.84 MB).
+# --memory=1Gi: room for 16 concurrent requests even at the 8 MiB body cap (an
+#   older sender's 120 s batch is 3.84 MB; the phone posts up to 11.5 MB batches).
 # --cpu=1: gen2 needs a whole CPU to serve more than one request at a time.
 # --concurrency=16: each request mostly waits on Cloud Storage, so one instance
-#   serves many users' chunks at once instead of starting (and billing) more.
+#   serves many users' chunks at once instead of starting (and billing) more;
+#   THREADS=16 gives the server as many threads, as Google recommends.
 # --max-instances=5: a ceiling on cost if the URL leaks; 5 x 16 concurrent
 #   1-second uploads is far beyond one household's devices.
 # --timeout=60s: the function answers within its 20 s storage deadline; 60 s is
 #   only a backstop, past Omi's own 30 s timeout.
-run gcloud functions deploy "$FUNCTION_NAME" \
+# --update-*/--remove-*: only the settings named here change; anything else
+#   already on the function (ALLOWED_UIDS when not given) stays as it is.
+if ! run gcloud functions deploy "$FUNCTION_NAME" \
   --gen2 \
   --project="$PROJECT" \
   --region="$REGION" \
   --runtime=python312 \
-  --source=. \
+  --source="$SOURCE_DIR" \
   --entry-point=receive_audio \
   --trigger-http \
   --allow-unauthenticated \
   --service-account="$SA_EMAIL" \
-  --set-env-vars="$ENV_VARS" \
-  --memory=512Mi \
+  --remove-env-vars="$REMOVE_VARS" \
+  --update-env-vars="$ENV_VARS" \
+  --remove-secrets=WEBHOOK_TOKEN_PREVIOUS \
+  --update-secrets="$SECRETS" \
+  --memory=1Gi \
   --cpu=1 \
   --concurrency=16 \
   --max-instances=5 \
   --timeout=60s \
-  --quiet
+  --quiet; then
+  cat >&2 <<EOF
 
-if [[ "$DRY_RUN" == 1 ]]; then
-  URL="https://${REGION}-${PROJECT}.cloudfunctions.net/${FUNCTION_NAME}"
-  SHOWN_TOKEN="****"
-  HEADLINE="Dry run: nothing was changed. After a real run, paste this URL (token masked here) into the Omi app:"
-else
-  URL="$(gcloud functions describe "$FUNCTION_NAME" --gen2 --project="$PROJECT" --region="$REGION" \
-    --format='value(serviceConfig.uri)')"
-  SHOWN_TOKEN="$TOKEN"
-  HEADLINE="Deployed. Paste this URL into the Omi app:"
+deploy.sh: the function did not deploy. Likely causes, most common first:
+  - A first deploy on a new project: Cloud Build's service account may lack the
+    role to build. Grant it, then run deploy.sh again:
+      gcloud projects add-iam-policy-binding $PROJECT \\
+        --member=serviceAccount:${PROJECT_NUMBER}-compute@developer.gserviceaccount.com \\
+        --role=roles/cloudbuild.builds.builder
+  - APIs enabled moments ago are still starting: wait a minute and run it again.
+  - An organisation policy forbids public functions (allUsers): see README, Troubleshooting.
+EOF
+  exit 1
+fi
+DONE+=("function $FUNCTION_NAME in $REGION (token version $CURRENT${PREVIOUS:+, previous $PREVIOUS})")
+
+if ((FINISH)) && ((${#VERSIONS[@]} == 2)); then
+  run gcloud secrets versions disable "${VERSIONS[1]}" --secret="$SECRET" --project="$PROJECT"
+  DONE+=("old token (secret version ${VERSIONS[1]}) disabled")
 fi
 
+# ---------------------------------------------------------------------------
+# 5. Prove the URL: post 0.1 s of silence with the token, expect 200 and the
+#    object in the bucket, then remove it. Only then print the URL.
+# ---------------------------------------------------------------------------
+if ((DRY_RUN)); then
+  cat <<EOF
+
+Dry run: nothing was changed. A real run would then post a 0.1 s test chunk to
+    ${FUNCTION_URL}?token=****
+check the answer and the object in gs://${BUCKET}, and print that URL with the token.
+EOF
+  exit 0
+fi
+
+if ((!FUNCTION_EXISTS)); then
+  describe_function 'value(url)' || die "the function was deployed but cannot be read back; run deploy.sh again"
+  FUNCTION_URL="$OUT"
+fi
+CHECK_UID="deploy-check"
+if [[ -n "$UIDS_FOR_FUNCTION" ]]; then CHECK_UID="$(trim "${UIDS_FOR_FUNCTION%%,*}")"; fi
+
+urlencode() {
+  local LC_ALL=C s="$1" i c out=""
+  for ((i = 0; i < ${#s}; i++)); do
+    c="${s:i:1}"
+    case "$c" in
+      [A-Za-z0-9._~-]) out+="$c" ;;
+      *) printf -v c '%%%02X' "'$c"; out+="${c: -3}" ;;
+    esac
+  done
+  printf '%s' "$out"
+}
+
+read_token() { # $1: version; the value goes to $OUT, never to a command line
+  probe gcloud secrets versions access "$1" --secret="$SECRET" --project="$PROJECT" ||
+    die "cannot read token version $1 of secret $SECRET"
+}
+
+head -c 3200 /dev/zero >"$WORK/chunk.pcm"
+# POST the test chunk with one token version; the HTTP status goes to $STATUS.
+post_chunk() {
+  read_token "$1"
+  # curl reads the URL from standard input, so the token is on no command line.
+  STATUS="$(printf 'url = "%s?token=%s&sample_rate=16000&uid=%s"\n' "$FUNCTION_URL" "$OUT" "$(urlencode "$CHECK_UID")" |
+    curl -sS -K - -X POST --data-binary @"$WORK/chunk.pcm" -H 'Content-Type: application/octet-stream' \
+      --max-time 45 -o "$WORK/answer" -w '%{http_code}' 2>"$WORK/curl-err")" || true
+  OUT=""
+  STATUS="${STATUS:-000}"
+}
+
+prove() { # $1: token version, $2: which token, for messages
+  local status attempt delay=5 object size
+  for attempt in 1 2 3 4; do
+    post_chunk "$1"
+    status="$STATUS"
+    [[ "$status" == 200 || "$status" == 401 || "$status" == 400 ]] && break
+    ((attempt < 4)) || break
+    echo "Test chunk with the $2 token: HTTP $status; the new revision may still be starting, trying again in ${delay}s" >&2
+    sleep "$delay"
+    delay=$((delay * 3))
+  done
+  if [[ "$status" != 200 ]]; then
+    echo >&2
+    echo "deploy.sh: the test chunk with the $2 token got HTTP $status from $FUNCTION_URL" >&2
+    [[ -s "$WORK/answer" ]] && echo "  answer: $(head -c 300 "$WORK/answer")" >&2
+    [[ -s "$WORK/curl-err" ]] && echo "  curl: $(head -c 300 "$WORK/curl-err")" >&2
+    case "$status" in
+      000) echo "  Likely cause: the URL does not answer (wrong REGION, or the function is still starting). Run deploy.sh again in a minute." >&2 ;;
+      401) echo "  Likely cause: the function does not hold token version $1 (another deploy ran meanwhile). Run deploy.sh again." >&2 ;;
+      403) echo "  Likely cause: the uid '$CHECK_UID' is not in ALLOWED_UIDS, or an organisation policy blocks public access (allUsers) to the function." >&2 ;;
+      404) echo "  Likely cause: wrong REGION or FUNCTION_NAME, or the function is still rolling out. Run deploy.sh again in a minute." >&2 ;;
+      5*) echo "  Likely cause: IAM still propagating the new service account's access to the bucket or the secret (wait 1-2 minutes and run deploy.sh again), or the role binding is missing. The function's log says which: see README, Troubleshooting." >&2 ;;
+    esac
+    die "the URL was not printed because it does not work yet. Nothing is lost: run deploy.sh again (it resumes)."
+  fi
+  object="$(grep -o '"object": *"gs://[^"]*"' "$WORK/answer" | sed 's/.*"\(gs:[^"]*\)"/\1/')" || true
+  [[ "$object" == "gs://$BUCKET/"* ]] || die "the function answered 200 but not with an object in gs://$BUCKET: $(head -c 300 "$WORK/answer")"
+  probe gcloud storage objects describe "$object" --project="$PROJECT" --format='value(size)' ||
+    die "the function answered 200 but $object is not in the bucket"
+  size="$OUT"
+  [[ "$size" == 3244 ]] || die "$object holds $size bytes, not the 3244 of the test chunk (44-byte header + 3200 bytes)"
+  echo "Test chunk with the $2 token: stored as $object ($size bytes); removing it." >&2
+  run gcloud storage rm "$object" --project="$PROJECT" --quiet >/dev/null 2>&1 ||
+    echo "Note: could not remove the test object $object; delete it if it bothers you." >&2
+}
+
+prove "$CURRENT" current
+if [[ -n "$PREVIOUS" ]]; then prove "$PREVIOUS" previous; fi
+
+read_token "$CURRENT"
 cat <<EOF
 
-${HEADLINE}
+Deployed and tested. Paste this URL into the Omi app:
 
-    ${URL}?token=${SHOWN_TOKEN}
+    ${FUNCTION_URL}?token=${OUT}
 
 In the Omi app: Settings -> Developer Mode -> Realtime audio bytes:
   1. Endpoint URL: the line above (keep the ?token=... part).
   2. Every x seconds: 5 (any interval works; shorter means less audio lost if
      the phone goes offline mid-batch).
 Audio then lands in gs://${BUCKET}/<your uid>/<UTC time>.wav, one WAV per chunk.
+Keep the URL private: anyone holding it can write audio into your bucket.
 EOF
-if [[ "$NEW_TOKEN" == 1 && "$DRY_RUN" == 0 ]]; then
-  echo
-  echo "A new token was generated. Keep the URL above private: anyone holding it can"
-  echo "write audio into your bucket. Re-running deploy.sh keeps the same token."
+OUT=""
+case "$NEW_TOKEN_KIND" in
+  new) echo "This is a new token. Re-running deploy.sh keeps it." ;;
+  migrated) echo "The token is the one already in the app, now kept in Secret Manager. It was stored in plain text by an earlier deploy.sh: consider ./deploy.sh --rotate-token." ;;
+  rotated) echo "This is the NEW token. The old URL keeps working until you paste this one and run: ./deploy.sh --finish-rotation" ;;
+esac
+if [[ -n "$PREVIOUS" && "$NEW_TOKEN_KIND" != rotated ]]; then
+  echo "A token rotation is in progress: once the app has the URL above, run ./deploy.sh --finish-rotation"
+fi
+if ((FINISH)) && ((${#VERSIONS[@]} == 2)); then
+  echo "Rotation finished: only the token in the URL above is accepted now."
 fi

@@ -1,4 +1,7 @@
-"""deploy.sh: run with a recording stub gcloud, and its flags checked by the real gcloud."""
+"""deploy.sh, run against a stand-in gcloud that keeps the project's state between
+runs and serves the deployed function for real (functions-framework on loopback,
+storage in fake-gcs-server); every recorded call is then replayed through the real
+gcloud, offline, which must accept it up to the credentials step."""
 
 from __future__ import annotations
 
@@ -6,68 +9,414 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import requests
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy.sh"
 REAL_GCLOUD = shutil.which("gcloud")
-RUN_URI = "https://omi-audio-abc123-uc.a.run.app"
+PROJECT = "proj-1"
+SA = f"omi-audio-writer@{PROJECT}.iam.gserviceaccount.com"
+SECRET = "omi-audio-webhook-token"
+READ_ONLY = ("describe", "list", "get-value", "access")
 
+# The stand-in gcloud. State lives in STUB_STATE (JSON) so a second run sees what
+# the first made; each call is appended to STUB_LOG; each formatted answer (resource,
+# format, output) to STUB_LOG.formats so the real gcloud can check the format.
 STUB = r'''#!PYTHON
-"""Stand-in for gcloud: records each call, answers describes from STUB_EXISTING."""
-import json, os, sys
+import json, os, re, subprocess, sys, time, urllib.error, urllib.request
+from urllib.parse import quote
+
 args = sys.argv[1:]
-with open(os.environ["STUB_LOG"], "a") as log:
-    log.write(json.dumps(args) + "\n")
-existing = set(filter(None, os.environ.get("STUB_EXISTING", "").split(",")))
-with open(os.environ["STUB_LOG"]) as log:
-    if any(json.loads(line)[:2] == ["functions", "deploy"] for line in log):
-        existing.add("function")  # deployed earlier in this run
-if args[:3] == ["config", "get-value", "project"]:
-    print(os.environ.get("STUB_PROJECT", ""))
-elif "describe" in args:
-    kind = {"storage": "bucket", "service-accounts": "sa", "roles": "role", "functions": "function"}[
-        args[1] if args[0] in ("iam", "storage") and args[1] != "buckets" else args[0]
+LOG = os.environ["STUB_LOG"]
+with open(LOG, "a") as f:
+    f.write(json.dumps(args) + "\n")
+state_path = os.environ["STUB_STATE"]
+S = json.load(open(state_path))
+P = S.get("project_id", "proj-1")
+flags = {a[2:].split("=", 1)[0]: (a.split("=", 1)[1] if "=" in a else "") for a in args if a.startswith("--")}
+pos = [a for a in args if not a.startswith("--")]
+joined = " ".join(args)
+
+
+def save():
+    with open(state_path, "w") as f:
+        json.dump(S, f, indent=1)
+
+
+def fail(message, code=1):
+    save()
+    print(f"ERROR: (gcloud.{'.'.join(pos[:3])}) {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def not_found(what):
+    fail(f"NOT_FOUND: {what} was not found")
+
+
+for rule in S.get("fail", []):  # injected failures: {"call": substring, "times": n, "message": ...}
+    if rule["call"] in joined and rule.get("times", 1) > 0:
+        rule["times"] = rule.get("times", 1) - 1
+        fail(rule.get("message", "There was a problem refreshing your current auth tokens: network unreachable"))
+
+
+def field(obj, path):
+    for part in path.split("."):
+        if part.endswith("[]"):
+            return [x.get(part[:-2].split(".")[-1]) for x in obj] if isinstance(obj, list) else None
+        if isinstance(obj, list):
+            obj = [x.get(part) for x in obj]
+        else:
+            obj = (obj or {}).get(part) if isinstance(obj, dict) else None
+    return obj
+
+
+def render(value, sep=";"):
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, list):
+        return sep.join(render(v) for v in value)
+    return str(value)
+
+
+def value_of(obj, expr):
+    if expr.endswith(".basename()"):
+        return render(field(obj, expr[: -len(".basename()")])).rsplit("/", 1)[-1]
+    if expr.endswith('.list(separator=",")'):
+        return render(field(obj, expr[: -len('.list(separator=",")')]), ",")
+    if "[]." in expr:
+        head, tail = expr.split("[].", 1)
+        items = field(obj, head) or []
+        return ";".join(render(i.get(tail)) for i in items)
+    return render(field(obj, expr))
+
+
+def show(resources):
+    """Print resources with --format (the subset deploy.sh uses), and record it."""
+    fmt = flags.get("format", "")
+    if "filter" in flags:
+        key, want = flags["filter"].split("=", 1)
+        resources = [r for r in resources if render(field(r, key)) == want]
+    lines = []
+    for r in resources:
+        if fmt.startswith("json("):
+            key = fmt[5:-1]
+            lines.append(json.dumps({key: r[key]} if key in r else None))
+        else:
+            sep = "\t"
+            if fmt.startswith('value[separator="|"]('):
+                sep, fmt_body = "|", fmt[len('value[separator="|"]('):-1]
+            else:
+                fmt_body = fmt[len("value("):-1]
+            exprs = [e for e in re.split(r',(?![^(]*\))', fmt_body)]
+            lines.append(sep.join(value_of(r, e) for e in exprs))
+    out = "\n".join(lines)
+    with open(LOG + ".formats", "a") as f:
+        f.write(json.dumps({"resources": resources, "args": args, "output": out}) + "\n")
+    print(out)
+    save()
+    sys.exit(0)
+
+
+def gcs(method, path, body=None):
+    host = os.environ["STORAGE_EMULATOR_HOST"]
+    req = urllib.request.Request(host + path, method=method, data=json.dumps(body).encode() if body else None,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            data = r.read()
+            return json.loads(data) if data else {}
+    except urllib.error.HTTPError as e:
+        if e.code in (404, 409):  # missing; or a bucket an earlier test made (emptied below)
+            return None
+        raise
+
+
+def function_key(name, region):
+    return f"{region}/{name}"
+
+
+def start_server(fn):
+    """Serve the deployed configuration for real, as Cloud Run would."""
+    old = fn.get("pid")
+    if old:  # a redeploy keeps the URL: the new server takes the old one's port
+        try:
+            os.killpg(old, 15)
+            while True:
+                os.kill(old, 0)
+                time.sleep(0.02)
+        except ProcessLookupError:
+            pass
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STUB_", "WEBHOOK_", "ALLOWED_", "GCS_"))}
+    env.update(fn["serviceConfig"].get("environmentVariables", {}))
+    for ref in fn["serviceConfig"].get("secretEnvironmentVariables", []):
+        versions = S["secrets"][ref["secret"]]["versions"]
+        v = versions[int(ref["version"]) - 1]
+        if v["state"] != "ENABLED":
+            fail(f"Revision failed: secret {ref['secret']} version {ref['version']} is {v['state']}")
+        env[ref["key"]] = v["data"]
+    env["K_SERVICE"] = fn["name"].rsplit("/", 1)[-1]
+    if S.get("break") == "wrong-token":
+        env["WEBHOOK_TOKEN"] = "someone-else-entirely-0123456789"
+    if S.get("break") == "storage-down":
+        env.update(STORAGE_EMULATOR_HOST="http://127.0.0.1:9", STORAGE_DEADLINE_SECONDS="1")
+    import socket
+    port = fn.get("port")
+    if not port:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    fn["port"] = port
+    source = fn["source"]
+    cli = os.path.join(os.path.dirname(sys.executable), "functions-framework")
+    with open(LOG + ".server", "ab") as log:
+        proc = subprocess.Popen([cli, f"--source={source}/main.py", "--target=receive_audio", "--host=127.0.0.1",
+                                 f"--port={port}"], cwd=source, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(400):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except urllib.error.HTTPError:
+            break
+        except OSError:
+            time.sleep(0.05)
+    fn["pid"] = proc.pid
+    S.setdefault("pids", []).append(proc.pid)
+    fn["url"] = "http://127.0.0.1:9" if S.get("break") == "no-server" else url
+
+
+def apply_map(current, update, remove, delim=","):
+    if remove:
+        for key in remove.split(","):
+            current.pop(key, None)
+    if update:
+        if update.startswith("^"):
+            delim, update = update[1:].split("^", 1)
+        for item in update.split(delim):
+            k, v = item.split("=", 1)
+            current[k] = v
+    return current
+
+
+cmd = pos[:3]
+if pos[:3] == ["config", "get-value", "project"]:
+    print(S.get("config_project", ""))
+    sys.exit(0)
+if pos[:2] == ["projects", "describe"]:
+    if pos[2] != P:
+        not_found(f"project {pos[2]}")
+    show([{"projectId": P, "projectNumber": "123456789012"}])
+if pos[:2] == ["services", "list"]:
+    show([{"config": {"name": s}} for s in S.setdefault("services", [])])
+if pos[:2] == ["services", "enable"]:
+    S["services"] += [s for s in pos[2:] if s not in S["services"]]
+elif pos[:2] == ["functions", "describe"]:
+    fn = S.setdefault("functions", {}).get(function_key(pos[2], flags["region"]))
+    if fn is None:
+        not_found(f"Resource 'projects/{P}/locations/{flags['region']}/functions/{pos[2]}'")
+    show([{k: v for k, v in fn.items() if k not in ("pid", "source", "port")}])
+elif pos[:2] == ["functions", "list"]:
+    show([{"name": fn["name"]} for fn in S.setdefault("functions", {}).values()])
+elif pos[:2] == ["functions", "deploy"]:
+    key = function_key(pos[2], flags["region"])
+    fn = S.setdefault("functions", {}).setdefault(key, {
+        "name": f"projects/{P}/locations/{flags['region']}/functions/{pos[2]}",
+        "url": f"https://{flags['region']}-{P}.cloudfunctions.net/{pos[2]}",
+        "serviceConfig": {}})
+    sc = fn["serviceConfig"]
+    sc["serviceAccountEmail"] = flags["service-account"]
+    sc["environmentVariables"] = apply_map(sc.get("environmentVariables", {}), flags.get("update-env-vars"),
+                                           flags.get("remove-env-vars"))
+    secrets = {r["key"]: f"{r['secret']}:{r['version']}" for r in sc.get("secretEnvironmentVariables", [])}
+    secrets = apply_map(secrets, flags.get("update-secrets"), flags.get("remove-secrets"))
+    overlap = set(secrets) & set(sc["environmentVariables"])
+    if overlap:
+        fail(f"INVALID_ARGUMENT: {overlap} is both a plain and a secret environment variable")
+    for k, ref in secrets.items():
+        name = ref.split(":")[0]
+        if f"serviceAccount:{sc['serviceAccountEmail']}" not in S["secrets"][name]["accessors"]:
+            fail(f"Permission denied on secret {name} for Revision service account {sc['serviceAccountEmail']}")
+    sc["secretEnvironmentVariables"] = [
+        {"key": k, "projectId": P, "secret": r.split(":")[0], "version": r.split(":")[1]}
+        for k, r in sorted(secrets.items())
     ]
-    if kind not in existing:
-        sys.exit(1)
-    fmt = next((a for a in args if a.startswith("--format=")), "")
-    if "WEBHOOK_TOKEN" in fmt:
-        print(os.environ.get("STUB_TOKEN", ""))
-    elif "uri" in fmt:
-        print("RUN_URI")
+    for f in ("memory", "cpu", "concurrency", "max-instances", "timeout"):
+        sc[f] = flags[f]
+    fn["source"] = flags["source"]
+    start_server(fn)
+elif pos[:2] == ["secrets", "describe"]:
+    if pos[2] not in S.setdefault("secrets", {}):
+        not_found(f"Secret [projects/{P}/secrets/{pos[2]}]")
+    show([{"name": f"projects/{P}/secrets/{pos[2]}"}])
+elif pos[:3] == ["secrets", "versions", "list"]:
+    if pos[3] not in S.setdefault("secrets", {}):
+        not_found(f"Secret [projects/{P}/secrets/{pos[3]}]")
+    show([{"name": f"projects/{P}/secrets/{pos[3]}/versions/{i + 1}", "state": v["state"]}
+          for i, v in enumerate(S["secrets"][pos[3]]["versions"])])
+elif pos[:3] == ["secrets", "versions", "access"]:
+    v = S["secrets"][flags["secret"]]["versions"][int(pos[3]) - 1]
+    if v["state"] != "ENABLED":
+        fail(f"FAILED_PRECONDITION: version {pos[3]} is {v['state']}")
+    sys.stdout.write(v["data"])
+    sys.exit(0)
+elif pos[:2] == ["secrets", "create"]:
+    assert flags["data-file"] == "-"
+    S.setdefault("secrets", {})[pos[2]] = {"versions": [{"state": "ENABLED", "data": sys.stdin.read()}],
+                                           "accessors": []}
+elif pos[:3] == ["secrets", "versions", "add"]:
+    assert flags["data-file"] == "-"
+    S["secrets"][pos[3]]["versions"].append({"state": "ENABLED", "data": sys.stdin.read()})
+elif pos[:3] == ["secrets", "versions", "disable"]:
+    S["secrets"][flags["secret"]]["versions"][int(pos[3]) - 1]["state"] = "DISABLED"
+elif pos[:2] == ["secrets", "add-iam-policy-binding"]:
+    S["secrets"][pos[2]]["accessors"].append(flags["member"])
+    assert flags["role"] == "roles/secretmanager.secretAccessor"
+elif pos[:3] == ["storage", "buckets", "describe"]:
+    b = S.setdefault("buckets", {}).get(pos[3][5:])
+    if b is None:
+        fail(f"{pos[3]} not found: 404.")
+    show([{k: v for k, v in b.items() if k != "bindings"}])
+elif pos[:3] == ["storage", "buckets", "create"]:
+    S.setdefault("buckets", {})[pos[3][5:]] = {
+        "location": flags["location"].upper(), "uniform_bucket_level_access": "uniform-bucket-level-access" in flags,
+        "public_access_prevention": "enforced" if "public-access-prevention" in flags else "inherited"}
+    gcs("POST", f"/storage/v1/b?project={P}", {"name": pos[3][5:]})
+    for o in (gcs("GET", f"/storage/v1/b/{pos[3][5:]}/o") or {}).get("items", []):
+        gcs("DELETE", f"/storage/v1/b/{pos[3][5:]}/o/{quote(o['name'], safe='')}")
+elif pos[:3] == ["storage", "buckets", "update"]:
+    b = S["buckets"][pos[3][5:]]
+    if "uniform-bucket-level-access" in flags:
+        b["uniform_bucket_level_access"] = True
+    if "public-access-prevention" in flags:
+        b["public_access_prevention"] = "enforced"
+    if "lifecycle-file" in flags:
+        b["lifecycle_config"] = json.load(open(flags["lifecycle-file"]))
+    if "clear-lifecycle" in flags:
+        b.pop("lifecycle_config", None)
+elif pos[:3] == ["storage", "buckets", "add-iam-policy-binding"]:
+    S["buckets"][pos[3][5:]].setdefault("bindings", []).append([flags["member"], flags["role"]])
+elif pos[:3] == ["storage", "objects", "describe"]:
+    bucket, name = pos[3][5:].split("/", 1)
+    meta = gcs("GET", f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}")
+    if meta is None:
+        fail(f"{pos[3]} not found: 404.")
+    show([{"name": name, "size": int(meta["size"])}])
+elif pos[:2] == ["storage", "rm"]:
+    bucket, name = pos[2][5:].split("/", 1)
+    gcs("DELETE", f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}")
+elif pos[:3] == ["iam", "service-accounts", "describe"]:
+    sa = S.setdefault("sas", {}).get(pos[3])
+    if sa is None:
+        not_found(f"Unknown service account {pos[3]}")
+    show([{"email": pos[3], "disabled": sa["disabled"]}])
+elif pos[:3] == ["iam", "service-accounts", "create"]:
+    S.setdefault("sas", {})[f"{pos[3]}@{P}.iam.gserviceaccount.com"] = {"disabled": False}
+elif pos[:3] == ["iam", "roles", "describe"]:
+    role = S.setdefault("roles", {}).get(pos[3])
+    if role is None:
+        not_found(f"The role named projects/{P}/roles/{pos[3]}")
+    show([{"name": f"projects/{P}/roles/{pos[3]}", **role}])
+elif pos[:3] == ["iam", "roles", "create"] or pos[:3] == ["iam", "roles", "update"]:
+    S.setdefault("roles", {})[pos[3]] = {"includedPermissions": sorted(flags["permissions"].split(","))}
+elif pos[:3] == ["iam", "roles", "undelete"]:
+    S["roles"][pos[3]].pop("deleted")
+elif pos[:3] == ["logging", "sinks", "describe"]:
+    show([{"name": "_Default", "exclusions": S.setdefault("exclusions", [])}])
+elif pos[:3] == ["logging", "sinks", "update"]:
+    if "add-exclusion" in flags:
+        raw = flags["add-exclusion"]
+        S.setdefault("exclusions", []).append(dict(kv.split("=", 1) for kv in raw.split(",")))
+    if "remove-exclusions" in flags:
+        S["exclusions"] = [e for e in S["exclusions"] if e["name"] != flags["remove-exclusions"]]
+else:
+    fail(f"stub: unexpected call {args}")
+save()
 '''
+
+SLEEP = """#!/bin/sh
+echo "$1" >> "$STUB_LOG.sleeps"
+"""
+
+
+class Cloud:
+    """A stand-in project: run deploy.sh against it, inspect what it holds."""
+
+    def __init__(self, tmp: Path, fake_gcs: str):
+        self.tmp = tmp
+        self.fake_gcs = fake_gcs
+        self.bin = tmp / "bin"
+        self.bin.mkdir()
+        (self.bin / "gcloud").write_text(STUB.replace("PYTHON", sys.executable))
+        (self.bin / "sleep").write_text(SLEEP)
+        for f in ("gcloud", "sleep"):
+            (self.bin / f).chmod(0o755)
+        self.state_path = tmp / "state.json"
+        self.log = tmp / "calls.jsonl"
+        self.all_calls: list[list[str]] = []
+        self.save({"config_project": PROJECT})
+
+    @property
+    def state(self) -> dict:
+        return json.loads(self.state_path.read_text())
+
+    def save(self, state: dict) -> None:
+        self.state_path.write_text(json.dumps(state))
+
+    def edit(self, **changes) -> None:
+        self.save(self.state | changes)
+
+    def deploy(self, *args: str, cwd: Path = ROOT, **env: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+        self.log.unlink(missing_ok=True)
+        environ = {
+            "PATH": f"{self.bin}:{os.environ['PATH']}",
+            "HOME": str(self.tmp),
+            "STUB_LOG": str(self.log),
+            "STUB_STATE": str(self.state_path),
+            "STORAGE_EMULATOR_HOST": self.fake_gcs,
+            **env,
+        }
+        result = subprocess.run(
+            ["bash", str(DEPLOY), *args], capture_output=True, text=True, env=environ, cwd=cwd, timeout=180
+        )
+        calls = [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
+        self.all_calls += calls
+        return result, calls
+
+    def function(self, region: str = "us-central1", name: str = "omi-audio") -> dict:
+        return self.state["functions"][f"{region}/{name}"]
+
+    def token(self, version: int) -> str:
+        return self.state["secrets"][SECRET]["versions"][version - 1]["data"]
+
+    def post(self, token: str, uid: str = "phone", region: str = "us-central1") -> int:
+        url = self.function(region)["url"]
+        body = b"\x01\x00" * 800  # 0.05 s
+        params = {"token": token, "sample_rate": "16000", "uid": uid}
+        return requests.post(url, params=params, data=body, timeout=30).status_code
+
+    def stop(self) -> None:
+        for pid in self.state.get("pids", []):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
 
 @pytest.fixture
-def stub(tmp_path):
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    gcloud = bindir / "gcloud"
-    gcloud.write_text(STUB.replace("PYTHON", sys.executable).replace("RUN_URI", RUN_URI))
-    gcloud.chmod(0o755)
-    return tmp_path
-
-
-def deploy(stub: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
-    log = stub / "calls.jsonl"
-    log.unlink(missing_ok=True)
-    environ = {
-        "PATH": f"{stub / 'bin'}:{os.environ['PATH']}",
-        "HOME": str(stub),
-        "STUB_LOG": str(log),
-        "STUB_PROJECT": "config-project",
-        **env,
-    }
-    result = subprocess.run(
-        ["bash", str(DEPLOY), *args], capture_output=True, text=True, env=environ, cwd=ROOT, timeout=60
-    )
-    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    return result, calls
+def cloud(tmp_path, fake_gcs):
+    c = Cloud(tmp_path, fake_gcs)
+    yield c
+    c.stop()
 
 
 def find(calls: list[list[str]], *prefix: str) -> list[list[str]]:
@@ -78,49 +427,48 @@ def flags(call: list[str]) -> dict[str, str]:
     return dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in call if a.startswith("--"))
 
 
+def changing(calls: list[list[str]]) -> list[list[str]]:
+    return [c for c in calls if not any(word in c[:4] for word in READ_ONLY)]
+
+
+def env_of(fn: dict) -> dict[str, str]:
+    return fn["serviceConfig"]["environmentVariables"]
+
+
+def secrets_of(fn: dict) -> dict[str, str]:
+    return {r["key"]: r["version"] for r in fn["serviceConfig"]["secretEnvironmentVariables"]}
+
+
+def fresh(cloud: Cloud, **env: str) -> subprocess.CompletedProcess:
+    result, _ = cloud.deploy(GCS_BUCKET_NAME="my-omi-audio", **env)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def bucket_objects(cloud: Cloud, bucket: str = "my-omi-audio") -> list[str]:
+    listing = requests.get(f"{cloud.fake_gcs}/storage/v1/b/{bucket}/o", timeout=10).json()
+    return [o["name"] for o in listing.get("items", [])]
+
+
+# --- lint and text -----------------------------------------------------------------
+
+
 def test_deploy_sh_is_shellcheck_clean():
     if not shutil.which("shellcheck"):
+        if os.environ.get("CI") == "true":
+            pytest.fail("shellcheck is not installed (.ci/run installs it)")
         pytest.skip("shellcheck not installed (CI installs it)")
     result = subprocess.run(["shellcheck", str(DEPLOY)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 
-def test_first_deploy_creates_a_private_bucket_account_role_and_function(stub):
-    result, calls = deploy(stub, GCS_BUCKET_NAME="my-omi-audio", GOOGLE_CLOUD_PROJECT="proj-1")
-    assert result.returncode == 0, result.stderr
-
-    (create,) = find(calls, "storage", "buckets", "create")
-    assert create[3] == "gs://my-omi-audio"
-    assert {"uniform-bucket-level-access", "public-access-prevention"} <= flags(create).keys()
-    assert flags(create)["project"] == "proj-1"
-
-    assert find(calls, "iam", "service-accounts", "create")[0][3] == "omi-audio-writer"
-    (role,) = find(calls, "iam", "roles", "create")
-    assert flags(role)["permissions"] == "storage.objects.create,storage.objects.get"
-    (binding,) = find(calls, "storage", "buckets", "add-iam-policy-binding")
-    assert binding[3] == "gs://my-omi-audio"  # granted on this bucket, not the project
-    assert flags(binding)["member"] == "serviceAccount:omi-audio-writer@proj-1.iam.gserviceaccount.com"
-    assert flags(binding)["role"] == "projects/proj-1/roles/omiAudioWriter"
-    assert not find(calls, "projects", "add-iam-policy-binding")
-
-    (fn,) = find(calls, "functions", "deploy")
-    f = flags(fn)
-    assert fn[2] == "omi-audio"
-    assert {"gen2", "trigger-http", "allow-unauthenticated"} <= f.keys()
-    assert f["entry-point"] == "receive_audio" and f["source"] == "." and f["region"] == "us-central1"
-    assert re.fullmatch(r"python3\d+", f["runtime"])
-    assert f["service-account"] == "omi-audio-writer@proj-1.iam.gserviceaccount.com"
-    for name in ("memory", "cpu", "concurrency", "max-instances", "timeout"):
-        assert f[name], name
-    env = dict(kv.split("=", 1) for kv in f["set-env-vars"].removeprefix("^|^").split("|"))
-    assert env["GCS_BUCKET_NAME"] == "my-omi-audio"
-    token = env["WEBHOOK_TOKEN"]
-    assert re.fullmatch(r"[A-Za-z0-9_-]{32,}", token)
-
-    assert f"{RUN_URI}?token={token}" in result.stdout
-    assert "Realtime audio bytes" in result.stdout
-    assert "new token" in result.stdout
-    assert token not in result.stderr  # the printed commands mask it
+def test_help_prints_usage_and_no_code():
+    result = subprocess.run(["bash", str(DEPLOY), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert result.stdout.startswith("Usage:")
+    for option in ("--dry-run", "--rotate-token", "--finish-rotation", "--allow-any-uid", "ALLOWED_UIDS"):
+        assert option in result.stdout
+    assert not re.search(r"^\s*(set -|usage\(\)|\w+=\"?\$)", result.stdout, re.M), result.stdout
 
 
 def test_every_deploy_flag_has_a_reason_comment():
@@ -129,108 +477,641 @@ def test_every_deploy_flag_has_a_reason_comment():
         assert re.search(rf"^# --{flag}\b.*:", text, re.M), flag
 
 
-def test_second_deploy_updates_in_place_and_keeps_the_token(stub):
-    result, calls = deploy(
-        stub,
-        GCS_BUCKET_NAME="my-omi-audio",
-        GOOGLE_CLOUD_PROJECT="proj-1",
-        STUB_EXISTING="bucket,sa,role,function",
-        STUB_TOKEN="Existing-Token_0123456789abcdef",
-    )
+# --- first deploy ------------------------------------------------------------------
+
+
+def test_first_deploy_creates_everything_and_proves_the_url(cloud, tmp_path):
+    result, calls = cloud.deploy(GCS_BUCKET_NAME="my-omi-audio", cwd=tmp_path)  # run from elsewhere
     assert result.returncode == 0, result.stderr
-    assert not find(calls, "storage", "buckets", "create")
-    assert not find(calls, "iam", "service-accounts", "create")
-    assert not find(calls, "iam", "roles", "create")
-    assert len(find(calls, "iam", "roles", "update")) == 1
-    (fn,) = find(calls, "functions", "deploy")
-    assert "WEBHOOK_TOKEN=Existing-Token_0123456789abcdef" in flags(fn)["set-env-vars"]
-    assert f"{RUN_URI}?token=Existing-Token_0123456789abcdef" in result.stdout
-    assert "new token" not in result.stdout
+    state = cloud.state
+
+    # The token: one secret version, written from stdin, readable by the function's account only.
+    secret = state["secrets"][SECRET]
+    assert len(secret["versions"]) == 1
+    token = cloud.token(1)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token)
+    assert secret["accessors"] == [f"serviceAccount:{SA}"]
+    assert flags(find(calls, "secrets", "create")[0])["data-file"] == "-"
+    assert not any(token in arg for call in calls for arg in call), "the token reached a command line"
+    assert token not in result.stderr
+
+    bucket = state["buckets"]["my-omi-audio"]
+    assert bucket["uniform_bucket_level_access"] is True and bucket["public_access_prevention"] == "enforced"
+    assert bucket["bindings"] == [[f"serviceAccount:{SA}", f"projects/{PROJECT}/roles/omiAudioWriter"]]
+    assert state["roles"]["omiAudioWriter"]["includedPermissions"] == ["storage.objects.create", "storage.objects.get"]
+    assert not find(calls, "projects", "add-iam-policy-binding")
+
+    fn = cloud.function()
+    sc = fn["serviceConfig"]
+    assert env_of(fn) == {"GCS_BUCKET_NAME": "my-omi-audio", "THREADS": "16"}
+    assert secrets_of(fn) == {"WEBHOOK_TOKEN": "1"}
+    assert (sc["concurrency"], sc["memory"], sc["serviceAccountEmail"]) == ("16", "1Gi", SA)
+    (deploy_call,) = find(calls, "functions", "deploy")
+    f = flags(deploy_call)
+    assert f["source"] == str(ROOT)  # the script's folder, not the caller's
+    assert {"gen2", "trigger-http", "allow-unauthenticated", "quiet"} <= f.keys()
+    assert f["entry-point"] == "receive_audio" and re.fullmatch(r"python3\d+", f["runtime"])
+
+    # Cloud Run's request log (URLs with the token) is excluded for this service only.
+    (exclusion,) = state["exclusions"]
+    assert exclusion["name"] == "omi-audio-request-urls"
+    assert exclusion["filter"] == (
+        'resource.type="cloud_run_revision" AND resource.labels.service_name="omi-audio" '
+        'AND log_id("run.googleapis.com/requests")'
+    )
+
+    # The URL was proven: a test chunk stored (3244 bytes), checked, removed; then printed.
+    (check,) = find(calls, "storage", "objects", "describe")
+    assert re.fullmatch(r"gs://my-omi-audio/deploy-check/\d{8}T\d{6}\.\d{6}Z\.wav", check[3])
+    assert find(calls, "storage", "rm")[0][2] == check[3]
+    assert bucket_objects(cloud) == []
+    assert f"{fn['url']}?token={token}" in result.stdout
+    assert "Deployed and tested" in result.stdout and "Realtime audio bytes" in result.stdout
+    assert "new token" in result.stdout
+    assert cloud.post(token) == 200
+    assert cloud.post("wrong-token-0123456789") == 401
 
 
-def test_given_token_and_options_are_used(stub):
-    result, calls = deploy(
-        stub,
+def test_first_deploy_uses_a_given_token_and_settings(cloud):
+    result, calls = cloud.deploy(
         GCS_BUCKET_NAME="b-1",
         WEBHOOK_TOKEN="My-Own-Token-1234567890",
         REGION="europe-west1",
         FUNCTION_NAME="audio",
-        RETENTION_DAYS="30",
-        ALLOWED_UIDS="uidA,uidB",
+        SERVICE_ACCOUNT="audio-sa-1",
+        GOOGLE_CLOUD_PROJECT=PROJECT,
     )
     assert result.returncode == 0, result.stderr
-    (fn,) = find(calls, "functions", "deploy")
-    f = flags(fn)
-    assert (fn[2], f["region"], f["project"]) == ("audio", "europe-west1", "config-project")
-    env = dict(kv.split("=", 1) for kv in f["set-env-vars"].removeprefix("^|^").split("|"))
-    assert env == {"GCS_BUCKET_NAME": "b-1", "WEBHOOK_TOKEN": "My-Own-Token-1234567890", "ALLOWED_UIDS": "uidA,uidB"}
-    (update,) = find(calls, "storage", "buckets", "update")
-    assert "lifecycle-file" in flags(update)
+    fn = cloud.function("europe-west1", "audio")
+    assert fn["serviceConfig"]["serviceAccountEmail"] == f"audio-sa-1@{PROJECT}.iam.gserviceaccount.com"
+    assert cloud.state["secrets"]["audio-webhook-token"]["versions"][0]["data"] == "My-Own-Token-1234567890"
+    assert cloud.state["buckets"]["b-1"]["location"] == "EUROPE-WEST1"
+    assert "My-Own-Token-1234567890" not in result.stderr + json.dumps(calls)
 
 
-def test_retention_days_writes_a_delete_rule(stub):
-    # The lifecycle file is removed when deploy.sh exits, so the stub copies it.
-    gcloud = stub / "bin" / "gcloud"
-    gcloud.write_text(
-        gcloud.read_text()
-        + "\nfor a in args:\n    if a.startswith('--lifecycle-file='):\n"
-        + "        open(os.environ['STUB_LOG'] + '.lifecycle', 'w').write(open(a.split('=', 1)[1]).read())\n"
-    )
-    result, _ = deploy(stub, GCS_BUCKET_NAME="b-1", RETENTION_DAYS="90")
+# --- re-runs -------------------------------------------------------------------------
+
+
+def test_rerun_months_later_changes_nothing_and_keeps_every_setting(cloud, tmp_path):
+    uids = "Omi DevKit 2, Ana's phone,Zoë|x"
+    fresh(cloud, ALLOWED_UIDS=uids, RETENTION_DAYS="30", REGION="europe-west1", SERVICE_ACCOUNT="my-writer")
+    before = cloud.state
+    token = cloud.token(1)
+
+    # Months later, from another folder, with none of the settings given.
+    result, calls = cloud.deploy(cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    rule = json.loads((stub / "calls.jsonl.lifecycle").read_text())
-    assert rule == {"rule": [{"action": {"type": "Delete"}, "condition": {"age": 90}}]}
+    assert "Found omi-audio in region europe-west1" in result.stderr
+    after = cloud.state
+    fn = cloud.function("europe-west1")
+    assert env_of(fn) == {"GCS_BUCKET_NAME": "my-omi-audio", "THREADS": "16", "ALLOWED_UIDS": uids}
+    assert secrets_of(fn) == {"WEBHOOK_TOKEN": "1"}
+    assert fn["serviceConfig"]["serviceAccountEmail"] == f"my-writer@{PROJECT}.iam.gserviceaccount.com"
+    assert after["buckets"]["my-omi-audio"]["lifecycle_config"] == before["buckets"]["my-omi-audio"]["lifecycle_config"]
+    assert after["exclusions"] == before["exclusions"] and after["roles"] == before["roles"]
+    made = [c[:3] for c in changing(calls)]
+    assert made == [
+        ["storage", "buckets", "add-iam-policy-binding"],  # idempotent grants
+        ["secrets", "add-iam-policy-binding", SECRET],
+        ["functions", "deploy", "omi-audio"],
+        ["storage", "rm", made[-1][2]],  # the test chunk
+    ]
+    assert f"?token={token}" in result.stdout and "new token" not in result.stdout
+    # The proof chunk went in under the first allowed uid (the only one the function accepts).
+    (check,) = find(calls, "storage", "objects", "describe")
+    assert "/deploy-check/" not in check[3] and check[3].startswith("gs://my-omi-audio/Omi")
+    assert cloud.post(token, uid="Ana's phone", region="europe-west1") == 200
+    assert cloud.post(token, uid="stranger", region="europe-west1") == 403
+
+
+def test_allow_list_is_replaced_when_given_and_removed_only_on_request(cloud):
+    fresh(cloud, ALLOWED_UIDS="a1,b2")
+    result, _ = cloud.deploy(ALLOWED_UIDS=" c3 ")
+    assert result.returncode == 0, result.stderr
+    assert env_of(cloud.function())["ALLOWED_UIDS"] == " c3 "
+    result, calls = cloud.deploy("--allow-any-uid")
+    assert result.returncode == 0, result.stderr
+    assert "ALLOWED_UIDS" not in env_of(cloud.function())
+    assert "ALLOWED_UIDS" in flags(find(calls, "functions", "deploy")[0])["remove-env-vars"]
+    assert cloud.post(cloud.token(1), uid="anyone") == 200
+
+
+def test_uids_with_every_delimiter_candidate_but_one_reach_the_function_intact(cloud):
+    uids = "a|b;c@d#e~f!g%h&i*j+k=v"  # all but ':' of deploy.sh's delimiter candidates
+    fresh(cloud, ALLOWED_UIDS=uids)
+    assert env_of(cloud.function())["ALLOWED_UIDS"] == uids
+    assert flags(find(cloud.all_calls, "functions", "deploy")[0])["update-env-vars"].startswith("^:^")
+
+
+# --- settings checked before any change ------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("env", "message"),
+    ("args", "env", "message"),
     [
-        ({}, "GCS_BUCKET_NAME"),
-        ({"GCS_BUCKET_NAME": "Bad_Bucket!"}, "bucket name"),
-        ({"GCS_BUCKET_NAME": "b-1", "STUB_PROJECT": ""}, "GOOGLE_CLOUD_PROJECT"),
-        ({"GCS_BUCKET_NAME": "b-1", "WEBHOOK_TOKEN": "has,comma-123456789"}, "no comma"),
-        ({"GCS_BUCKET_NAME": "b-1", "RETENTION_DAYS": "soon"}, "RETENTION_DAYS"),
+        ((), {}, "GCS_BUCKET_NAME"),
+        ((), {"GCS_BUCKET_NAME": "Bad_Bucket!"}, "bucket name"),
+        ((), {"GCS_BUCKET_NAME": "b-1", "config_project": ""}, "GOOGLE_CLOUD_PROJECT"),
+        ((), {"GCS_BUCKET_NAME": "b-1", "WEBHOOK_TOKEN": "has,comma-123456789"}, "no comma"),
+        ((), {"GCS_BUCKET_NAME": "b-1", "RETENTION_DAYS": "soon"}, "RETENTION_DAYS"),
+        ((), {"GCS_BUCKET_NAME": "b-1", "REQUEST_LOG": "maybe"}, "REQUEST_LOG"),
+        ((), {"GCS_BUCKET_NAME": "b-1", "ALLOWED_UIDS": "  "}, "blank"),
+        ((), {"GCS_BUCKET_NAME": "b-1", "ALLOWED_UIDS": "a,,b"}, "empty entry"),
+        ((), {"GCS_BUCKET_NAME": "b-1", "ALLOWED_UIDS": "a,"}, "empty entry"),
+        ((), {"GCS_BUCKET_NAME": "b-1", "ALLOWED_UIDS": "a,b\tc"}, "control character"),
+        ((), {"GCS_BUCKET_NAME": "b-1", "ALLOWED_UIDS": "x" * 129}, "128 bytes"),
+        ((), {"GCS_BUCKET_NAME": "b-1", "ALLOWED_UIDS": "é" * 65}, "128 bytes"),
+        ((), {"GCS_BUCKET_NAME": "b-1", "ALLOWED_UIDS": "|;@#~!%&*+:"}, "every one of"),
+        (("--allow-any-uid",), {"GCS_BUCKET_NAME": "b-1", "ALLOWED_UIDS": "a"}, "contradict"),
+        (("--rotate-token", "--finish-rotation"), {"GCS_BUCKET_NAME": "b-1"}, "separate steps"),
+        (("--bogus",), {"GCS_BUCKET_NAME": "b-1"}, "unknown argument"),
+        ((), {"GCS_BUCKET_NAME": "b-1", "FUNCTION_NAME": "Omi_Audio"}, "FUNCTION_NAME"),
+        ((), {"GCS_BUCKET_NAME": "b-1", "REGION": "mars"}, "REGION"),
     ],
 )
-def test_bad_settings_stop_before_changing_anything(stub, env, message):
-    result, calls = deploy(stub, **env)
+def test_bad_settings_stop_before_changing_anything(cloud, args, env, message):
+    if "config_project" in env:
+        cloud.edit(config_project=env.pop("config_project"))
+    result, calls = cloud.deploy(*args, **env)
     assert result.returncode != 0
     assert message in result.stderr
-    assert [c for c in calls if c[:2] != ["config", "get-value"]] == []
+    assert changing(calls) == []
 
 
-def test_dry_run_prints_the_commands_and_runs_none(stub):
-    result, calls = deploy(stub, "--dry-run", GCS_BUCKET_NAME="b-1", WEBHOOK_TOKEN="Secret-Token-1234567890")
+def test_a_token_given_on_a_plain_rerun_is_refused_not_silently_ignored(cloud):
+    fresh(cloud)
+    result, calls = cloud.deploy(WEBHOOK_TOKEN="Another-Token-1234567890")
+    assert result.returncode != 0 and "--rotate-token" in result.stderr
+    assert changing(calls) == []
+
+
+# --- lookups: only NOT_FOUND means missing ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "projects describe",
+        "services list",
+        "functions describe",
+        "secrets describe",
+        "secrets versions list",
+        "storage buckets describe",
+        "iam service-accounts describe",
+        "iam roles describe",
+        "logging sinks describe",
+    ],
+)
+def test_a_failed_lookup_stops_before_anything_changes(cloud, call):
+    fresh(cloud)
+    before = cloud.state
+    cloud.edit(fail=[{"call": call, "times": 1, "message": "There was a problem refreshing your auth tokens"}])
+    result, calls = cloud.deploy()
+    assert result.returncode != 0
+    assert "problem refreshing" in result.stderr and "Nothing was changed" in result.stderr
+    assert changing(calls) == []
+    after = cloud.state
+    assert after["secrets"] == before["secrets"] and after["functions"] == before["functions"]
+
+
+def test_a_failed_token_lookup_on_a_new_project_does_not_count_as_a_first_deploy(cloud):
+    cloud.edit(fail=[{"call": "secrets describe", "times": 1, "message": "PERMISSION_DENIED: caller lacks access"}])
+    result, calls = cloud.deploy(GCS_BUCKET_NAME="my-omi-audio")
+    assert result.returncode != 0 and "PERMISSION_DENIED" in result.stderr
+    assert [c[:2] for c in changing(calls)] == [["services", "enable"]]  # nothing else, no token made
+    assert "secrets" not in cloud.state or SECRET not in cloud.state["secrets"]
+
+
+# --- existing resources -----------------------------------------------------------------
+
+
+def test_existing_bucket_is_made_private_and_retention_keeps_other_rules(cloud):
+    other = {"action": {"type": "SetStorageClass", "storageClass": "NEARLINE"}, "condition": {"age": 7}}
+    cloud.edit(
+        buckets={
+            "my-omi-audio": {
+                "location": "US-CENTRAL1",
+                "uniform_bucket_level_access": False,
+                "public_access_prevention": "inherited",
+                "lifecycle_config": {"rule": [other]},
+            }
+        }
+    )
+    requests.post(f"{cloud.fake_gcs}/storage/v1/b?project={PROJECT}", json={"name": "my-omi-audio"}, timeout=10)
+    result = fresh(cloud, RETENTION_DAYS="30")
+    assert "turning on uniform bucket-level access and public access prevention" in result.stderr
+    bucket = cloud.state["buckets"]["my-omi-audio"]
+    assert bucket["uniform_bucket_level_access"] is True and bucket["public_access_prevention"] == "enforced"
+    rules = bucket["lifecycle_config"]["rule"]
+    assert rules[0] == other
+    ours = rules[1]
+    assert ours["action"] == {"type": "Delete"} and ours["condition"]["age"] == 30
+    suffixes = ours["condition"]["matchesSuffix"]
+    assert "3Z.wav" in suffixes and "Z-1.wav" in suffixes
+    assert all(s.endswith(".wav") and len(s) <= 7 for s in suffixes)  # never "every object"
+
+    result, calls = cloud.deploy(RETENTION_DAYS="60")  # replaces only its own rule
     assert result.returncode == 0, result.stderr
-    assert [c for c in calls if c[:2] != ["config", "get-value"]] == []
+    rules = cloud.state["buckets"]["my-omi-audio"]["lifecycle_config"]["rule"]
+    assert [r["condition"]["age"] for r in rules] == [7, 60]
+    assert not find(calls, "storage", "buckets", "create")
+    assert len(find(calls, "storage", "buckets", "update")) == 1  # already private: no second update
+
+    result, _ = cloud.deploy(RETENTION_DAYS="forever")
+    assert result.returncode == 0, result.stderr
+    assert cloud.state["buckets"]["my-omi-audio"]["lifecycle_config"]["rule"] == [other]
+
+
+def test_retention_forever_clears_a_lifecycle_holding_only_its_rule(cloud):
+    fresh(cloud, RETENTION_DAYS="5")
+    result, calls = cloud.deploy(RETENTION_DAYS="forever")
+    assert result.returncode == 0, result.stderr
+    assert "clear-lifecycle" in flags(find(calls, "storage", "buckets", "update")[0])
+    assert "lifecycle_config" not in cloud.state["buckets"]["my-omi-audio"]
+
+
+def test_an_old_catch_all_delete_rule_is_kept_and_pointed_out(cloud):
+    old = {"action": {"type": "Delete"}, "condition": {"age": 90}}
+    fresh(cloud)
+    state = cloud.state
+    state["buckets"]["my-omi-audio"]["lifecycle_config"] = {"rule": [old]}
+    cloud.save(state)
+    result, _ = cloud.deploy(RETENTION_DAYS="30")
+    assert result.returncode == 0, result.stderr
+    assert "EVERY object older than 90 days" in result.stderr
+    assert cloud.state["buckets"]["my-omi-audio"]["lifecycle_config"]["rule"][0] == old
+
+
+def test_a_deleted_role_is_restored_and_wrong_permissions_reset(cloud):
+    fresh(cloud)
+    state = cloud.state
+    state["roles"]["omiAudioWriter"] = {"deleted": True, "includedPermissions": ["storage.objects.delete"]}
+    cloud.save(state)
+    result, calls = cloud.deploy()
+    assert result.returncode == 0, result.stderr
+    assert "was deleted; restoring it" in result.stderr
+    assert find(calls, "iam", "roles", "undelete") and find(calls, "iam", "roles", "update")
+    assert cloud.state["roles"]["omiAudioWriter"] == {
+        "includedPermissions": ["storage.objects.create", "storage.objects.get"]
+    }
+
+
+def test_a_disabled_service_account_is_reported_before_any_change(cloud):
+    fresh(cloud)
+    state = cloud.state
+    state["sas"][SA]["disabled"] = True
+    cloud.save(state)
+    result, calls = cloud.deploy()
+    assert result.returncode != 0
+    assert f"service account {SA} is disabled" in result.stderr and "service-accounts enable" in result.stderr
+    assert changing(calls) == []
+
+
+def test_iam_propagation_is_retried_with_backoff(cloud):
+    cloud.edit(fail=[{"call": "buckets add-iam-policy-binding", "times": 3, "message": "INVALID_ARGUMENT: no such SA"}])
+    result = fresh(cloud)
+    assert (cloud.tmp / "calls.jsonl.sleeps").read_text().split() == ["2", "4", "8"]
+    assert "IAM may still be propagating" in result.stderr
+
+
+def test_iam_propagation_gives_up_with_a_message(cloud):
+    cloud.edit(fail=[{"call": "buckets add-iam-policy-binding", "times": 99, "message": "INVALID_ARGUMENT: nope"}])
+    result, calls = cloud.deploy(GCS_BUCKET_NAME="my-omi-audio")
+    assert result.returncode != 0 and "gave up after 6 attempts" in result.stderr
+    assert len(find(calls, "storage", "buckets", "add-iam-policy-binding")) == 6
+
+
+def legacy_deployment(cloud: Cloud, token: str) -> None:
+    """What an earlier deploy.sh left: the token in a plain variable, no Secret Manager."""
+    port = free_port()
+    cloud.edit(
+        services=[f"{api}.googleapis.com" for api in ("cloudfunctions", "run", "cloudbuild", "storage", "iam")],
+        functions={
+            "us-central1/omi-audio": {
+                "name": f"projects/{PROJECT}/locations/us-central1/functions/omi-audio",
+                "url": f"http://127.0.0.1:{port}",
+                "port": port,
+                "serviceConfig": {
+                    "serviceAccountEmail": SA,
+                    "environmentVariables": {"GCS_BUCKET_NAME": "my-omi-audio", "WEBHOOK_TOKEN": token},
+                },
+            }
+        },
+    )
+
+
+def test_a_token_kept_by_an_earlier_deploy_sh_in_plain_text_is_carried_over(cloud):
+    old_token = "Old-Plain-Token-0123456789abcdef"
+    legacy_deployment(cloud, old_token)
+    result, calls = cloud.deploy()
+    assert result.returncode == 0, result.stderr
+    assert cloud.token(1) == old_token
+    fn = cloud.function()
+    assert "WEBHOOK_TOKEN" not in env_of(fn) and secrets_of(fn) == {"WEBHOOK_TOKEN": "1"}
+    assert f"?token={old_token}" in result.stdout and "--rotate-token" in result.stdout
+    assert not any(old_token in a for c in calls for a in c)
+    assert len(cloud.state["exclusions"]) == 1  # an upgrade gets the request-log exclusion too
+
+
+# --- the request log ----------------------------------------------------------------
+
+
+def test_request_log_choice_is_kept_until_changed(cloud):
+    fresh(cloud, REQUEST_LOG="keep")
+    assert cloud.state.get("exclusions", []) == []
+    result, calls = cloud.deploy()  # a re-run keeps the choice
+    assert result.returncode == 0, result.stderr
+    assert cloud.state["exclusions"] == [] and not find(calls, "logging", "sinks", "update")
+    cloud.deploy(REQUEST_LOG="exclude")
+    assert [e["name"] for e in cloud.state["exclusions"]] == ["omi-audio-request-urls"]
+    result, calls = cloud.deploy()
+    assert not find(calls, "logging", "sinks", "update")
+    result, calls = cloud.deploy(REQUEST_LOG="keep")
+    assert cloud.state["exclusions"] == [] and "token included" in result.stderr
+
+
+# --- rotation -----------------------------------------------------------------------------
+
+
+def test_rotation_never_refuses_the_url_the_app_holds(cloud):
+    """Chunks flow through every step of a rotation; the app switches URL midway."""
+    fresh(cloud)
+    old = cloud.token(1)
+    app_token = old
+    statuses = [cloud.post(app_token)]
+
+    result, calls = cloud.deploy("--rotate-token")
+    assert result.returncode == 0, result.stderr
+    new = cloud.token(2)
+    assert new != old and f"?token={new}" in result.stdout and "--finish-rotation" in result.stdout
+    assert secrets_of(cloud.function()) == {"WEBHOOK_TOKEN": "2", "WEBHOOK_TOKEN_PREVIOUS": "1"}
+    assert len(find(calls, "storage", "objects", "describe")) == 2  # both tokens proven
+    assert not any(new in a for c in calls for a in c)
+    statuses += [cloud.post(app_token), cloud.post(app_token)]  # the app still has the old URL
+
+    result, calls = cloud.deploy()  # a plain re-run mid-rotation keeps both
+    assert result.returncode == 0, result.stderr
+    assert secrets_of(cloud.function()) == {"WEBHOOK_TOKEN": "2", "WEBHOOK_TOKEN_PREVIOUS": "1"}
+    assert "rotation is in progress" in result.stdout and not find(calls, "secrets", "versions", "add")
+    statuses.append(cloud.post(app_token))
+
+    result, calls = cloud.deploy("--rotate-token")  # again: completes, adds nothing
+    assert result.returncode == 0, result.stderr
+    assert len(cloud.state["secrets"][SECRET]["versions"]) == 2 and "already in progress" in result.stderr
+
+    app_token = new  # the user pastes the new URL
+    statuses += [cloud.post(app_token), cloud.post(app_token)]
+
+    result, calls = cloud.deploy("--finish-rotation")
+    assert result.returncode == 0, result.stderr
+    assert secrets_of(cloud.function()) == {"WEBHOOK_TOKEN": "2"}
+    assert [v["state"] for v in cloud.state["secrets"][SECRET]["versions"]] == ["DISABLED", "ENABLED"]
+    assert "Rotation finished" in result.stdout and f"?token={new}" in result.stdout
+    statuses += [cloud.post(app_token), cloud.post(app_token)]
+
+    assert statuses == [200] * len(statuses)
+    assert cloud.post(old) == 401  # the old URL is dead now
+
+    result, calls = cloud.deploy("--finish-rotation")  # nothing left to finish: harmless
+    assert result.returncode == 0 and "No rotation in progress" in result.stderr
+
+
+def test_an_interrupted_rotation_resumes_with_both_tokens(cloud):
+    fresh(cloud)
+    cloud.edit(fail=[{"call": "functions deploy", "times": 1, "message": "UNAVAILABLE: try again"}])
+    result, _ = cloud.deploy("--rotate-token")
+    assert result.returncode != 0
+    assert f"token: secret {SECRET} version 2" in result.stderr
+    assert secrets_of(cloud.function()) == {"WEBHOOK_TOKEN": "1"}
+    result, _ = cloud.deploy()
+    assert result.returncode == 0, result.stderr
+    assert secrets_of(cloud.function()) == {"WEBHOOK_TOKEN": "2", "WEBHOOK_TOKEN_PREVIOUS": "1"}
+    assert cloud.post(cloud.token(1)) == 200 and cloud.post(cloud.token(2)) == 200
+
+
+# --- failures midway, and the proof ------------------------------------------------------
+
+
+def test_a_failure_midway_says_what_exists_and_a_rerun_resumes(cloud):
+    cloud.edit(fail=[{"call": "functions deploy", "times": 1, "message": "FAILED_PRECONDITION: build failed"}])
+    result, calls = cloud.deploy(GCS_BUCKET_NAME="my-omi-audio")
+    assert result.returncode != 0
+    err = result.stderr
+    assert "In place so far" in err
+    for made in ("bucket gs://my-omi-audio", f"service account {SA}", f"secret {SECRET} version 1", "custom role"):
+        assert made in err, made
+    assert "run the same command again" in err
+    assert "roles/cloudbuild.builds.builder" in err and "123456789012-compute@developer" in err
+    assert "?token=" not in result.stdout
+    token = cloud.token(1)
+
+    result, calls = cloud.deploy()  # GCS_BUCKET_NAME not even needed? it is: the function never existed
+    assert result.returncode != 0 and "GCS_BUCKET_NAME" in result.stderr
+    result, calls = cloud.deploy(GCS_BUCKET_NAME="my-omi-audio")
+    assert result.returncode == 0, result.stderr
+    assert not [c for c in calls if "create" in c[:3]]
+    assert cloud.token(1) == token and f"?token={token}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("broken", "status", "cause"),
+    [("no-server", "HTTP 000", "does not answer"), ("wrong-token", "HTTP 401", "does not hold token")],
+)
+def test_a_url_that_fails_its_test_chunk_is_not_printed(cloud, broken, status, cause):
+    cloud.edit(**{"break": broken})
+    result, _ = cloud.deploy(GCS_BUCKET_NAME="my-omi-audio")
+    assert result.returncode != 0
+    assert status in result.stderr and cause in result.stderr
+    assert "Paste this URL" not in result.stdout
+    assert cloud.token(1) not in result.stdout + result.stderr
+    assert "run deploy.sh again" in result.stderr
+
+
+def test_a_5xx_from_the_test_chunk_names_iam_propagation(cloud):
+    cloud.edit(**{"break": "storage-down"})  # as when the bucket grant has not reached storage yet
+    result, _ = cloud.deploy(GCS_BUCKET_NAME="my-omi-audio")
+    assert result.returncode != 0
+    assert "HTTP 5" in result.stderr and "IAM still propagating" in result.stderr
+    assert len((cloud.tmp / "calls.jsonl.sleeps").read_text().split()) == 3  # retried before giving up
+
+
+# --- dry run -----------------------------------------------------------------------------
+
+
+def test_dry_run_reads_but_changes_nothing_and_shows_the_same_url_form(cloud):
+    result, calls = cloud.deploy("--dry-run", GCS_BUCKET_NAME="b-1", WEBHOOK_TOKEN="Secret-Token-1234567890")
+    assert result.returncode == 0, result.stderr
+    assert changing(calls) == []
     assert "+ gcloud functions deploy omi-audio" in result.stderr
-    assert "+ gcloud storage buckets create gs://b-1" in result.stderr
+    assert "+ gcloud secrets create omi-audio-webhook-token" in result.stderr
     assert "Secret-Token-1234567890" not in result.stdout + result.stderr
+    # The real run prints the function's `url` field, which has this same form.
+    assert f"https://us-central1-{PROJECT}.cloudfunctions.net/omi-audio?token=****" in result.stdout
+
+    fresh(cloud)
+    result, calls = cloud.deploy("--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert changing(calls) == []
+    assert f"{cloud.function()['url']}?token=****" in result.stdout
+    assert cloud.token(1) not in result.stdout + result.stderr
 
 
-@pytest.mark.skipif(REAL_GCLOUD is None, reason="the Google Cloud CLI is not installed")
-def test_real_gcloud_accepts_every_flag_and_stops_at_credentials(stub, tmp_path):
-    """Each recorded call, handed to the real gcloud offline with an empty config,
-    must get past argument parsing and stop only for lack of credentials."""
-    _, calls = deploy(stub, GCS_BUCKET_NAME="my-omi-audio", GOOGLE_CLOUD_PROJECT="proj-1", RETENTION_DAYS="30")
-    lifecycle = tmp_path / "lifecycle.json"
-    lifecycle.write_text('{"rule": [{"action": {"type": "Delete"}, "condition": {"age": 30}}]}')
+# --- the upload, and the real gcloud ------------------------------------------------------
+
+
+def local_modules(path: Path, seen: set[str]) -> set[str]:
+    for name in re.findall(r"^(?:from|import) (\w+)", path.read_text(), re.M):
+        if (ROOT / f"{name}.py").exists() and f"{name}.py" not in seen:
+            seen.add(f"{name}.py")
+            local_modules(ROOT / f"{name}.py", seen)
+    return seen
+
+
+def need_gcloud():
+    if REAL_GCLOUD is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the Google Cloud CLI (gcloud) is required in CI: this test must not be skipped")
+        pytest.skip("the Google Cloud CLI is not installed (CI requires it)")
+
+
+def gcloud_env(tmp_path: Path) -> dict[str, str]:
     config = tmp_path / "gcloud-config"
-    config.mkdir()
-    env = {
+    config.mkdir(exist_ok=True)
+    return {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
         "CLOUDSDK_CONFIG": str(config),
         "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
     }
-    changing = [c for c in calls if "describe" not in c and c[:2] != ["config", "get-value"]]
-    assert len(changing) >= 7
-    for call in changing:
+
+
+def test_upload_is_exactly_the_function_and_its_modules(tmp_path):
+    need_gcloud()
+    result = subprocess.run(
+        [REAL_GCLOUD, "meta", "list-files-for-upload", str(ROOT)],
+        capture_output=True,
+        text=True,
+        env=gcloud_env(tmp_path),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    uploaded = set(result.stdout.split())
+    assert uploaded == {"main.py", "requirements.txt"} | local_modules(ROOT / "main.py", set())
+
+
+def all_branches(cloud: Cloud, tmp: Path) -> None:
+    """Drive deploy.sh through every branch; every call is kept in cloud.all_calls."""
+    old = {"action": {"type": "SetStorageClass", "storageClass": "NEARLINE"}, "condition": {"age": 7}}
+    legacy_deployment(cloud, "Old-Token-0123456789")
+    cloud.edit(
+        buckets={
+            "my-omi-audio": {
+                "location": "US",
+                "uniform_bucket_level_access": False,
+                "public_access_prevention": "inherited",
+                "lifecycle_config": {"rule": [old]},
+            }
+        },
+        roles={"omiAudioWriter": {"deleted": True, "includedPermissions": ["storage.objects.create"]}},
+    )
+    requests.post(f"{cloud.fake_gcs}/storage/v1/b?project={PROJECT}", json={"name": "my-omi-audio"}, timeout=10)
+    runs = [
+        ("--dry-run",),
+        (),  # migrate: existing bucket, deleted role, plain token
+        ("--rotate-token",),
+        ("--finish-rotation",),
+        ("--allow-any-uid",),
+    ]
+    for args in runs:
+        result, _ = cloud.deploy(*args, RETENTION_DAYS="30", REQUEST_LOG="keep" if args == ("--allow-any-uid",) else "")
+        assert result.returncode == 0, (args, result.stderr)
+    cloud.deploy(RETENTION_DAYS="forever", ALLOWED_UIDS="Omi DevKit 2")
+    cloud.deploy(REQUEST_LOG="exclude")
+    # A first deploy in another region, found again without REGION.
+    cloud.deploy(GCS_BUCKET_NAME="b-2", FUNCTION_NAME="second", REGION="europe-west1")
+    result, _ = cloud.deploy(FUNCTION_NAME="second")
+    assert result.returncode == 0, result.stderr
+    cloud.deploy(GCS_BUCKET_NAME="b-3", FUNCTION_NAME="third", RETENTION_DAYS="forever")
+    state = cloud.state  # the role gone for good (deleted long ago): made again
+    del state["roles"]["omiAudioWriter"]
+    cloud.save(state)
+    result, _ = cloud.deploy()
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module")
+def branches(tmp_path_factory, fake_gcs):
+    """One stand-in project driven through every branch, shared by the real-gcloud checks."""
+    need_gcloud()
+    cloud = Cloud(tmp_path_factory.mktemp("branches"), fake_gcs)
+    try:
+        all_branches(cloud, cloud.tmp)
+        yield cloud
+    finally:
+        cloud.stop()
+
+
+def test_real_gcloud_accepts_every_call_in_every_branch(branches, tmp_path):
+    """Each call deploy.sh made, in every branch, handed to the real gcloud offline
+    with an empty config, must get past argument parsing and stop only for lack of
+    credentials; every gcloud command in deploy.sh must have been among them."""
+    need_gcloud()
+    cloud = branches
+    env = gcloud_env(tmp_path)
+    lifecycle = tmp_path / "lifecycle.json"
+    lifecycle.write_text('{"rule": []}')
+    shapes = {tuple(w for w in c[:3] if not w.startswith(("-", "gs://")) and w != SECRET) for c in cloud.all_calls}
+    calls = [c for c in cloud.all_calls if c[:2] != ["config", "get-value"]]  # local: it just answers
+
+    text = DEPLOY.read_text()
+    # Commands the script runs (not the ones its messages suggest to the user).
+    in_script = set(re.findall(r"(?:\brun|\bretry|\bprobe|\$\()\s*gcloud ((?:[a-z-]+ ){1,3})", text))
+    assert len(in_script) >= 20
+    for words in in_script:
+        words = tuple(w for w in words.split() if not w.startswith("-"))
+        assert any(s[: len(words)] == words for s in shapes), f"never exercised: gcloud {' '.join(words)}"
+
+    seen: set[str] = set()
+    for call in calls:
         call = [f"--lifecycle-file={lifecycle}" if a.startswith("--lifecycle-file=") else a for a in call]
-        result = subprocess.run([REAL_GCLOUD, *call], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
-        assert result.returncode != 0
-        assert "unrecognized arguments" not in result.stderr and "argument" not in result.stderr.lower(), (
-            call,
-            result.stderr,
+        key = json.dumps(call)
+        if key in seen:
+            continue
+        seen.add(key)
+        result = subprocess.run(
+            [REAL_GCLOUD, *call], input="x", capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
         )
-        assert "active account" in result.stderr or "credentials" in result.stderr.lower(), (call, result.stderr)
+        assert result.returncode != 0
+        err = result.stderr
+        assert "unrecognized arguments" not in err and "argument" not in err.lower(), (call, err)
+        assert "active account" in err or "credentials" in err.lower(), (call, err)
+    assert len(seen) >= 30
+
+
+def test_real_gcloud_formats_each_answer_as_the_stand_in_did(branches, tmp_path):
+    """The stand-in answers describe/list calls with a small formatter; the real
+    gcloud's formatter, given the same resource, must print the same."""
+    need_gcloud()
+    cloud = branches
+    env = gcloud_env(tmp_path)
+    answers = [json.loads(line) for line in (cloud.tmp / "calls.jsonl.formats").read_text().splitlines()]
+    checked: set[str] = set()
+    for i, answer in enumerate(answers):
+        f = flags(answer["args"])
+        key = json.dumps([answer["resources"], f.get("format"), f.get("filter")])
+        if key in checked:
+            continue
+        checked.add(key)
+        resource = tmp_path / f"resource-{i}.json"
+        describe = "describe" in answer["args"]  # one resource, as gcloud's describe gives it
+        resource.write_text(json.dumps(answer["resources"][0] if describe else answer["resources"]))
+        cmd = [REAL_GCLOUD, "meta", "list-from-json", str(resource), f"--format={f['format']}"]
+        if "filter" in f:
+            cmd.append(f"--filter={f['filter']}")
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        assert result.returncode == 0, result.stderr
+        if f["format"].startswith("json("):
+            assert json.loads(result.stdout) == json.loads(answer["output"]), answer
+        else:
+            assert result.stdout.rstrip("\n") == answer["output"], answer
+    assert len(checked) >= 10
