@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from conftest import start_fake_gcs  # noqa: E402
+from counting_proxy import CountingProxy  # noqa: E402
 
 import export  # noqa: E402
 import storage  # noqa: E402
@@ -223,6 +224,14 @@ def range_cost(args: argparse.Namespace, tmp: Path) -> tuple[list, list, list[fl
         populate_days(single, [DAY], args.per_day)
         written = time.perf_counter() - written
         print(f"stored {ARCHIVE_DAYS} days of {args.per_day} chunks, and that day alone, in {written:.1f} s")
+        for name, bucket_name in (("archive", archive), ("day alone", single)):
+            with CountingProxy(url) as counter:  # once, untimed: what the export asks storage for
+                os.environ["STORAGE_EMULATOR_HOST"] = counter.url
+                export_day(bucket_name, tmp / f"counted-{name}")
+            print(
+                f"exporting the day from the {name}: {len(counter.list_calls)} list call(s) returning"
+                f" {counter.names_listed} names, {counter.downloads} downloads"
+            )
         proxy, os.environ["STORAGE_EMULATOR_HOST"] = start_proxy(url, args.latency_ms)
         runs: tuple[list[float], ...] = ([], [], [], [])
         try:
