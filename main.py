@@ -65,10 +65,6 @@ IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,128}")
 QUERY_KEYS = ("sample_rate", "uid", "token")
 READ_PIECE_BYTES = 1024 * 1024
 DISCARD_PIECE_BYTES = 64 * 1024
-# Buffers above this get their own memory mapping, returned to the OS when freed
-# (glibc's starting threshold, held there; see `_unmap_large_buffers`).
-LARGE_BODY_BYTES = 128 * 1024
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
 class QueryError(ValueError):
@@ -163,8 +159,6 @@ def receive_audio(request: flask.Request) -> flask.Response:
     if not _body_budget.reserve(reserved):
         return reject(503, "this instance is busy with other large bodies: retry in a few seconds")
     try:
-        if reserved > LARGE_BODY_BYTES:
-            _unmap_large_buffers()
         pieces, size = read_body(request.stream, limit)
         if pieces is None:
             return reject(413, f"body exceeds the {limit}-byte limit (MAX_CHUNK_BYTES)")
@@ -393,30 +387,6 @@ def _remember(uid: str, key: str) -> _Chunk:
             if len(_recent) > IDEMPOTENCY_CACHE_SIZE:
                 _recent.popitem(last=False)
         return chunk
-
-
-_large_buffers_unmapped = False
-
-
-def _unmap_large_buffers() -> None:
-    """Have glibc map each buffer over LARGE_BODY_BYTES on its own, and unmap it when freed.
-
-    Left alone, glibc raises that threshold after the first large free and keeps
-    later large buffers in per-thread arenas: eight concurrent 3.84 MB bodies
-    then peaked at 3.9 times their size in RSS, instead of 1.7 (bench/measure.py).
-    Done at the first large body, so instances that only see 1-second chunks
-    never load ctypes.
-    """
-    global _large_buffers_unmapped
-    if _large_buffers_unmapped:
-        return
-    _large_buffers_unmapped = True
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, LARGE_BODY_BYTES)
-    except (OSError, AttributeError):
-        pass  # not glibc: its allocator keeps its own counsel
 
 
 def _log(severity: str, message: str, **fields: object) -> None:

@@ -66,6 +66,9 @@ SAMPLE_RATE = 16000
 SENDERS = 16
 BIG_BODIES = 16  # deploy.sh's --concurrency
 DEPLOYED_THREADS = "16"  # deploy.sh sets THREADS to the concurrency
+# deploy.sh has glibc give every buffer over 128 KiB its own mapping, returned to the
+# system when freed (without it glibc keeps large freed bodies in per-thread arenas).
+DEPLOYED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 TOKEN = "bench-token"
 # RSS moves in allocator arenas and pages: below this, "growth" is noise.
 LEAK_TOLERANCE_BYTES = 1024 * 1024
@@ -252,6 +255,7 @@ def serve_command(source: Path, target: str, port: int) -> list[str]:
 def server_env(gcs_url: str, bucket: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("THREADS", "WORKERS", "LOCAL_AUDIO_DIR", "K_SERVICE")}
     env.update(STORAGE_EMULATOR_HOST=gcs_url, GCS_BUCKET_NAME=bucket, WEBHOOK_TOKEN=TOKEN, PYTHONUNBUFFERED="1")
+    env.update(DEPLOYED_MALLOC)
     env.pop("ALLOWED_UIDS", None)
     env.pop("MAX_CHUNK_BYTES", None)
     return env
