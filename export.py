@@ -46,9 +46,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-import requests
 from google.api_core import exceptions as api_exceptions
-from requests.adapters import HTTPAdapter
 
 import storage
 import wav
@@ -489,7 +487,7 @@ def export_sessions(
         summary.sessions.append(session)
 
     try:
-        for chunk, data in download_in_order(store.read, selection.chunks, jobs):
+        for chunk, data in download_in_order(reads_per_thread(store), selection.chunks, jobs):
             if progress:
                 progress(1)
             if data is None:
@@ -663,9 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def open_store(
-    args: argparse.Namespace, parser: argparse.ArgumentParser, jobs: int = DEFAULT_JOBS
-) -> storage.GcsStore | storage.LocalStore:
+def open_store(args: argparse.Namespace, parser: argparse.ArgumentParser) -> storage.GcsStore | storage.LocalStore:
     """The store named by --bucket / --local-dir, else by the function's environment variables."""
     bucket = args.bucket
     local_dir = args.local_dir
@@ -673,9 +669,7 @@ def open_store(
         bucket = os.environ.get("GCS_BUCKET_NAME", "").strip()
         local_dir = Path(os.environ["LOCAL_AUDIO_DIR"]) if os.environ.get("LOCAL_AUDIO_DIR", "").strip() else None
     if bucket:
-        store = storage.GcsStore(bucket)
-        _widen_connection_pool(store, jobs)
-        return store
+        return storage.GcsStore(bucket)
     if local_dir is None:
         parser.error("no source: give --bucket NAME or --local-dir PATH (or set GCS_BUCKET_NAME / LOCAL_AUDIO_DIR)")
     if not local_dir.is_dir():
@@ -683,12 +677,24 @@ def open_store(
     return storage.LocalStore(local_dir)
 
 
-def _widen_connection_pool(store: storage.GcsStore, jobs: int) -> None:
-    """Let every download thread keep its own connection (requests keeps 10 per host)."""
-    session = store.client._http
-    if isinstance(session, requests.Session):
-        for prefix in ("https://", "http://"):
-            session.mount(prefix, HTTPAdapter(pool_connections=4, pool_maxsize=jobs))
+def reads_per_thread(store: storage.GcsStore | storage.LocalStore) -> Callable[[str], bytes]:
+    """`store.read`, through a storage client of each download thread's own.
+
+    One client keeps at most 10 connections to storage; with more download
+    threads the others would open (and on Cloud Storage, handshake) a new
+    connection for every object.
+    """
+    if not isinstance(store, storage.GcsStore):
+        return store.read
+    local = threading.local()
+
+    def read(name: str) -> bytes:
+        own = getattr(local, "store", None)
+        if own is None:
+            own = local.store = storage.GcsStore(store.bucket_name)
+        return own.read(name)
+
+    return read
 
 
 def progress_bar(total: int | None, quiet: bool, unit: str = "chunk", desc: str | None = None):
@@ -732,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
             import soundfile  # noqa: F401
         except (ImportError, OSError) as exc:
             parser.error(f"--format flac needs soundfile (pip install -r requirements-tools.txt): {exc}")
-    store = open_store(args, parser, args.jobs)
+    store = open_store(args, parser)
     where = store.location(storage.uid_prefix(args.uid) + "/")
 
     try:
