@@ -596,12 +596,16 @@ read_token() { # $1: version; the value goes to $OUT, never to a command line
 }
 
 head -c 3200 /dev/zero >"$WORK/chunk.pcm"
+RUN_ID="$(date +%s)-$$"
 # POST the test chunk with one token version; the HTTP status goes to $STATUS.
 post_chunk() {
   read_token "$1"
   # curl reads the URL from standard input, so the token is on no command line.
+  # One Idempotency-Key per token: a retry whose first answer was lost names the
+  # object already stored instead of writing a second.
   STATUS="$(printf 'url = "%s?token=%s&sample_rate=16000&uid=%s"\n' "$FUNCTION_URL" "$OUT" "$(urlencode "$CHECK_UID")" |
     curl -sS -K - -X POST --data-binary @"$WORK/chunk.pcm" -H 'Content-Type: application/octet-stream' \
+      -H "Idempotency-Key: deploy-check-$RUN_ID-$1" \
       --max-time 45 -o "$WORK/answer" -w '%{http_code}' 2>"$WORK/curl-err")" || true
   OUT=""
   STATUS="${STATUS:-000}"
