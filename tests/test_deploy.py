@@ -916,10 +916,13 @@ def test_a_failure_midway_says_what_exists_and_a_rerun_resumes(cloud):
 
 
 @pytest.mark.parametrize(
-    ("broken", "status", "cause"),
-    [("no-server", "HTTP 000", "does not answer"), ("wrong-token", "HTTP 401", "does not hold token")],
+    ("broken", "status", "cause", "waits"),
+    [
+        ("no-server", "HTTP 000", "does not answer", ["5", "15", "45"]),  # may be starting: retried
+        ("wrong-token", "HTTP 401", "does not hold token", []),  # retrying cannot help
+    ],
 )
-def test_a_url_that_fails_its_test_chunk_is_not_printed(cloud, broken, status, cause):
+def test_a_url_that_fails_its_test_chunk_is_not_printed(cloud, broken, status, cause, waits):
     cloud.edit(**{"break": broken})
     result, _ = cloud.deploy(GCS_BUCKET_NAME="my-omi-audio")
     assert result.returncode != 0
@@ -927,6 +930,8 @@ def test_a_url_that_fails_its_test_chunk_is_not_printed(cloud, broken, status, c
     assert "Paste this URL" not in result.stdout
     assert cloud.token(1) not in result.stdout + result.stderr
     assert "run deploy.sh again" in result.stderr
+    sleeps = cloud.tmp / "calls.jsonl.sleeps"
+    assert (sleeps.read_text().split() if sleeps.exists() else []) == waits
 
 
 def test_a_5xx_from_the_test_chunk_names_iam_propagation(cloud):
