@@ -593,6 +593,7 @@ urlencode() {
 read_token() { # $1: version; the value goes to $OUT, never to a command line
   probe gcloud secrets versions access "$1" --secret="$SECRET" --project="$PROJECT" ||
     die "cannot read token version $1 of secret $SECRET"
+  : >"$WORK/out" # not even the private scratch folder keeps it
 }
 
 head -c 3200 /dev/zero >"$WORK/chunk.pcm"
