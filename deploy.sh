@@ -284,9 +284,9 @@ fi
   die "secret $SECRET has ${#VERSIONS[@]} enabled versions; deploy.sh keeps at most two (current and previous). Disable the ones no URL uses: gcloud secrets versions disable VERSION --secret=$SECRET --project=$PROJECT"
 
 # An earlier deploy.sh kept the token as a plain environment variable: carry it
-# over so the URL in the app stays valid.
+# over so the URL in the app stays valid (unless WEBHOOK_TOKEN names a new one).
 MIGRATED_TOKEN=""
-if ((FUNCTION_EXISTS && ${#VERSIONS[@]} == 0)); then
+if ((FUNCTION_EXISTS && ${#VERSIONS[@]} == 0)) && [[ -z "${WEBHOOK_TOKEN:-}" ]]; then
   describe_function 'value(serviceConfig.environmentVariables.WEBHOOK_TOKEN)'
   MIGRATED_TOKEN="$OUT"
   if [[ -n "$MIGRATED_TOKEN" && ! "$MIGRATED_TOKEN" =~ $TOKEN_RE ]]; then
