@@ -815,6 +815,16 @@ def test_a_token_kept_by_an_earlier_deploy_sh_in_plain_text_is_carried_over(clou
     assert len(cloud.state["exclusions"]) == 1  # an upgrade gets the request-log exclusion too
 
 
+def test_an_unusable_plain_text_token_must_be_replaced_to_upgrade(cloud):
+    legacy_deployment(cloud, "short,token")
+    result, calls = cloud.deploy()
+    assert result.returncode != 0 and "not URL-safe" in result.stderr
+    assert [c[:2] for c in changing(calls)] == [["services", "enable"]]
+    result, _ = cloud.deploy(WEBHOOK_TOKEN="Fresh-Token-0123456789abcdef")
+    assert result.returncode == 0, result.stderr
+    assert cloud.token(1) == "Fresh-Token-0123456789abcdef"
+
+
 # --- the request log ----------------------------------------------------------------
 
 
