@@ -26,6 +26,8 @@ PROJECT = "proj-1"
 SA = f"omi-audio-writer@{PROJECT}.iam.gserviceaccount.com"
 SECRET = "omi-audio-webhook-token"
 READ_ONLY = ("describe", "list", "get-value", "access")
+# What every deploy gives the function besides its bucket (see bench/measure.py).
+DEPLOYED_ENV = {"THREADS": "16", "MALLOC_MMAP_THRESHOLD_": "131072", "NO_PROXY": "storage.googleapis.com"}
 
 # The stand-in gcloud. State lives in STUB_STATE (JSON) so a second run sees what
 # the first made; each call is appended to STUB_LOG; each formatted answer (resource,
@@ -505,7 +507,7 @@ def test_first_deploy_creates_everything_and_proves_the_url(cloud, tmp_path):
 
     fn = cloud.function()
     sc = fn["serviceConfig"]
-    assert env_of(fn) == {"GCS_BUCKET_NAME": "my-omi-audio", "THREADS": "16"}
+    assert env_of(fn) == {"GCS_BUCKET_NAME": "my-omi-audio", **DEPLOYED_ENV}
     assert secrets_of(fn) == {"WEBHOOK_TOKEN": "1"}
     assert (sc["concurrency"], sc["memory"], sc["serviceAccountEmail"]) == ("16", "1Gi", SA)
     (deploy_call,) = find(calls, "functions", "deploy")
@@ -566,7 +568,7 @@ def test_rerun_months_later_changes_nothing_and_keeps_every_setting(cloud, tmp_p
     assert "Found omi-audio in region europe-west1" in result.stderr
     after = cloud.state
     fn = cloud.function("europe-west1")
-    assert env_of(fn) == {"GCS_BUCKET_NAME": "my-omi-audio", "THREADS": "16", "ALLOWED_UIDS": uids}
+    assert env_of(fn) == {"GCS_BUCKET_NAME": "my-omi-audio", **DEPLOYED_ENV, "ALLOWED_UIDS": uids}
     assert secrets_of(fn) == {"WEBHOOK_TOKEN": "1"}
     assert fn["serviceConfig"]["serviceAccountEmail"] == f"my-writer@{PROJECT}.iam.gserviceaccount.com"
     assert after["buckets"]["my-omi-audio"]["lifecycle_config"] == before["buckets"]["my-omi-audio"]["lifecycle_config"]
