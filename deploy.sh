@@ -510,16 +510,17 @@ REMOVE_VARS=WEBHOOK_TOKEN # where an earlier deploy.sh kept the token in plain t
 # --allow-unauthenticated: the Omi backend cannot send Google auth headers (it
 #   posts to a plain URL), so IAM would reject every chunk; the token in the URL
 #   is the guard instead, checked before anything is read or written.
-# --memory=1Gi: room for 16 concurrent requests even at the 8 MiB body cap (an
-#   older sender's 120 s batch is 3.84 MB; the phone posts up to 11.5 MB batches).
+# --memory=1Gi: 16 concurrent 11.5 MB batches (the phone's largest) peaked at
+#   232 MiB (make bench); the function admits at most 256 MiB of bodies at once,
+#   each held about twice, so about 570 MiB at worst.
 # --cpu=1: gen2 needs a whole CPU to serve more than one request at a time.
 # --concurrency=16: each request mostly waits on Cloud Storage, so one instance
 #   serves many users' chunks at once instead of starting (and billing) more;
 #   THREADS=16 gives the server as many threads, as Google recommends.
 # --max-instances=5: a ceiling on cost if the URL leaks; 5 x 16 concurrent
 #   1-second uploads is far beyond one household's devices.
-# --timeout=60s: the function answers within its 20 s storage deadline; 60 s is
-#   only a backstop, past Omi's own 30 s timeout.
+# --timeout=60s: the function answers within its storage deadlines (20 s for the
+#   backend, 27 s for the phone); 60 s is only a backstop, past their 30 s timeout.
 # --update-*/--remove-*: only the settings named here change; anything else
 #   already on the function (ALLOWED_UIDS when not given) stays as it is.
 if ! run gcloud functions deploy "$FUNCTION_NAME" \
