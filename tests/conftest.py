@@ -225,3 +225,24 @@ def assert_decodes(data: bytes, rate: int, pcm: bytes) -> None:
                 )
                 assert f"sample_rate={rate}" in out.stdout and "channels=1" in out.stdout
                 assert "codec_name=pcm_s16le" in out.stdout
+
+
+def stderr_on_a_terminal(command: list[str]) -> str:
+    """Run `command` from the checkout with stderr on a pseudo-terminal (24 x 100); return what it showed."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=follower, check=True)
+    os.close(follower)
+    seen = b""
+    try:
+        while chunk := os.read(leader, 65536):
+            seen += chunk
+    except OSError:  # the terminal is closed once everything is read
+        pass
+    os.close(leader)
+    return seen.decode(errors="replace")

@@ -7,16 +7,13 @@ back with the stdlib `wave` module, libsndfile and sox (see `assert_decodes`).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
 import shutil
 import signal
 import struct
 import subprocess
 import sys
-import termios
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -24,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from conftest import ROOT, assert_decodes, pcm_tone
+from conftest import ROOT, assert_decodes, pcm_tone, stderr_on_a_terminal
 from counting_proxy import CountingProxy
 from latency_proxy import LatencyProxy
 
@@ -648,26 +645,13 @@ def test_progress_bar_shows_on_a_terminal_and_quiet_silences_it(tmp_path):
     for i in range(20):
         put(store, T0 + timedelta(seconds=i), pcm_tone(0.1, RATE, i))
 
-    def stderr_on_a_terminal(*extra: str) -> str:
-        leader, follower = pty.openpty()
-        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24 rows, 100 columns
+    def shown(*extra: str) -> str:
         command = [sys.executable, "export.py", "--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out"]
-        subprocess.run(
-            [*command, str(tmp_path / "out"), *extra], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=follower, check=True
-        )
-        os.close(follower)
-        seen = b""
-        try:
-            while chunk := os.read(leader, 65536):
-                seen += chunk
-        except OSError:  # the terminal is closed once everything is read
-            pass
-        os.close(leader)
-        return seen.decode(errors="replace")
+        return stderr_on_a_terminal([*command, str(tmp_path / "out"), *extra])
 
-    shown = stderr_on_a_terminal()
-    assert "/20 [" in shown and "chunk/s" in shown
-    assert stderr_on_a_terminal("--quiet") == ""
+    output = shown()
+    assert "/20 [" in output and "chunk/s" in output
+    assert shown("--quiet") == ""
 
 
 # -- scale -----------------------------------------------------------------------

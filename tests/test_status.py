@@ -6,20 +6,15 @@ local directory; listing costs are counted at a proxy in front of the server.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import pty
-import struct
 import subprocess
 import sys
-import termios
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import ROOT, pcm_tone
+from conftest import ROOT, pcm_tone, stderr_on_a_terminal
 from counting_proxy import CountingProxy
 
 import status
@@ -242,21 +237,10 @@ def test_a_progress_bar_shows_on_a_terminal_and_quiet_silences_it(tmp_path):
     for i in range(20):
         put(store, datetime.now(UTC) - timedelta(minutes=i), seconds=0.01)
 
-    def stderr_on_a_terminal(*extra: str) -> str:
-        leader, follower = pty.openpty()
-        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-        command = [sys.executable, "status.py", "--local-dir", str(tmp_path / "rec"), "--uid", UID, *extra]
-        subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=follower, check=True)
-        os.close(follower)
-        seen = b""
-        try:
-            while chunk := os.read(leader, 65536):
-                seen += chunk
-        except OSError:  # the terminal is closed once everything is read
-            pass
-        os.close(leader)
-        return seen.decode(errors="replace")
+    def shown(*extra: str) -> str:
+        return stderr_on_a_terminal(
+            [sys.executable, "status.py", "--local-dir", str(tmp_path / "rec"), "--uid", UID, *extra]
+        )
 
-    shown = stderr_on_a_terminal()
-    assert "listing: " in shown and "name/s]" in shown
-    assert stderr_on_a_terminal("--quiet") == ""
+    assert "listing: " in shown() and "name/s]" in shown()
+    assert shown("--quiet") == ""
