@@ -1,4 +1,8 @@
-"""bench/measure.py runs end to end (its figures are only meaningful from `make bench`)."""
+"""bench/measure.py runs end to end and prints every figure with its goal.
+
+It checks that the benchmark works, not what it measures: in quick mode every figure
+comes from a handful of requests, and only `make bench` gives figures to judge.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ def test_bench_quick_mode_prints_every_figure_with_its_goal(tmp_path):
         ("2. throughput", ">= 0.9"),
         ("3. cold start: import", "<= 10 ms"),
         ("3. cold start: process start", "(report)"),
-        ("4. memory: peak RSS", "<= 4"),
+        ("4. memory: peak RSS growth", "<= 4"),
+        ("4. memory: worker's peak RSS", "(report)"),
         ("4. memory: RSS growth", "<= 1 MiB"),
     ]:
         assert any(line.startswith(figure) and goal in line for line in text.splitlines()), (figure, text)
