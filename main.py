@@ -1,10 +1,12 @@
 """Omi "Realtime audio bytes" webhook: each POSTed chunk of PCM becomes one WAV object.
 
-The Omi backend posts raw 16-bit mono PCM to the configured URL with
-``sample_rate`` and ``uid`` in the query (three URL forms, see `parse_query`).
-`receive_audio` checks the token, validates the query, frames the audio as WAV
-and stores it under ``{uid}/{UTC timestamp}.wav`` in the bucket (or a local
-directory when run locally), answering well inside the sender's 30 s timeout.
+The Omi backend (1-second chunks) and the phone's webhook-only mode (one batch per
+POST) post raw 16-bit mono PCM to the configured URL with ``sample_rate`` and
+``uid`` in the query (three URL forms, see `parse_query`).  `receive_audio` checks
+the token, validates the query, frames the audio as WAV and stores it under
+``{uid folder}/{UTC timestamp}.wav`` in the bucket (or a local directory when run
+locally; `storage.uid_prefix` makes the folder), answering inside the sender's 30 s
+timeout and only after reading the whole body, so that the sender reads the answer.
 """
 
 from __future__ import annotations
