@@ -137,12 +137,7 @@ def select_chunks(
     for info in store.list_chunks(uid, since, until):
         if progress:
             progress(1)
-        parts = storage.parse_object_name(info.name)
-        if parts is None or parts.uid != uid:
-            continue
-        if (since and parts.received_at < since) or (until and parts.received_at >= until):
-            continue
-        found.append(_chunk_from_listing(info, parts))
+        found.append(_chunk_from_listing(info))
     found.sort(key=lambda chunk: (chunk.received_at, chunk.seq, chunk.name))
     kept: list[Chunk] = []
     seen: set[str] = set()
@@ -156,12 +151,13 @@ def select_chunks(
     return Selection(kept, len(found) - len(kept))
 
 
-def _chunk_from_listing(info: storage.ChunkInfo, parts: storage.ChunkName) -> Chunk:
+def _chunk_from_listing(info: storage.ChunkInfo) -> Chunk:
     metadata = info.metadata
     rate = _positive_int(metadata.get("sample_rate"))
     pcm_bytes = _positive_int(metadata.get("pcm_bytes"))
     if pcm_bytes is None:
         pcm_bytes = max(info.size - wav.HEADER_SIZE, 0)
+    parts = info.parts
     return Chunk(info.name, parts.received_at, parts.seq, info.size, rate, pcm_bytes, metadata.get("idempotency_key"))
 
 
@@ -193,7 +189,7 @@ def session_base_name(uid: str, start: datetime, taken: set[str]) -> str:
     chronologically.  Two sessions starting in the same microsecond (a
     sample-rate change) get ``-1``, ``-2``, ...
     """
-    stem = f"{storage.uid_prefix(uid)}_{start.astimezone(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
+    stem = f"{storage.uid_prefix(uid)}_{storage.name_stamp(start)}"
     candidate, n = stem, 0
     while candidate in taken:
         n += 1

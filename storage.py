@@ -40,7 +40,7 @@ from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 from google.cloud import storage as gcs
 
-_STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+_STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"  # how `name_stamp` reads back
 
 # A uid is whatever the sender sends: an Omi uid (28 letters and digits), or, from
 # the phone's webhook-only mode, the device's name ("Omi DevKit 2", "Zoë's Omi").
@@ -106,17 +106,27 @@ class Stored:
 
 @dataclass(frozen=True)
 class ChunkInfo:
-    """One stored chunk as listed, without its audio."""
+    """One stored chunk as listed, without its audio; `parts` is its name, parsed."""
 
     name: str
     size: int
     metadata: dict[str, str]
+    parts: ChunkName
 
 
 def object_name(uid: str, received_at: datetime, seq: int = 0) -> str:
     """Return the object name for a chunk of `uid` received at `received_at` (UTC)."""
-    stamp = received_at.astimezone(UTC).strftime(_STAMP_FORMAT)
-    return f"{uid_prefix(uid)}/{stamp}{f'-{seq}' if seq else ''}.wav"
+    return f"{uid_prefix(uid)}/{name_stamp(received_at)}{f'-{seq}' if seq else ''}.wav"
+
+
+def name_stamp(at: datetime) -> str:
+    """``YYYYMMDDTHHMMSS.ffffffZ`` in UTC: the fixed-width stamp in every object name.
+
+    Zero-padded even before year 1000 (strftime's %Y is not), so that names sort
+    in time order whatever the time (`name_range` relies on it).
+    """
+    t = at.astimezone(UTC)
+    return f"{t.year:04d}{t.month:02d}{t.day:02d}T{t.hour:02d}{t.minute:02d}{t.second:02d}.{t.microsecond:06d}Z"
 
 
 def is_valid_uid(uid: str) -> bool:
@@ -386,8 +396,8 @@ class GcsStore:
             self.bucket, prefix=prefix, start_offset=start, end_offset=end, max_results=limit
         )
         for blob in blobs:
-            if parse_object_name(blob.name):
-                yield ChunkInfo(blob.name, blob.size or 0, dict(blob.metadata or {}))
+            if parts := parse_object_name(blob.name):
+                yield ChunkInfo(blob.name, blob.size or 0, dict(blob.metadata or {}), parts)
 
     def list_uids(self) -> list[str]:
         """The uids that have a folder in the bucket, from one listing of top-level folders."""
@@ -413,15 +423,9 @@ def name_range(uid: str, since: datetime | None, until: datetime | None) -> tupl
     prefix = f"{uid_prefix(uid)}/"
     return (
         prefix,
-        prefix + _bound_stamp(since) if since else None,
-        prefix + _bound_stamp(until) if until else None,
+        prefix + name_stamp(since) if since else None,
+        prefix + name_stamp(until) if until else None,
     )
-
-
-def _bound_stamp(at: datetime) -> str:
-    """The name stamp of `at`, zero-padded even before year 1000 (strftime's %Y is not)."""
-    t = at.astimezone(UTC)
-    return f"{t.year:04d}{t.month:02d}{t.day:02d}T{t.hour:02d}{t.minute:02d}{t.second:02d}.{t.microsecond:06d}Z"
 
 
 def _uids_of(prefixes: Iterator[str]) -> list[str]:
@@ -517,9 +521,9 @@ class LocalStore:
             if (end and name >= end) or (limit is not None and listed >= limit):
                 return
             path = self.root / name
-            if parse_object_name(name) and path.is_file():
+            if (parts := parse_object_name(name)) and path.is_file():
                 listed += 1
-                yield ChunkInfo(name, path.stat().st_size, self._metadata(path))
+                yield ChunkInfo(name, path.stat().st_size, self._metadata(path), parts)
 
     def list_uids(self) -> list[str]:
         """The uids that have a folder under the directory."""

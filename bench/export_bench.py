@@ -119,7 +119,7 @@ def one_at_a_time(bucket_name: str, out: Path) -> float:
     """The baseline: list, then download each chunk in turn and append its PCM."""
     started = time.perf_counter()
     store = storage.GcsStore(bucket_name)
-    names = sorted((storage.parse_object_name(info.name).received_at, info.name) for info in store.list_chunks(UID))
+    names = sorted((info.parts.received_at, info.name) for info in store.list_chunks(UID))
     with open(out, "wb") as f:
         f.write(wav.header(0, RATE))
         size = 0
