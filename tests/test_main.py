@@ -330,6 +330,24 @@ def test_default_cap_is_cloud_runs_32_mib_limit_and_no_setting_exceeds_it(monkey
     assert main.max_chunk_bytes() == 32 * 1024 * 1024
 
 
+@pytest.mark.parametrize("value", ["abc", "", "0", "0.5", "29", "-3", "nan"])
+def test_a_deadline_that_is_unreadable_or_out_of_bounds_falls_back_to_its_default(monkeypatch, value):
+    import main
+
+    monkeypatch.setenv("STORAGE_DEADLINE_SECONDS", value)
+    monkeypatch.setenv("NO_RETRY_DEADLINE_SECONDS", value)
+    assert main.storage_deadline_seconds(retried=True) == 20.0
+    assert main.storage_deadline_seconds(retried=False) == 27.0
+
+
+def test_deadlines_within_bounds_are_taken(monkeypatch):
+    import main
+
+    monkeypatch.setenv("STORAGE_DEADLINE_SECONDS", "5")
+    monkeypatch.setenv("NO_RETRY_DEADLINE_SECONDS", "28")
+    assert (main.storage_deadline_seconds(retried=True), main.storage_deadline_seconds(retried=False)) == (5, 28)
+
+
 def test_odd_length_body_keeps_every_byte_in_a_valid_wav(client, bucket):
     pcm = pcm_tone(0.1) + b"\x7f"
     response = post(client, f"sample_rate=16000&uid={UID}", pcm)

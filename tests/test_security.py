@@ -143,6 +143,14 @@ def test_allowed_uids_lets_the_listed_uids_through(client, bucket, monkeypatch):
     assert sorted(name.split("/")[0] for name in objects(bucket)) == sorted([UID, "webhook-device"])
 
 
+def test_allowed_uids_take_device_names_as_the_phone_sends_them(client, bucket, monkeypatch):
+    monkeypatch.setenv("ALLOWED_UIDS", "Omi DevKit 2, Zo\u00eb's Omi")
+    assert post(client, "token=x?uid=Omi%20DevKit%202&sample_rate=16000").status_code == 200
+    assert post(client, "uid=Zo%C3%AB's%20Omi&sample_rate=16000").status_code == 200
+    assert post(client, "uid=Omi%20DevKit&sample_rate=16000").status_code == 403
+    assert sorted(name.split("/")[0] for name in objects(bucket)) == ["Omi~20DevKit~202", "Zo~C3~AB~27s~20Omi"]
+
+
 @pytest.mark.parametrize(
     "uid",
     [UID.lower(), UID + "x", UID[:-1], f" {UID}", "webhook-device ", f"{UID},webhook-device", "*"],
