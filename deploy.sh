@@ -511,7 +511,7 @@ REMOVE_VARS=WEBHOOK_TOKEN # where an earlier deploy.sh kept the token in plain t
 #   posts to a plain URL), so IAM would reject every chunk; the token in the URL
 #   is the guard instead, checked before anything is read or written.
 # --memory=1Gi: 16 concurrent 11.5 MB batches (the phone's largest) peaked at
-#   232 MiB (make bench); the function admits at most 256 MiB of bodies at once,
+#   210-232 MiB (make bench); the function admits at most 256 MiB of bodies at once,
 #   each held about twice, so about 570 MiB at worst.
 # --cpu=1: gen2 needs a whole CPU to serve more than one request at a time.
 # --concurrency=16: each request mostly waits on Cloud Storage, so one instance
