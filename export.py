@@ -48,6 +48,8 @@ from typing import BinaryIO, TextIO
 
 from google.api_core import exceptions as api_exceptions
 
+import archive
+import conversation_export
 import storage
 import wav
 
@@ -649,7 +651,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep sessions whose files in DIR already hold exactly their audio (resume an interrupted export)",
     )
-    parser.add_argument("--list", action="store_true", help="print the session table only, downloading no audio")
+    parser.add_argument(
+        "--by",
+        choices=["session", "conversation"],
+        default="session",
+        help="session (default): one file per recording session; conversation: one audio file, .vtt and .json"
+        " per stored conversation overlapping the range",
+    )
+    parser.add_argument("--list", action="store_true", help="print the table only, downloading no audio")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--jobs", type=_jobs, default=DEFAULT_JOBS, metavar="N", help=f"concurrent downloads (default {DEFAULT_JOBS})"
@@ -736,6 +745,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--format flac needs soundfile (pip install -r requirements-tools.txt): {exc}")
     store = open_store(args, parser)
     where = store.location(storage.uid_prefix(args.uid) + "/")
+    if args.by == "conversation":
+        return export_by_conversation(args, store, output, where)
 
     try:
         selection = list_with_progress(store, args.uid, args.since, args.until, args.quiet)
@@ -756,6 +767,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_summary(sessions, selection.duplicates, [], listed=True)
         return 0
 
+    everything = selection.chunks
     starts: set[str] = set()
     kept: list[Session] | None = None  # sessions already complete in DIR, with --skip-existing
     if args.skip_existing:
@@ -796,12 +808,151 @@ def main(argv: list[str] | None = None) -> int:
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
 
+    written = sorted([*(kept or []), *summary.sessions], key=lambda s: s.start)
+    write_page(
+        args.out,
+        args.uid,
+        [],
+        page_sessions(written, output.part_limit),
+        archive.audio_spans(archive.captured(everything)),
+    )
     format_table(summary.sessions, sys.stdout)
     _print_summary(summary.sessions, summary.duplicates, summary.skipped, listed=False, kept=kept)
     if not summary.sessions and not kept:
         print(f"nothing exported: none of the {summary.chunks} chunks is a usable WAV", file=sys.stderr)
         return 1
     return 0
+
+
+def export_by_conversation(
+    args: argparse.Namespace, store: storage.GcsStore | storage.LocalStore, output: OutputFormat, where: str
+) -> int:
+    """``--by conversation``: see `conversation_export`; returns the exit status."""
+    bar = None
+
+    def warn(message: str) -> None:
+        (bar.write if bar is not None else print)(f"warning: {message}", file=sys.stderr)
+
+    try:
+        conversations = conversation_export.read_conversations(store, args.uid, args.since, args.until, args.jobs, warn)
+        if not conversations:
+            print(f"no conversations for uid {args.uid} in {where}{_window(args)}", file=sys.stderr)
+            return 1
+        low, high = archive.chunk_range(conversations, args.since, args.until)
+        selection = list_with_progress(store, args.uid, low, high, args.quiet)
+    except Exception as exc:
+        print(f"error: could not list {where}: {exc}", file=sys.stderr)
+        return 1
+    chunks = archive.captured(selection.chunks)
+    items = conversation_export.plan(conversations, chunks, None if args.list else args.out)
+    if args.list:
+        conversation_export.format_table(items, sys.stdout, _duration)
+        _print_conversation_summary(items, listed=True)
+        return 0
+
+    todo = items
+    if args.skip_existing and args.out.is_dir():
+        for item in items:
+            item.kept = conversation_export.already_complete(args.out, item, output)
+        todo = [item for item in items if not item.kept]
+    for item in todo:
+        if item.cut is not None and output.part_limit < item.cut.frames * FRAME_BYTES:
+            print(f"error: {item.stem} is too long for one WAV file: use --format flac", file=sys.stderr)
+            return 1
+    bar = progress_bar(sum(len(item.cut.pieces) for item in todo if item.cut), args.quiet)
+    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _in_main_thread() else None
+    try:
+        conversation_export.export(
+            todo,
+            args.out,
+            output,
+            lambda wanted: download_in_order(reads_per_thread(store), wanted, args.jobs),
+            check_chunk,
+            bar.update if bar is not None else None,
+            warn,
+        )
+    except KeyboardInterrupt:
+        print("interrupted: finished conversations are kept, the unfinished one was removed", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"error: could not read from {where}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if bar is not None:
+            bar.close()
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+    write_page(
+        args.out,
+        args.uid,
+        [conversation_export.page_conversation(item, output.suffix) for item in items],
+        [],
+        archive.audio_spans(chunks),
+    )
+    conversation_export.format_table(items, sys.stdout, _duration)
+    _print_conversation_summary(items, listed=False)
+    return 0
+
+
+def page_sessions(sessions: Iterable[Session], part_limit: int = MAX_PART_BYTES) -> list[dict]:
+    """Each session's files as the page takes them: one entry per file (every part but the last is full)."""
+    entries = []
+    for session in sessions:
+        full = part_limit // FRAME_BYTES
+        for n, name in enumerate(session.files):
+            frames = full if n < len(session.files) - 1 else session.frames - full * n
+            seconds = frames / session.sample_rate if session.sample_rate else 0.0
+            stem = name.rsplit(".", 1)[0]
+            entries.append({"stem": stem, "started_at": _iso(session.start), "seconds": seconds, "audio": name})
+    return entries
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def write_page(
+    out_dir: Path,
+    uid: str,
+    conversations: list[dict],
+    sessions: list[dict],
+    spans: list[tuple[datetime, datetime]],
+) -> None:
+    """index.html in `out_dir` (see `page.write_index`)."""
+    try:
+        import page
+    except ModuleNotFoundError:  # TEMPORARY until page.py is on this branch
+        return
+    page.write_index(out_dir, uid, conversations, sessions, spans)
+
+
+def _window(args: argparse.Namespace) -> str:
+    if not (args.since or args.until):
+        return ""
+    return (
+        f" from {_when(args.since) if args.since else 'the start'}"
+        f" until {_when(args.until) if args.until else 'now'} (UTC)"
+    )
+
+
+def _print_conversation_summary(items: list[conversation_export.Planned], listed: bool) -> None:
+    with_audio = [item for item in items if item.cut is not None]
+    holes = [hole for item in with_audio for hole in item.holes]
+    silence = sum(h.frames / item.cut.sample_rate for item in with_audio for h in item.holes)
+    kept = sum(1 for item in items if item.kept)
+    verb = "would be written (listed from metadata; no audio downloaded)" if listed else "written"
+    line = (
+        f"{len(items)} conversation(s) {verb}: {len(with_audio)} with audio"
+        f" ({_duration(sum(item.cut.seconds for item in with_audio))}),"
+        f" {len(items) - len(with_audio)} with no audio;"
+        f" {len(holes)} hole(s) of {_duration(silence)} filled with silence"
+    )
+    if kept:
+        line += f"; {kept} already complete, kept"
+    print(line)
 
 
 def _print_summary(

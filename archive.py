@@ -1,0 +1,376 @@
+"""The archive's model: what is stored for a uid, read back as conversations and their audio.
+
+Chunk names hold RECEIPT times, and the sender posts audio seconds after it was
+spoken (see `capture`); conversations (see `storage.put_conversation`) are
+timed on the clock of the captured audio.  This module puts the two on one
+time line:
+
+* `Conversation`: one stored conversation (its newest version), its span and
+  its transcript as `Cue` rows, times relative to the start of its audio file;
+* `captured`: each listed chunk with the capture time of its first sample;
+* `plan_cut`: which samples of which chunks make a conversation's audio file,
+  where each sits in it, and where the file must hold silence because no
+  audio was stored (`Hole`).
+
+Nothing here writes a file or downloads audio: `export.py` does, from a `Cut`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import storage
+import wav
+
+# --------------------------------------------------------------------- capture
+
+try:
+    from capture import capture_starts
+except ModuleNotFoundError:  # TEMPORARY until capture.py is on this branch: receipt taken as the end of capture
+
+    def capture_starts(chunks: Sequence[tuple[datetime, float]]) -> list[datetime]:
+        return [received_at - timedelta(seconds=seconds) for received_at, seconds in chunks]
+
+
+FRAME_BYTES = wav.CHANNELS * wav.SAMPLE_WIDTH
+# Before any chunk says otherwise: the rate of every current Omi device.
+ASSUMED_SAMPLE_RATE = 16000
+
+# A conversation's audio file runs from this long before `started_at` to this long
+# after `finished_at`.  Capture times are reconstructed to within about half a second
+# and the recogniser's first and last words can sit right at the span's edges, so
+# the pad keeps them in the file; two seconds is short enough not to pull much of a
+# neighbouring conversation in.
+CONVERSATION_PAD = timedelta(seconds=2)
+# Chunks whose reconstructed starts are this close to back to back are joined
+# without silence between them (a shift of at most this much): what the sender loses
+# is whole chunks of a second or more, so anything shorter is reconstruction jitter,
+# not missing audio.
+JOIN_SECONDS = 0.1
+# The chunks listed around a conversation: audio captured in its span is received
+# after it was captured, by up to a batch (the phone's 300 s is the longest in use)
+# plus the sender's retries (1 + 5 + 30 s and each attempt's 30 s wait); 10 minutes
+# covers that.  The same margin before the span gives the capture model the whole
+# batch that holds the span's first sample.
+RECEIPT_MARGIN = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class CapturedChunk:
+    """A listed chunk and when its first sample was captured (reconstructed, UTC)."""
+
+    chunk: Any  # export.Chunk: name, received_at, size, sample_rate, pcm_bytes
+    start: datetime
+    frames: int
+    sample_rate: int
+
+    @property
+    def end(self) -> datetime:
+        return self.start + timedelta(seconds=self.frames / self.sample_rate)
+
+
+def captured(chunks: Sequence[Any]) -> list[CapturedChunk]:
+    """`chunks` (in receipt order) with their reconstructed capture starts, in capture order.
+
+    A chunk whose metadata holds no sample rate is taken at the rate of the
+    chunks around it (the most common listed rate).
+    """
+    if not chunks:
+        return []
+    rates = Counter(chunk.sample_rate for chunk in chunks if chunk.sample_rate)
+    fallback = rates.most_common(1)[0][0] if rates else ASSUMED_SAMPLE_RATE
+    frames = [chunk.pcm_bytes // FRAME_BYTES for chunk in chunks]
+    rate_of = [chunk.sample_rate or fallback for chunk in chunks]
+    starts = capture_starts(
+        [(chunk.received_at, n / rate) for chunk, n, rate in zip(chunks, frames, rate_of, strict=True)]
+    )
+    found = [
+        CapturedChunk(chunk, start, n, rate)
+        for chunk, start, n, rate in zip(chunks, starts, frames, rate_of, strict=True)
+    ]
+    return sorted(found, key=lambda c: c.start)
+
+
+def audio_spans(chunks: Iterable[CapturedChunk], join: float = 1.0) -> list[tuple[datetime, datetime]]:
+    """When audio was stored, as (start, end) capture times; spans less than `join` seconds apart are one."""
+    spans: list[tuple[datetime, datetime]] = []
+    for c in chunks:
+        if c.frames == 0:
+            continue
+        if spans and (c.start - spans[-1][1]).total_seconds() <= join:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], c.end))
+        else:
+            spans.append((c.start, c.end))
+    return spans
+
+
+# ------------------------------------------------------------------------ cuts
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Frames ``[skip, skip + frames)`` of one chunk's PCM, at frame `at` of the file."""
+
+    chunk: CapturedChunk
+    skip: int
+    frames: int
+    at: int
+
+
+@dataclass(frozen=True)
+class Hole:
+    """Frames ``[at, at + frames)`` of the file with no stored audio: silence."""
+
+    at: int
+    frames: int
+
+
+@dataclass
+class Cut:
+    """A conversation's audio file: `frames` at `sample_rate`, its first sample captured at `start`."""
+
+    start: datetime
+    sample_rate: int
+    frames: int
+    pieces: list[Piece]
+    holes: list[Hole]
+    span: tuple[int, int]  # the conversation's own span in the file, in frames (the pads outside it)
+    other_rate: int = 0  # chunks in the window left out because their sample rate differs
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+    @property
+    def end(self) -> datetime:
+        """Capture time of the file's last sample."""
+        return self.start + timedelta(seconds=max(self.frames - 1, 0) / self.sample_rate)
+
+    @property
+    def stored_frames(self) -> int:
+        return sum(piece.frames for piece in self.pieces)
+
+    @property
+    def coverage(self) -> float:
+        """The share of the conversation's own span (pads excluded) that holds stored audio."""
+        low, high = self.span
+        if high <= low:
+            return 1.0 if self.pieces else 0.0
+        inside = sum(max(0, min(p.at + p.frames, high) - max(p.at, low)) for p in self.pieces)
+        return inside / (high - low)
+
+    def gaps(self) -> list[dict[str, float]]:
+        """Each hole as ``{"start": seconds from the file's first sample, "seconds": length}``."""
+        return [{"start": h.at / self.sample_rate, "seconds": h.frames / self.sample_rate} for h in self.holes]
+
+
+def _frames_between(earlier: datetime, later: datetime, rate: int) -> int:
+    """Whole frames from `earlier` to `later` at `rate`, rounded to the nearest (negative if before)."""
+    micro = (later - earlier) // timedelta(microseconds=1)
+    return (micro * rate + 500_000) // 1_000_000
+
+
+def plan_cut(
+    chunks: Sequence[CapturedChunk], started_at: datetime, finished_at: datetime, pad: timedelta = CONVERSATION_PAD
+) -> Cut | None:
+    """The audio file for a conversation spanning ``[started_at, finished_at]``, or None when no audio is stored.
+
+    The file runs from ``started_at - pad`` to ``finished_at + pad``.  Each
+    chunk's samples go where their capture time puts them, unchanged; a chunk
+    whose start is within `JOIN_SECONDS` of the previous one's end (or before
+    it) follows it directly, so no sample is ever dropped or repeated inside
+    the file; only samples outside the window are left out.  What no chunk
+    covers is a `Hole`.  The file's rate is the one most of the window's audio
+    has; chunks at another rate are left out (counted in `other_rate`).
+    """
+    window_start, window_end = started_at - pad, max(finished_at, started_at) + pad
+    inside = [c for c in chunks if c.frames and c.start < window_end and c.end > window_start]
+    if not inside:
+        return None
+    by_rate = Counter()
+    for c in inside:
+        by_rate[c.sample_rate] += c.frames
+    rate = by_rate.most_common(1)[0][0]
+    total = _frames_between(window_start, window_end, rate)
+    join = round(JOIN_SECONDS * rate)
+    pieces: list[Piece] = []
+    holes: list[Hole] = []
+    cursor = 0
+    for c in inside:
+        if c.sample_rate != rate:
+            continue
+        at = _frames_between(window_start, c.start, rate)
+        if pieces and at - cursor <= join:
+            at = cursor  # back to back with the previous chunk (or overlapping it: jitter)
+        skip = max(0, -at)
+        at = max(at, cursor if pieces else 0)
+        take = min(c.frames - skip, total - at)
+        if take <= 0:
+            continue
+        if at > cursor:
+            holes.append(Hole(cursor, at - cursor))
+        pieces.append(Piece(c, skip, take, at))
+        cursor = at + take
+    if not pieces:
+        return None
+    if cursor < total:
+        holes.append(Hole(cursor, total - cursor))
+    span = (_frames_between(window_start, started_at, rate), _frames_between(window_start, finished_at, rate))
+    return Cut(window_start, rate, total, pieces, holes, span, sum(1 for c in inside if c.sample_rate != rate))
+
+
+# --------------------------------------------------------------- conversations
+
+# Where a transcript segment may carry the speaker's name, beside the diarised label.
+SPEAKER_NAME_FIELDS = ("speaker_name", "person_name", "name")
+_SPEAKER_LABEL_RE = re.compile(r"SPEAKER_0*(\d+)")
+
+
+@dataclass(frozen=True)
+class Cue:
+    """One transcript line: seconds from the audio file's first sample, who spoke, what was said."""
+
+    start: float
+    end: float
+    speaker: str
+    text: str
+
+
+@dataclass
+class Conversation:
+    """One stored conversation version, as its body says, with the span it covers (UTC)."""
+
+    info: Any  # storage.ConversationInfo
+    body: dict[str, Any]
+    started_at: datetime
+    finished_at: datetime
+    segments: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.info.parts.conversation_id
+
+    @property
+    def structured(self) -> dict[str, Any]:
+        value = self.body.get("structured")
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def title(self) -> str:
+        title = self.structured.get("title")
+        return title.strip() if isinstance(title, str) else ""
+
+    def text_field(self, name: str) -> str:
+        value = self.structured.get(name)
+        return value if isinstance(value, str) else ""
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds()
+
+    def cues(self, file_start: datetime) -> list[Cue]:
+        """The transcript as cues timed from `file_start` (the audio file's first sample), in start order."""
+        offset = (self.started_at - file_start).total_seconds()
+        cues = []
+        for segment in self.segments:
+            text = segment.get("text")
+            start, end = _seconds(segment.get("start")), _seconds(segment.get("end"))
+            if not isinstance(text, str) or not text.strip() or start is None:
+                continue
+            end = start if end is None or end < start else end
+            cues.append(Cue(max(start + offset, 0.0), max(end + offset, 0.0), speaker_of(segment), text.strip()))
+        return sorted(cues, key=lambda cue: (cue.start, cue.end))
+
+
+def speaker_of(segment: dict[str, Any]) -> str:
+    """ "You" for the wearer, else the speaker's name when the segment has one, else "Speaker N"."""
+    if segment.get("is_user") is True:
+        return "You"
+    for name_field in SPEAKER_NAME_FIELDS:
+        name = segment.get(name_field)
+        if isinstance(name, str) and name.strip():
+            return " ".join(name.split())
+    number = segment.get("speaker_id")
+    if isinstance(number, int) and not isinstance(number, bool) and number >= 0:
+        return f"Speaker {number}"
+    label = segment.get("speaker")
+    if isinstance(label, str) and (match := _SPEAKER_LABEL_RE.fullmatch(label.strip())):
+        return f"Speaker {int(match[1])}"
+    return "Speaker"
+
+
+def _seconds(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def parse_time(value: object) -> datetime | None:
+    """An ISO 8601 time as the backend writes it (``isoformat()``, or with ``Z``), in UTC; else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def conversation_from(info: Any, body: bytes) -> Conversation:
+    """The conversation stored as `info` with body `body`.
+
+    Its span: `started_at`, else the time its name was stored under; to
+    `finished_at`, else the end of its last transcript segment.
+
+    Raises:
+        ValueError: the body is not a JSON object.
+    """
+    document = json.loads(body)
+    if not isinstance(document, dict):
+        raise ValueError("not a JSON object")
+    raw_segments = document.get("transcript_segments")
+    segments = [s for s in raw_segments if isinstance(s, dict)] if isinstance(raw_segments, list) else []
+    started_at = parse_time(document.get("started_at")) or info.parts.starts_at.astimezone(UTC)
+    finished_at = parse_time(document.get("finished_at"))
+    if finished_at is None or finished_at < started_at:
+        last = max((end for s in segments if (end := _seconds(s.get("end"))) is not None), default=0.0)
+        finished_at = started_at + timedelta(seconds=max(last, 0.0))
+    return Conversation(info, document, started_at, finished_at, segments)
+
+
+def overlaps(conversation: Conversation, since: datetime | None, until: datetime | None) -> bool:
+    """True when the conversation's span meets ``[since, until)`` (a zero-length one: when it lies in it)."""
+    if until is not None and conversation.started_at >= until:
+        return False
+    if since is None:
+        return True
+    return conversation.finished_at > since or conversation.started_at >= since
+
+
+def conversation_range(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
+    """The `starts_at` range to list for conversations that overlap ``[since, until)``."""
+    return (since - storage.CONVERSATION_LOOKBACK if since else None), until
+
+
+def chunk_range(
+    conversations: Sequence[Conversation], since: datetime | None, until: datetime | None
+) -> tuple[datetime, datetime]:
+    """The receipt times to list once for the chunks of all `conversations` (and the day around them).
+
+    From `RECEIPT_MARGIN` before the earliest audio file's start (or `since`) to
+    `RECEIPT_MARGIN` after the latest one's end (or `until`).
+    """
+    low = min(c.started_at for c in conversations) - CONVERSATION_PAD
+    high = max(c.finished_at for c in conversations) + CONVERSATION_PAD
+    if since is not None:
+        low = min(low, since)
+    if until is not None:
+        high = max(high, until)
+    return low - RECEIPT_MARGIN, high + RECEIPT_MARGIN

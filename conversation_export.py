@@ -1,0 +1,374 @@
+"""``export.py --by conversation``: each stored conversation back as audio, WebVTT and JSON.
+
+For every conversation (its newest version) whose span overlaps the range:
+
+* ``<stem>.wav`` (or ``.flac``): its audio from `archive.CONVERSATION_PAD` before
+  ``started_at`` to that long after ``finished_at``, cut from the stored chunks
+  by their reconstructed capture times with every sample unchanged, and
+  silence of the right length where nothing was stored (each such hole is
+  listed), so that time in the file is true time;
+* ``<stem>.vtt``: the transcript, one cue per segment, the speaker as a voice
+  tag, times from the audio file's first sample;
+* ``<stem>.json``: the conversation as stored, plus ``audio_start`` and
+  ``audio_end`` (capture times of the file's first and last sample, UTC),
+  ``audio_seconds`` and ``gaps``.
+
+The stem is the start (UTC) and the title, e.g. ``2026-11-30_1403_Product-launch-planning``.
+Files appear under their final names only once whole, the ``.json`` last, so a
+conversation whose ``.json`` is there was finished (``--skip-existing`` relies on it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import unicodedata
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import archive
+import storage
+import vtt
+
+# A stem holds at most this many bytes (UTF-8) of the title: with the 15-byte date, a
+# collision suffix and ".flac" a name stays near 110 bytes, far below the 255 bytes
+# that ext4, APFS, NTFS and exFAT allow, and short enough to read in a file list.
+MAX_TITLE_BYTES = 80
+UNTITLED = "untitled"
+# Apostrophes are dropped, not made separators: "Sam's notes" reads "Sams-notes".
+_DROPPED = frozenset("'\u2019\u02bc`")
+# The keys the export adds to the conversation as stored, in its .json.
+ADDED_KEYS = ("audio_start", "audio_end", "audio_seconds", "gaps")
+# Silence is written in blocks of this many bytes (holes can be hours long).
+SILENCE_BLOCK_BYTES = 1 << 20
+
+
+def iso(moment: datetime | None) -> str | None:
+    """UTC ISO 8601 with microseconds and ``Z``, as the function writes times."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+# ----------------------------------------------------------------------- names
+
+
+def title_part(title: str) -> str:
+    """The title as a file name part: letters and digits of any script, the rest as single ``-``.
+
+    Emoji, punctuation, spaces, '/', control and direction marks become
+    separators (apostrophes vanish); the result is cut, at a character, to
+    `MAX_TITLE_BYTES` of UTF-8; an empty result is ``untitled``.
+    """
+    kept: list[str] = []
+    for char in unicodedata.normalize("NFC", title):
+        if char in _DROPPED:
+            continue
+        category = unicodedata.category(char)
+        if category[0] in "LN" or (category in ("Mn", "Mc") and kept and kept[-1] != "-"):
+            kept.append(char)
+        elif kept and kept[-1] != "-":
+            kept.append("-")
+    part, size = "", 0
+    for char in "".join(kept).strip("-"):
+        size += len(char.encode("utf-8"))
+        if size > MAX_TITLE_BYTES:
+            break
+        part += char
+    return part.strip("-") or UNTITLED
+
+
+def conversation_stem(started_at: datetime, title: str, taken: set[str]) -> str:
+    """``YYYY-MM-DD_HHMM_Title`` (start in UTC), unique within `taken` (compared case-blind), added to it.
+
+    Names sort by start.  A name already taken gets ``-2``, ``-3``, ...: two
+    files never differ only in case, which macOS and Windows would merge.
+    """
+    t = started_at.astimezone(UTC)
+    stem = f"{t.year:04d}-{t.month:02d}-{t.day:02d}_{t.hour:02d}{t.minute:02d}_{title_part(title)}"
+    candidate, n = stem, 1
+    while candidate.casefold() in taken:
+        n += 1
+        candidate = f"{stem}-{n}"
+    taken.add(candidate.casefold())
+    return candidate
+
+
+# ---------------------------------------------------------------------- plan
+
+
+@dataclass
+class Planned:
+    """One conversation to export: its files' stem, and its cut (None: no stored audio)."""
+
+    conversation: archive.Conversation
+    stem: str
+    cut: archive.Cut | None
+    holes: list[archive.Hole] = field(default_factory=list)  # as written (planned ones plus unreadable chunks)
+    kept: bool = False
+
+    def gaps(self) -> list[dict[str, float]]:
+        if self.cut is None:
+            return []
+        rate = self.cut.sample_rate
+        return [{"start": h.at / rate, "seconds": h.frames / rate} for h in self.holes]
+
+
+def read_conversations(
+    store: Any,
+    uid: str,
+    since: datetime | None,
+    until: datetime | None,
+    jobs: int,
+    warn: Callable[[str], None],
+) -> list[archive.Conversation]:
+    """The newest version of every conversation of `uid` whose span overlaps ``[since, until)``, by start.
+
+    Lists the conversations that began from `storage.CONVERSATION_LOOKBACK`
+    before `since`, reads the newest version of each (small JSON documents,
+    `jobs` at a time); a body that is not a JSON object is skipped with a warning.
+    """
+    infos = storage.newest_versions(store.list_conversations(uid, *archive.conversation_range(since, until)))
+
+    def read(info: Any) -> archive.Conversation | None:
+        try:
+            return archive.conversation_from(info, store.read(info.name))
+        except (ValueError, UnicodeDecodeError) as exc:
+            warn(f"skipped {info.name}: not a JSON object ({exc})")
+            return None
+
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="conversations") as pool:
+        found = [c for c in pool.map(read, infos) if c is not None]
+    found = [c for c in found if archive.overlaps(c, since, until)]
+    return sorted(found, key=lambda c: (c.started_at, c.id))
+
+
+def plan(
+    conversations: Sequence[archive.Conversation], chunks: Sequence[archive.CapturedChunk], out_dir: Path | None
+) -> list[Planned]:
+    """Stem and cut of each conversation; a stem whose .json in `out_dir` is another conversation's is not used."""
+    taken: set[str] = set()
+    planned = []
+    for conversation in conversations:
+        while True:
+            stem = conversation_stem(conversation.started_at, conversation.title, taken)
+            if out_dir is None or _owner(out_dir / f"{stem}.json") in (None, conversation.id):
+                break
+        cut = archive.plan_cut(chunks, conversation.started_at, conversation.finished_at)
+        planned.append(Planned(conversation, stem, cut, list(cut.holes) if cut else []))
+    return planned
+
+
+def _owner(path: Path) -> str | None:
+    """The conversation id in an exported .json, or None when there is none (or it is unreadable)."""
+    try:
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    owner = document.get("id") if isinstance(document, dict) else None
+    return owner if isinstance(owner, str) else ""
+
+
+def document_of(item: Planned) -> dict[str, Any]:
+    """The .json: the conversation as stored, plus where its audio file sits in time."""
+    cut = item.cut
+    return {
+        **item.conversation.body,
+        "audio_start": iso(cut.start) if cut else None,
+        "audio_end": iso(cut.end) if cut else None,
+        "audio_seconds": cut.seconds if cut else 0.0,
+        "gaps": item.gaps(),
+    }
+
+
+def cues_of(item: Planned) -> list[archive.Cue]:
+    """The transcript timed from the audio file's first sample (without audio: from where it would start)."""
+    return item.conversation.cues(item.conversation.started_at - archive.CONVERSATION_PAD)
+
+
+def already_complete(out_dir: Path, item: Planned, output: Any) -> bool:
+    """True when `out_dir` holds this version's .json, .vtt and audio exactly as planned."""
+    try:
+        document = json.loads((out_dir / f"{item.stem}.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(document, dict) or not (out_dir / f"{item.stem}.vtt").is_file():
+        return False
+    stored = {k: v for k, v in document.items() if k not in ADDED_KEYS}
+    if stored != item.conversation.body or {k: document.get(k) for k in ADDED_KEYS} != {
+        k: v for k, v in document_of(item).items() if k in ADDED_KEYS
+    }:
+        return False
+    if item.cut is None:
+        return True
+    found = output.writer.frames(out_dir / f"{item.stem}{output.suffix}")
+    return found == (item.cut.sample_rate, item.cut.frames)
+
+
+# ---------------------------------------------------------------------- write
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write `path` whole or not at all: a temporary file in its folder, then renamed."""
+    fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+            os.fchmod(out.fileno(), 0o644)
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_transcript_and_document(out_dir: Path, item: Planned) -> None:
+    """The .vtt, then the .json (last: its presence says the conversation is whole)."""
+    cues = cues_of(item)
+    write_text(out_dir / f"{item.stem}.vtt", vtt.document((c.start, c.end, c.speaker, c.text) for c in cues))
+    write_text(out_dir / f"{item.stem}.json", json.dumps(document_of(item), ensure_ascii=False, indent=2) + "\n")
+
+
+class AudioCut:
+    """One conversation's audio file being written, piece by piece, silence in its holes."""
+
+    def __init__(self, out_dir: Path, item: Planned, output: Any, warn: Callable[[str], None]) -> None:
+        assert item.cut is not None
+        self.item, self.cut, self.warn = item, item.cut, warn
+        self.writer = output.writer(out_dir, self.cut.sample_rate)
+        self.final = out_dir / f"{item.stem}{output.suffix}"
+        self.written = 0  # frames
+        self.holes: list[archive.Hole] = []
+
+    def _silence(self, frames: int) -> None:
+        if frames <= 0:
+            return
+        self.holes.append(archive.Hole(self.written, frames))
+        left = frames * archive.FRAME_BYTES
+        block = bytes(min(left, SILENCE_BLOCK_BYTES))
+        while left:
+            n = min(left, len(block))
+            self.writer.write(memoryview(block)[:n])
+            left -= n
+        self.written += frames
+
+    def add(self, piece: archive.Piece, data: bytes | None, check: Callable[[bytes], tuple[int, memoryview]]) -> None:
+        """Write `piece` from its chunk's object bytes `data` (None: vanished), after any hole before it."""
+        self._silence(piece.at - self.written)
+        name = piece.chunk.chunk.name
+        usable = 0
+        if data is None:
+            self.warn(f"{self.item.stem}: {name} disappeared before it could be read; silence in its place")
+        else:
+            try:
+                rate, pcm = check(data)
+            except ValueError as exc:
+                self.warn(f"{self.item.stem}: {name} is not a usable WAV chunk ({exc}); silence in its place")
+            else:
+                if rate != self.cut.sample_rate:
+                    self.warn(f"{self.item.stem}: {name} is at {rate} Hz, not {self.cut.sample_rate}; silence instead")
+                else:
+                    frames = pcm[piece.skip * archive.FRAME_BYTES : (piece.skip + piece.frames) * archive.FRAME_BYTES]
+                    usable = len(frames) // archive.FRAME_BYTES
+                    self.writer.write(frames)
+                    self.written += usable
+        self._silence(piece.frames - usable)
+
+    def finish(self) -> None:
+        self._silence(self.cut.frames - self.written)
+        self.writer.finish(self.final)
+        merged: list[archive.Hole] = []
+        for hole in self.holes:
+            if merged and merged[-1].at + merged[-1].frames == hole.at:
+                merged[-1] = archive.Hole(merged[-1].at, merged[-1].frames + hole.frames)
+            else:
+                merged.append(hole)
+        self.item.holes = merged
+
+    def discard(self) -> None:
+        self.writer.discard()
+
+
+def export(
+    items: Sequence[Planned],
+    out_dir: Path,
+    output: Any,
+    download: Callable[[list[Any]], Any],
+    check: Callable[[bytes], tuple[int, memoryview]],
+    progress: Callable[[int], None] | None,
+    warn: Callable[[str], None],
+) -> None:
+    """Write every item's files; `download(chunks)` yields (chunk, bytes or None) in order.
+
+    Every chunk any conversation needs is fetched in one ordered stream, so the
+    downloads of the next conversation overlap the writing of this one.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(item, piece) for item in items if item.cut is not None for piece in item.cut.pieces]
+    current: AudioCut | None = None
+    try:
+        stream = download([piece.chunk.chunk for _, piece in jobs])
+        for (item, piece), (_, data) in zip(jobs, stream, strict=True):
+            if current is None or current.item is not item:
+                if current is not None:
+                    current.finish()
+                current = AudioCut(out_dir, item, output, warn)
+            current.add(piece, data, check)
+            if progress:
+                progress(1)
+        if current is not None:
+            current.finish()
+            current = None
+    finally:
+        if current is not None:
+            current.discard()
+    for item in items:
+        write_transcript_and_document(out_dir, item)
+
+
+# ----------------------------------------------------------------------- page
+
+
+def page_conversation(item: Planned, suffix: str) -> dict[str, Any]:
+    """One conversation as the page takes it (see `page.write_index`)."""
+    conversation, cut = item.conversation, item.cut
+    return {
+        "stem": item.stem,
+        "id": conversation.id,
+        "title": conversation.title,
+        "emoji": conversation.text_field("emoji"),
+        "overview": conversation.text_field("overview"),
+        "category": conversation.text_field("category"),
+        "started_at": iso(conversation.started_at),
+        "finished_at": iso(conversation.finished_at),
+        "audio": f"{item.stem}{suffix}" if cut else None,
+        "audio_start": iso(cut.start) if cut else None,
+        "audio_seconds": cut.seconds if cut else 0.0,
+        "coverage": cut.coverage if cut else 0.0,
+        "gaps": item.gaps(),
+        "cues": [{"start": c.start, "end": c.end, "speaker": c.speaker, "text": c.text} for c in cues_of(item)],
+    }
+
+
+# ------------------------------------------------------------------------ table
+
+
+def format_table(items: Sequence[Planned], out: TextIO, duration: Callable[[float | None], str]) -> None:
+    """DATE, TIME (UTC), DURATION, AUDIO (coverage of the span, or "no audio"), TITLE."""
+    rows = [("DATE", "TIME (UTC)", "DURATION", "AUDIO", "TITLE")]
+    for item in items:
+        start = item.conversation.started_at.astimezone(UTC)
+        audio = f"{item.cut.coverage:.0%}" if item.cut else "no audio"
+        title = " ".join(item.conversation.title.split()) or "(untitled)"
+        rows.append((f"{start:%Y-%m-%d}", f"{start:%H:%M:%S}", duration(item.conversation.seconds), audio, title))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        out.write(
+            f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}  {row[4]}\n"
+        )
