@@ -904,9 +904,10 @@ def page_sessions(sessions: Iterable[Session], part_limit: int = MAX_PART_BYTES)
         full = part_limit // FRAME_BYTES
         for n, name in enumerate(session.files):
             frames = full if n < len(session.files) - 1 else session.frames - full * n
-            seconds = frames / session.sample_rate if session.sample_rate else 0.0
+            rate = session.sample_rate or archive.ASSUMED_SAMPLE_RATE
+            start = session.start + timedelta(seconds=full * n / rate)
             stem = name.rsplit(".", 1)[0]
-            entries.append({"stem": stem, "started_at": _iso(session.start), "seconds": seconds, "audio": name})
+            entries.append({"stem": stem, "started_at": _iso(start), "seconds": frames / rate, "audio": name})
     return entries
 
 

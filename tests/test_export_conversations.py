@@ -1,0 +1,593 @@
+"""export.py --by conversation: each conversation back as its audio, a WebVTT transcript and a JSON document.
+
+Conversations are stored with the real storage module (``put_conversation``)
+and audio chunks as receive_audio stores them, in fake-gcs-server and in a
+local directory.  The audio files are read back by the stdlib `wave` module,
+libsndfile and sox (`assert_decodes`), the transcripts by a strict WebVTT
+reader written here from the format's grammar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import re
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import soundfile
+from conftest import assert_decodes, pcm_tone, stderr_on_a_terminal
+from counting_proxy import CountingProxy
+
+import archive
+import conversation_export
+import export
+import storage
+import vtt
+import wav
+
+UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"
+T0 = datetime(2026, 11, 30, 14, 3, tzinfo=UTC)
+RATE = 16000
+PAD = archive.CONVERSATION_PAD.total_seconds()
+
+
+# -- a strict WebVTT reader -------------------------------------------------------------
+
+_TIME = r"(\d{2,}):([0-5]\d):([0-5]\d)\.(\d{3})"
+_TIMING_RE = re.compile(rf"{_TIME} --> {_TIME}")
+_VOICE_RE = re.compile(r"<v ([^>\n]+)>([^<\n]*)")
+_ENTITY_RE = re.compile(r"&(?:amp|lt|gt|nbsp|lrm|rlm);")
+
+
+def _seconds(h: str, m: str, s: str, ms: str) -> float:
+    return int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000
+
+
+def parse_vtt(text: str) -> list[tuple[float, float, str, str]]:
+    """(start, end, speaker, text) of each cue; fails on anything the WebVTT grammar (as we write it) refuses."""
+    assert text.startswith("WEBVTT\n"), "no WEBVTT signature line"
+    assert "\r" not in text and "\x00" not in text
+    blocks = text.split("\n\n")
+    assert blocks[0] == "WEBVTT"
+    assert text.endswith("\n")
+    cues = []
+    for block in blocks[1:]:
+        lines = block.rstrip("\n").split("\n")
+        assert lines != [""], "an empty block: more than one blank line between cues"
+        if "-->" not in lines[0]:
+            lines.pop(0)  # the cue identifier, which must not hold "-->"
+        timing = _TIMING_RE.fullmatch(lines[0])
+        assert timing, f"bad timing line {lines[0]!r}"
+        start, end = _seconds(*timing.groups()[:4]), _seconds(*timing.groups()[4:])
+        assert end >= start
+        assert len(lines) == 2, f"cue text must be one line here: {lines[1:]!r}"
+        assert "-->" not in lines[1]
+        voice = _VOICE_RE.fullmatch(lines[1])
+        assert voice, f"not one voice span: {lines[1]!r}"
+        for part in voice.groups():
+            assert "&" not in _ENTITY_RE.sub("", part), f"a bare '&' in {part!r}"
+        cues.append((start, end, html.unescape(voice[1]), html.unescape(voice[2])))
+    assert [c[0] for c in cues] == sorted(c[0] for c in cues), "cues out of order"
+    return cues
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def chunk_metadata(at: datetime, pcm: bytes, rate: int) -> dict[str, str]:
+    """The metadata receive_audio stores with a chunk."""
+    return {
+        "sample_rate": str(rate),
+        "received_at": conversation_export.iso(at),
+        "duration_seconds": str(wav.duration_seconds(len(pcm), rate)),
+        "pcm_bytes": str(len(pcm)),
+        "idempotency_key": str(uuid.uuid4()),
+    }
+
+
+def put_chunk(store, received_at: datetime, pcm: bytes, rate: int = RATE) -> str:
+    """One chunk, stored through the storage module as the function stores it."""
+    data = wav.frame(pcm, rate)
+    return store.put(UID, received_at, data, chunk_metadata(received_at, pcm, rate), uuid.uuid4().hex, 10).name
+
+
+def store_audio(store, start: datetime, seconds: int, seed: int = 0, skip: range = range(0)) -> list[bytes]:
+    """One-second chunks captured from `start` on, each sent as soon as captured (an interval of 0:
+    every ~1 s frame), except those whose index is in `skip` (lost).  Returns every second's PCM."""
+    pcms = [pcm_tone(1, RATE, seed * 10_000 + i) for i in range(seconds)]
+    for i, pcm in enumerate(pcms):
+        if i not in skip:
+            put_chunk(store, start + timedelta(seconds=i + 1), pcm)
+    return pcms
+
+
+def segment(start: float, end: float, text: str, speaker: int = 0, is_user: bool = False, **extra) -> dict:
+    return {
+        "id": str(uuid.uuid4()),
+        "text": text,
+        "speaker": f"SPEAKER_{speaker:02d}",
+        "speaker_id": speaker,
+        "is_user": is_user,
+        "person_id": None,
+        "start": start,
+        "end": end,
+        **extra,
+    }
+
+
+def conversation(cid: str, started: datetime | None, finished: datetime | None, title: str = "Planning", **extra):
+    body = {
+        "id": cid,
+        "created_at": (finished or T0).isoformat(),
+        "started_at": started.isoformat() if started else None,
+        "finished_at": finished.isoformat() if finished else None,
+        "structured": {
+            "title": title,
+            "overview": f"About {title}.",
+            "emoji": "\N{ROCKET}",
+            "category": "work",
+            "action_items": [],
+            "events": [],
+        },
+        "transcript_segments": [segment(1.0, 3.5, "Hello there."), segment(4.0, 6.0, "Hi!", 1, is_user=True)],
+        "discarded": False,
+        "language": "en",
+        "source": "omi",
+    }
+    body.update(extra)
+    return body
+
+
+def put_conversation(store, body: dict, received_at: datetime | None = None) -> bytes:
+    """Store `body` through storage.put_conversation, with the metadata the function gives it."""
+    raw = json.dumps(body).encode()
+    starts_at = archive.parse_time(body.get("started_at")) or archive.parse_time(body.get("created_at"))
+    metadata = {
+        "conversation_id": body["id"],
+        "received_at": conversation_export.iso(received_at or datetime.now(UTC)),
+        "title": body["structured"]["title"][:200],
+        "sha256": hashlib.sha256(raw).hexdigest(),
+    }
+    for key in ("started_at", "finished_at"):
+        if isinstance(body.get(key), str):
+            metadata[key] = body[key]
+    store.put_conversation(UID, starts_at, body["id"], raw, metadata, 10)
+    return raw
+
+
+@pytest.fixture(params=["gcs", "local"])
+def source(request, tmp_path):
+    """(store, CLI source arguments) for each backend."""
+    if request.param == "gcs":
+        bucket = request.getfixturevalue("bucket")
+        return storage.GcsStore(bucket.name), ["--bucket", bucket.name]
+    root = request.getfixturevalue("local_dir")
+    root.mkdir(parents=True, exist_ok=True)
+    return storage.LocalStore(root), ["--local-dir", str(root)]
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    try:
+        code = export.main(["--uid", UID, "--by", "conversation", "--quiet", *args])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def expected_file(store, started: datetime, finished: datetime) -> tuple[bytes, list[tuple[int, int]]]:
+    """The file the cut should be, built independently: every listed chunk's PCM laid at its capture time
+    on a silent time line from started - pad to finished + pad; and the silent runs (frame ranges)."""
+    window_start = started - archive.CONVERSATION_PAD
+    total = round(((finished - started).total_seconds() + 2 * PAD) * RATE)
+    line = bytearray(total * 2)
+    covered = bytearray(total)
+    chunks = export.select_chunks(store, UID).chunks
+    for c in archive.captured(chunks):
+        pcm = store.read(c.chunk.name)[wav.HEADER_SIZE :]
+        at = round((c.start - window_start).total_seconds() * RATE)
+        for frame in range(max(0, -at), min(len(pcm) // 2, total - at)):
+            line[(at + frame) * 2 : (at + frame) * 2 + 2] = pcm[frame * 2 : frame * 2 + 2]
+            covered[at + frame] = 1
+    runs, frame = [], 0
+    while frame < total:
+        if covered[frame]:
+            frame += 1
+            continue
+        end = covered.find(1, frame)
+        end = total if end < 0 else end
+        runs.append((frame, end - frame))
+        frame = end
+    return bytes(line), runs
+
+
+# -- names --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("title", "part"),
+    [
+        ("Product launch planning", "Product-launch-planning"),
+        ("Sam's 1:1 — Q3 review?", "Sams-1-1-Q3-review"),
+        ("\N{ROCKET}\N{PARTY POPPER} Launch \N{FIRE}", "Launch"),
+        ("R\u00e9union d\u2019\u00e9quipe", "R\u00e9union-d\u00e9quipe"),
+        (
+            "\u05e4\u05d2\u05d9\u05e9\u05d4 \u05e2\u05dd \u05d3\u05e0\u05d4",
+            "\u05e4\u05d2\u05d9\u05e9\u05d4-\u05e2\u05dd-\u05d3\u05e0\u05d4",
+        ),
+        ("\u202eevil\u202c name", "evil-name"),
+        ("会议 纪要", "会议-纪要"),
+        ("../../etc/passwd", "etc-passwd"),
+        ('a/b\\c:d*e?f"g<h>i|j', "a-b-c-d-e-f-g-h-i-j"),
+        ("..", "untitled"),
+        ("", "untitled"),
+        ("   \t\n", "untitled"),
+        ("CON", "CON"),
+    ],
+)
+def test_titles_become_safe_name_parts_keeping_letters_of_any_script(title, part):
+    assert conversation_export.title_part(title) == part
+
+
+def test_a_300_character_title_is_cut_at_a_character_well_under_255_bytes():
+    taken: set[str] = set()
+    for title in ("x" * 300, "é" * 300, "会" * 300, "\N{ROCKET}a" * 300):
+        stem = conversation_export.conversation_stem(T0, title, taken)
+        for suffix in (".flac", ".json", ".vtt"):
+            assert len(f"{stem}-99{suffix}".encode()) < 128
+        stem.encode("utf-8").decode("utf-8")  # whole characters only
+        assert stem.startswith("2026-11-30_1403_")
+
+
+def test_stems_sort_by_start_and_collisions_get_numbers_case_blind():
+    taken: set[str] = set()
+    first = conversation_export.conversation_stem(T0, "Standup", taken)
+    second = conversation_export.conversation_stem(T0 + timedelta(seconds=30), "standup", taken)
+    third = conversation_export.conversation_stem(T0, "Standup", taken)
+    later = conversation_export.conversation_stem(T0 + timedelta(hours=1), "Standup", taken)
+    assert first == "2026-11-30_1403_Standup"
+    assert second == "2026-11-30_1403_standup-2"
+    assert third == "2026-11-30_1403_Standup-3"
+    assert later == "2026-11-30_1503_Standup"
+    assert sorted([later, first]) == [first, later]
+
+
+def test_the_stem_is_in_utc_whatever_the_offset_of_the_start():
+    start = datetime.fromisoformat("2026-11-30T23:30:00-05:00")
+    assert conversation_export.conversation_stem(start, "Late", set()) == "2026-12-01_0430_Late"
+
+
+# -- WebVTT -------------------------------------------------------------------------------
+
+
+def test_webvtt_escapes_text_and_never_holds_an_arrow():
+    nasty = "a --> b & <c.x>d</c>\n\nnext line\r\n<v Other>"
+    text = vtt.document([(0.0, 1.0, "Dr <Who> & co -->", nasty), (1.0, 2.5, "You", "fine")])
+    cues = parse_vtt(text)
+    assert cues[0][2] == "Dr <Who> & co -->"
+    assert cues[0][3] == "a --> b & <c.x>d</c> next line <v Other>"
+    assert cues[1] == (1.0, 2.5, "You", "fine")
+    assert text.count("-->") == 2  # the two timing lines only
+
+
+def test_webvtt_timestamps_pass_an_hour_and_round_to_milliseconds():
+    assert vtt.timestamp(0) == "00:00:00.000"
+    assert vtt.timestamp(3725.0006) == "01:02:05.001"
+    assert vtt.timestamp(-0.2) == "00:00:00.000"
+    assert vtt.timestamp(100 * 3600) == "100:00:00.000"
+
+
+def test_speakers_are_you_then_names_then_speaker_numbers():
+    assert archive.speaker_of(segment(0, 1, "x", 2, is_user=True, speaker_name="Ann")) == "You"
+    assert archive.speaker_of(segment(0, 1, "x", 2, speaker_name="Ann  Lee")) == "Ann Lee"
+    assert archive.speaker_of(segment(0, 1, "x", 2)) == "Speaker 2"
+    assert archive.speaker_of({"speaker": "SPEAKER_03", "text": "x"}) == "Speaker 3"
+    assert archive.speaker_of({"text": "x"}) == "Speaker"
+
+
+# -- cuts (the model alone) ---------------------------------------------------------------
+
+
+def _captured(start: datetime, seconds: float, name: str = "c") -> archive.CapturedChunk:
+    frames = round(seconds * RATE)
+    chunk = export.Chunk(name, start, 0, wav.HEADER_SIZE + 2 * frames, RATE, 2 * frames)
+    return archive.CapturedChunk(chunk, start, frames, RATE)
+
+
+def test_a_cut_covers_the_padded_span_and_lists_the_holes_where_nothing_was_stored():
+    chunks = [_captured(T0 + timedelta(seconds=i), 1.0, f"c{i}") for i in range(30) if not 12 <= i < 17]
+    cut = archive.plan_cut(chunks, T0 + timedelta(seconds=5), T0 + timedelta(seconds=25))
+    assert cut is not None
+    assert cut.start == T0 + timedelta(seconds=5) - archive.CONVERSATION_PAD
+    assert cut.frames == round((20 + 2 * PAD) * RATE)
+    assert [(h.at, h.frames) for h in cut.holes] == [(round((12 - 5 + PAD) * RATE), 5 * RATE)]
+    assert sum(p.frames for p in cut.pieces) + 5 * RATE == cut.frames
+    assert cut.coverage == pytest.approx(15 / 20)
+    assert cut.gaps() == [{"start": 12 - 5 + PAD, "seconds": 5.0}]
+
+
+def test_a_cut_starts_and_ends_inside_chunks_at_the_right_sample():
+    chunks = [_captured(T0 + timedelta(seconds=i), 1.0, f"c{i}") for i in range(10)]
+    started = T0 + timedelta(seconds=3, microseconds=250_000)
+    cut = archive.plan_cut(chunks, started, T0 + timedelta(seconds=5), pad=timedelta(0))
+    first, *_, last = cut.pieces
+    assert (first.chunk.chunk.name, first.skip, first.frames, first.at) == ("c3", RATE // 4, 3 * RATE // 4, 0)
+    assert (last.chunk.chunk.name, last.skip, last.frames) == ("c4", 0, RATE)
+    assert cut.holes == [] and cut.frames == round(1.75 * RATE)
+
+
+def test_chunks_a_little_off_back_to_back_are_joined_and_none_of_their_samples_dropped():
+    jitter = [0.0, 1.03, 1.98, 3.05]  # reconstructed starts, within the join distance of back to back
+    chunks = [_captured(T0 + timedelta(seconds=s), 1.0, f"c{i}") for i, s in enumerate(jitter)]
+    cut = archive.plan_cut(chunks, T0 + archive.CONVERSATION_PAD, T0 + timedelta(seconds=4) - archive.CONVERSATION_PAD)
+    assert [(p.at, p.skip, p.frames) for p in cut.pieces] == [(i * RATE, 0, RATE) for i in range(4)]
+    assert cut.holes == []
+
+
+def test_no_stored_audio_in_the_span_is_no_cut():
+    chunks = [_captured(T0, 1.0), _captured(T0 + timedelta(minutes=10), 1.0)]
+    assert archive.plan_cut(chunks, T0 + timedelta(minutes=2), T0 + timedelta(minutes=3)) is None
+
+
+# -- the export, end to end -------------------------------------------------------------
+
+STARTED = T0 + timedelta(seconds=10)
+FINISHED = T0 + timedelta(seconds=40)
+
+
+def test_a_conversation_becomes_its_audio_cut_sample_exact_with_silence_where_a_batch_was_lost(
+    source, tmp_path, capsys
+):
+    store, args = source
+    pcms = store_audio(store, T0, 60, skip=range(20, 25))  # seconds 20 to 25 never arrived
+    raw = put_conversation(store, conversation("c-1", STARTED, FINISHED, "Product launch planning"))
+
+    code, out, err = run(capsys, *args, "--out", str(tmp_path / "out"))
+
+    assert (code, err) == (0, "")
+    stem = "2026-11-30_1403_Product-launch-planning"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.endswith(".html")) == [
+        f"{stem}.json",
+        f"{stem}.vtt",
+        f"{stem}.wav",
+    ]
+    data = (tmp_path / "out" / f"{stem}.wav").read_bytes()
+    line, silent = expected_file(store, STARTED, FINISHED)
+    assert data == wav.frame(line, RATE)  # every stored sample in the span, where its capture time puts it
+    assert_decodes(data, RATE, line)
+    # The lost batch is one hole of its length, and the audio on both sides is the stored PCM, whole.
+    [(hole_at, hole_frames)] = silent
+    assert abs(hole_frames - 5 * RATE) <= 0.5 * RATE
+    assert b"".join(pcms[9:19]) in line[: hole_at * 2]
+    assert b"".join(pcms[26:41]) in line[(hole_at + hole_frames) * 2 :]
+
+    document = json.loads((tmp_path / "out" / f"{stem}.json").read_bytes())
+    added = {k: document.pop(k) for k in conversation_export.ADDED_KEYS}
+    assert document == json.loads(raw)  # the conversation as stored
+    assert added["audio_seconds"] == (30 + 2 * PAD)
+    assert added["audio_start"] == conversation_export.iso(STARTED - archive.CONVERSATION_PAD)
+    assert added["audio_end"] == conversation_export.iso(
+        STARTED - archive.CONVERSATION_PAD + timedelta(seconds=(len(line) // 2 - 1) / RATE)
+    )
+    assert added["gaps"] == [{"start": hole_at / RATE, "seconds": hole_frames / RATE}]
+
+    cues = parse_vtt((tmp_path / "out" / f"{stem}.vtt").read_text(encoding="utf-8"))
+    assert cues == [(1.0 + PAD, 3.5 + PAD, "Speaker 0", "Hello there."), (4.0 + PAD, 6.0 + PAD, "You", "Hi!")]
+    assert "Product launch planning" in out and "83%" in out
+    assert "1 conversation(s) written: 1 with audio" in out and "1 hole(s)" in out
+
+
+def test_flac_holds_the_same_samples(source, tmp_path, capsys):
+    store, args = source
+    store_audio(store, T0, 50, skip=range(30, 33))
+    put_conversation(store, conversation("c-1", STARTED, FINISHED, "Flac"))
+
+    code, _, err = run(capsys, *args, "--out", str(tmp_path / "out"), "--format", "flac")
+
+    assert (code, err) == (0, "")
+    [flac] = (tmp_path / "out").glob("*.flac")
+    decoded, rate = soundfile.read(flac, dtype="int16")
+    line, _ = expected_file(store, STARTED, FINISHED)
+    assert rate == RATE and decoded.tobytes() == line
+    assert soundfile.info(flac).format == "FLAC"
+    assert json.loads(flac.with_suffix(".json").read_bytes())["audio_seconds"] == 30 + 2 * PAD
+
+
+def test_the_newest_version_of_a_conversation_is_the_one_exported(source, tmp_path, capsys):
+    store, args = source
+    store_audio(store, T0, 45)
+    put_conversation(store, conversation("c-1", STARTED, FINISHED, "First draft"), T0 + timedelta(minutes=5))
+    put_conversation(store, conversation("c-1", STARTED, FINISHED, "Reprocessed"), T0 + timedelta(hours=2))
+    put_conversation(store, conversation("c-1", STARTED, FINISHED, "Retried older"), T0 + timedelta(minutes=9))
+
+    code, out, _ = run(capsys, *args, "--out", str(tmp_path / "out"))
+
+    assert code == 0
+    [document] = (tmp_path / "out").glob("*.json")
+    assert document.name == "2026-11-30_1403_Reprocessed.json"
+    assert json.loads(document.read_bytes())["structured"]["title"] == "Reprocessed"
+    assert "1 conversation(s)" in out
+
+
+def test_a_conversation_without_stored_audio_gets_its_transcript_and_document_and_says_no_audio(
+    source, tmp_path, capsys
+):
+    store, args = source
+    store_audio(store, T0, 45)
+    later = T0 + timedelta(hours=3)
+    put_conversation(store, conversation("c-1", STARTED, FINISHED, "Heard"))
+    put_conversation(store, conversation("c-2", later, later + timedelta(minutes=1), "Phone was offline"))
+
+    code, out, _ = run(capsys, *args, "--out", str(tmp_path / "out"))
+
+    assert code == 0
+    stem = "2026-11-30_1703_Phone-was-offline"
+    assert not list((tmp_path / "out").glob(f"{stem}.wav"))
+    document = json.loads((tmp_path / "out" / f"{stem}.json").read_bytes())
+    assert (document["audio_start"], document["audio_end"], document["audio_seconds"], document["gaps"]) == (
+        None,
+        None,
+        0.0,
+        [],
+    )
+    assert len(parse_vtt((tmp_path / "out" / f"{stem}.vtt").read_text(encoding="utf-8"))) == 2
+    assert re.search(r"17:03:00 .* no audio  Phone was offline", out)
+    assert "2 conversation(s) written: 1 with audio" in out and "1 with no audio" in out
+
+
+def test_nasty_titles_give_safe_unique_names_inside_the_folder(tmp_path, local_dir, capsys):
+    store = storage.LocalStore(local_dir)
+    titles = [
+        "\N{ROCKET} Launch \N{FIRE}\N{FIRE}",
+        "\u05e4\u05d2\u05d9\u05e9\u05d4 \u05e2\u05dd \u05d3\u05e0\u05d4",
+        "Long " * 60,
+        "../../outside",
+        "a/b",
+        "..",
+        "",
+        "Same",
+        "same",
+    ]
+    for n, title in enumerate(titles):
+        start = T0 + timedelta(seconds=n)
+        put_conversation(store, conversation(f"c-{n}", start, start + timedelta(seconds=5), title))
+
+    code, _, _ = run(capsys, "--local-dir", str(local_dir), "--out", str(tmp_path / "out"))
+
+    assert code == 0
+    documents = sorted(p.name for p in (tmp_path / "out").glob("*.json"))
+    assert len(documents) == len(titles) == len({d.casefold() for d in documents})
+    assert [p for p in tmp_path.rglob("*.json") if p.parent != tmp_path / "out"] == []
+    assert all(len(name.encode()) < 128 and name.startswith("2026-11-30_1403_") for name in documents)
+    assert "2026-11-30_1403_untitled.json" in documents and "2026-11-30_1403_untitled-2.json" in documents
+    assert "2026-11-30_1403_Same.json" in documents and "2026-11-30_1403_same-2.json" in documents
+    assert "2026-11-30_1403_outside.json" in documents
+
+
+def test_the_export_takes_conversations_that_overlap_the_range(tmp_path, local_dir, capsys):
+    store = storage.LocalStore(local_dir)
+    day = datetime(2026, 11, 30, tzinfo=UTC)
+    spans = {
+        "ends-just-inside": (day - timedelta(minutes=30), day + timedelta(minutes=1)),
+        "ends-at-midnight": (day - timedelta(minutes=30), day),
+        "inside": (day + timedelta(hours=9), day + timedelta(hours=10)),
+        "starts-at-the-end": (day + timedelta(days=1), day + timedelta(days=1, minutes=5)),
+    }
+    for cid, (start, end) in spans.items():
+        put_conversation(store, conversation(cid, start, end, cid))
+
+    code, out, _ = run(
+        capsys, "--local-dir", str(local_dir), "--list", "--since", "2026-11-30", "--until", "2026-11-30"
+    )
+
+    assert code == 0
+    assert "ends-just-inside" in out and "inside" in out
+    assert "ends-at-midnight" not in out and "starts-at-the-end" not in out
+
+
+def test_list_prints_the_table_and_downloads_no_audio(bucket, fake_gcs, tmp_path, monkeypatch, capsys):
+    store = storage.GcsStore(bucket.name)
+    store_audio(store, T0, 45, skip=range(25, 40))
+    put_conversation(store, conversation("c-1", STARTED, FINISHED, "Half heard"))
+    later = T0 + timedelta(hours=1)
+    put_conversation(store, conversation("c-2", later, later + timedelta(minutes=65), "Long and unheard"))
+
+    with CountingProxy(fake_gcs) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        code, out, err = run(capsys, "--bucket", bucket.name, "--list")
+
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split() == ["DATE", "TIME", "(UTC)", "DURATION", "AUDIO", "TITLE"]
+    assert lines[1].split() == ["2026-11-30", "14:03:10", "0:00:30.0", "50%", "Half", "heard"]
+    assert lines[2].split() == ["2026-11-30", "15:03:00", "1:05:00.0", "no", "audio", "Long", "and", "unheard"]
+    assert "would be written (listed from metadata; no audio downloaded)" in out
+    assert proxy.downloads == 2  # the two conversations' documents, no chunk
+    assert not (tmp_path / "out").exists()
+
+
+def test_skip_existing_keeps_finished_conversations_and_redoes_the_rest(source, tmp_path, capsys):
+    store, args = source
+    store_audio(store, T0, 45)
+    put_conversation(store, conversation("c-1", STARTED, FINISHED, "One"))
+    put_conversation(store, conversation("c-2", STARTED + timedelta(seconds=5), FINISHED, "Two"))
+    out_dir = tmp_path / "out"
+    assert run(capsys, *args, "--out", str(out_dir))[0] == 0
+    one, two = out_dir / "2026-11-30_1403_One.wav", out_dir / "2026-11-30_1403_Two.wav"
+    first = one.stat().st_mtime_ns
+    two.unlink()  # as if interrupted before it was written
+
+    code, out, _ = run(capsys, *args, "--out", str(out_dir), "--skip-existing")
+
+    assert code == 0 and "1 already complete, kept" in out
+    assert one.stat().st_mtime_ns == first
+    line, _ = expected_file(store, STARTED + timedelta(seconds=5), FINISHED)
+    assert two.read_bytes() == wav.frame(line, RATE)
+
+    # A new version of a kept conversation is not complete: it is written again.
+    put_conversation(store, conversation("c-1", STARTED, FINISHED, "One", language="de"), T0 + timedelta(days=1))
+    code, out, _ = run(capsys, *args, "--out", str(out_dir), "--skip-existing")
+    assert code == 0 and "1 already complete, kept" in out
+    assert json.loads((out_dir / "2026-11-30_1403_One.json").read_bytes())["language"] == "de"
+
+
+def test_a_stem_held_by_another_conversations_files_is_not_overwritten(tmp_path, local_dir, capsys):
+    store = storage.LocalStore(local_dir)
+    put_conversation(store, conversation("c-1", STARTED, FINISHED, "Standup"))
+    out_dir = tmp_path / "out"
+    assert run(capsys, "--local-dir", str(local_dir), "--out", str(out_dir))[0] == 0
+    put_conversation(store, conversation("c-2", STARTED + timedelta(seconds=20), FINISHED, "Standup"))
+
+    code, _, _ = run(capsys, "--local-dir", str(local_dir), "--out", str(out_dir), "--since", "2026-11-30T14:03:20")
+
+    assert code == 0
+    assert json.loads((out_dir / "2026-11-30_1403_Standup.json").read_bytes())["id"] == "c-1"
+    assert json.loads((out_dir / "2026-11-30_1403_Standup-2.json").read_bytes())["id"] == "c-2"
+
+
+def test_no_conversation_in_the_range_is_a_clear_message_and_exit_1(source, tmp_path, capsys):
+    store, args = source
+    store_audio(store, T0, 5)
+    code, out, err = run(capsys, *args, "--out", str(tmp_path / "out"))
+    assert (code, out) == (1, "")
+    assert f"no conversations for uid {UID}" in err
+
+
+def test_a_day_of_conversations_lists_it_once_and_downloads_only_the_chunks_inside(
+    bucket, fake_gcs, tmp_path, monkeypatch, capsys
+):
+    store = storage.GcsStore(bucket.name)
+    start = datetime(2026, 11, 30, 9, tzinfo=UTC)
+    store_audio(store, start, 600)  # ten minutes of one-second chunks
+    a, b = start + timedelta(seconds=60), start + timedelta(seconds=400)
+    put_conversation(store, conversation("c-1", a, a + timedelta(seconds=30), "A"))
+    put_conversation(store, conversation("c-2", b, b + timedelta(seconds=20), "B"))
+
+    with CountingProxy(fake_gcs) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        code, _, _ = run(capsys, "--bucket", bucket.name, "--out", str(tmp_path / "out"), "--since", "2026-11-30")
+
+    assert code == 0
+    print(f"{len(proxy.list_calls)} list calls, {proxy.names_listed} names, {proxy.downloads} downloads")
+    assert proxy.names_listed == 600 + 2  # every chunk of the day once, and the two conversations
+    assert len(proxy.list_calls) == 1 + 1  # the conversations, then one range of chunks (600 names: one page)
+    # Each conversation's chunks: its 30 s (20 s) and the pads, plus at most one chunk straddling each edge.
+    assert 30 + 20 + 4 * PAD <= proxy.downloads - 2 <= 30 + 20 + 4 * PAD + 4
+
+
+def test_progress_bar_shows_on_a_terminal_and_quiet_silences_it(tmp_path, local_dir):
+    store = storage.LocalStore(local_dir)
+    store_audio(store, T0, 45)
+    put_conversation(store, conversation("c-1", STARTED, FINISHED, "Bar"))
+
+    def shown(*extra: str) -> str:
+        command = [sys.executable, "export.py", "--uid", UID, "--by", "conversation", "--local-dir", str(local_dir)]
+        return stderr_on_a_terminal([*command, "--out", str(tmp_path / "out"), *extra])
+
+    output = shown()
+    assert "/34 [" in output and "chunk/s" in output
+    assert shown("--quiet") == ""
