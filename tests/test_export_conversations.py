@@ -456,12 +456,13 @@ def test_nasty_titles_give_safe_unique_names_inside_the_folder(tmp_path, local_d
         start = T0 + timedelta(seconds=n)
         put_conversation(store, conversation(f"c-{n}", start, start + timedelta(seconds=5), title))
 
-    code, _, _ = run(capsys, "--local-dir", str(local_dir), "--out", str(tmp_path / "out"))
+    out_dir = tmp_path / "a" / "b" / "out"
+    code, _, _ = run(capsys, "--local-dir", str(local_dir), "--out", str(out_dir))
 
     assert code == 0
-    documents = sorted(p.name for p in (tmp_path / "out").glob("*.json"))
+    documents = sorted(p.name for p in out_dir.glob("*.json"))
     assert len(documents) == len(titles) == len({d.casefold() for d in documents})
-    assert [p for p in tmp_path.rglob("*.json") if p.parent != tmp_path / "out"] == []
+    assert [p.name for p in (tmp_path / "a").rglob("*") if p.parent != out_dir] == ["b", "out"]  # nothing outside
     assert all(len(name.encode()) < 128 and name.startswith("2026-11-30_1403_") for name in documents)
     assert "2026-11-30_1403_untitled.json" in documents and "2026-11-30_1403_untitled-2.json" in documents
     assert "2026-11-30_1403_Same.json" in documents and "2026-11-30_1403_same-2.json" in documents
