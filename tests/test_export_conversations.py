@@ -335,8 +335,10 @@ def test_no_stored_audio_in_the_span_is_no_cut():
 
 # -- the export, end to end -------------------------------------------------------------
 
-STARTED = T0 + timedelta(seconds=10)
-FINISHED = T0 + timedelta(seconds=40)
+# Neither edge on a chunk's boundary: the cut starts and ends inside chunks.
+STARTED = T0 + timedelta(seconds=10, milliseconds=250)
+FINISHED = T0 + timedelta(seconds=40, milliseconds=600)
+SPAN = (FINISHED - STARTED).total_seconds()
 
 
 def test_a_conversation_becomes_its_audio_cut_sample_exact_with_silence_where_a_batch_was_lost(
@@ -368,7 +370,7 @@ def test_a_conversation_becomes_its_audio_cut_sample_exact_with_silence_where_a_
     document = json.loads((tmp_path / "out" / f"{stem}.json").read_bytes())
     added = {k: document.pop(k) for k in conversation_export.ADDED_KEYS}
     assert document == json.loads(raw)  # the conversation as stored
-    assert added["audio_seconds"] == (30 + 2 * PAD)
+    assert added["audio_seconds"] == SPAN + 2 * PAD
     assert added["audio_start"] == conversation_export.iso(STARTED - archive.CONVERSATION_PAD)
     assert added["audio_end"] == conversation_export.iso(
         STARTED - archive.CONVERSATION_PAD + timedelta(seconds=(len(line) // 2 - 1) / RATE)
@@ -377,7 +379,7 @@ def test_a_conversation_becomes_its_audio_cut_sample_exact_with_silence_where_a_
 
     cues = parse_vtt((tmp_path / "out" / f"{stem}.vtt").read_text(encoding="utf-8"))
     assert cues == [(1.0 + PAD, 3.5 + PAD, "Speaker 0", "Hello there."), (4.0 + PAD, 6.0 + PAD, "You", "Hi!")]
-    assert "Product launch planning" in out and "83%" in out
+    assert "Product launch planning" in out and f"{(SPAN - 5) / SPAN:.0%}" in out
     assert "1 conversation(s) written: 1 with audio" in out and "1 hole(s)" in out
 
 
@@ -394,7 +396,7 @@ def test_flac_holds_the_same_samples(source, tmp_path, capsys):
     line, _ = expected_file(store, STARTED, FINISHED)
     assert rate == RATE and decoded.tobytes() == line
     assert soundfile.info(flac).format == "FLAC"
-    assert json.loads(flac.with_suffix(".json").read_bytes())["audio_seconds"] == 30 + 2 * PAD
+    assert json.loads(flac.with_suffix(".json").read_bytes())["audio_seconds"] == SPAN + 2 * PAD
 
 
 def test_the_newest_version_of_a_conversation_is_the_one_exported(source, tmp_path, capsys):
@@ -504,7 +506,8 @@ def test_list_prints_the_table_and_downloads_no_audio(bucket, fake_gcs, tmp_path
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert lines[0].split() == ["DATE", "TIME", "(UTC)", "DURATION", "AUDIO", "TITLE"]
-    assert lines[1].split() == ["2026-11-30", "14:03:10", "0:00:30.0", "50%", "Half", "heard"]
+    heard = (25 - 10.25) + (40.6 - 40)  # stored seconds inside the span
+    assert lines[1].split() == ["2026-11-30", "14:03:10", "0:00:30.3", f"{heard / SPAN:.0%}", "Half", "heard"]
     assert lines[2].split() == ["2026-11-30", "15:03:00", "1:05:00.0", "no", "audio", "Long", "and", "unheard"]
     assert "would be written (listed from metadata; no audio downloaded)" in out
     assert proxy.downloads == 2  # the two conversations' documents, no chunk
@@ -538,7 +541,7 @@ def test_skip_existing_keeps_finished_conversations_and_redoes_the_rest(source, 
 
 def test_a_stem_held_by_another_conversations_files_is_not_overwritten(tmp_path, local_dir, capsys):
     store = storage.LocalStore(local_dir)
-    put_conversation(store, conversation("c-1", STARTED, FINISHED, "Standup"))
+    put_conversation(store, conversation("c-1", STARTED, STARTED + timedelta(seconds=5), "Standup"))
     out_dir = tmp_path / "out"
     assert run(capsys, "--local-dir", str(local_dir), "--out", str(out_dir))[0] == 0
     put_conversation(store, conversation("c-2", STARTED + timedelta(seconds=20), FINISHED, "Standup"))
@@ -590,5 +593,5 @@ def test_progress_bar_shows_on_a_terminal_and_quiet_silences_it(tmp_path, local_
         return stderr_on_a_terminal([*command, "--out", str(tmp_path / "out"), *extra])
 
     output = shown()
-    assert "/34 [" in output and "chunk/s" in output
+    assert "/35 [" in output  # chunks 8 to 42 hold the padded span and "chunk/s" in output
     assert shown("--quiet") == ""
