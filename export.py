@@ -808,19 +808,14 @@ def main(argv: list[str] | None = None) -> int:
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
 
-    written = sorted([*(kept or []), *summary.sessions], key=lambda s: s.start)
-    write_page(
-        args.out,
-        args.uid,
-        [],
-        page_sessions(written, output.part_limit),
-        archive.audio_spans(archive.captured(everything)),
-    )
     format_table(summary.sessions, sys.stdout)
     _print_summary(summary.sessions, summary.duplicates, summary.skipped, listed=False, kept=kept)
     if not summary.sessions and not kept:
         print(f"nothing exported: none of the {summary.chunks} chunks is a usable WAV", file=sys.stderr)
         return 1
+    written = sorted([*(kept or []), *summary.sessions], key=lambda s: s.start)
+    spans = archive.audio_spans(archive.captured(everything))
+    write_page(args.out, args.uid, [], page_sessions(written, output.part_limit), spans)
     return 0
 
 

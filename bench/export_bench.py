@@ -17,7 +17,14 @@ Then what a range costs: one day (150 one-second chunks) is exported from a
 bucket holding 30 such days and from a bucket holding only that day, both behind
 the same proxy, alternating, the median of several runs each.  Listing only the
 range makes the archive's size irrelevant.  Goal: the 30-day archive at most
-1.2x the time of the one-day bucket.  Exit status 1 when either goal is missed.
+1.2x the time of the one-day bucket.
+
+Last, what exporting a day's conversations costs: a day holding an hour of audio
+(3,600 one-second chunks in Omi's bursts of five) and four conversations in it is
+exported ``--by conversation`` through a proxy that counts requests.  Goal: the
+day's chunks are listed once (one list call per 1,000 names) and only the chunks
+inside the conversations and their pads are downloaded, besides the conversations'
+own documents.  Exit status 1 when any goal is missed.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import platform
 import statistics
@@ -43,6 +51,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from conftest import start_fake_gcs  # noqa: E402
 from counting_proxy import CountingProxy  # noqa: E402
 
+import archive  # noqa: E402
 import export  # noqa: E402
 import storage  # noqa: E402
 import wav  # noqa: E402
@@ -79,11 +88,13 @@ def populate(bucket_name: str, chunks: int) -> int:
     return pcm_bytes
 
 
-def populate_days(bucket_name: str, days: list[datetime], per_day: int, tiny: bool = False) -> None:
-    """`per_day` one-second chunks on each day, in Omi's bursts of five from 08:00."""
+def populate_days(
+    bucket_name: str, days: list[datetime], per_day: int, tiny: bool = False, start_hour: int = 8
+) -> None:
+    """`per_day` one-second chunks on each day, in Omi's bursts of five from `start_hour` (UTC)."""
     store = storage.GcsStore(bucket_name)
     times = [
-        day + timedelta(hours=8, seconds=(i // 5) * 5, milliseconds=15 * (i % 5))
+        day + timedelta(hours=start_hour, seconds=(i // 5) * 5, milliseconds=15 * (i % 5))
         for day in days
         for i in range(per_day)
     ]
@@ -252,6 +263,55 @@ def range_cost(args: argparse.Namespace, tmp: Path) -> tuple[list, list, list[fl
     return runs
 
 
+# The conversations of the cost benchmark's day: (minutes after the audio's start, length in minutes).
+CONVERSATIONS = ((2, 3), (15, 5), (31, 2), (44, 12))
+
+
+def conversation_cost(args: argparse.Namespace, tmp: Path) -> tuple[int, int, int, int, int, int]:
+    """(list calls, names listed, downloads, conversations, chunks inside them, chunks stored) for one day."""
+    server, url = start_fake_gcs(tmp / "fake-gcs.log")
+    try:
+        os.environ["STORAGE_EMULATOR_HOST"] = url
+        from google.cloud import storage as gcs
+
+        bucket_name = f"bench-conversations-{uuid.uuid4().hex[:8]}"
+        gcs.Client().create_bucket(bucket_name)
+        store = storage.GcsStore(bucket_name)
+        start = DAY + timedelta(hours=10)
+        populate_days(bucket_name, [DAY], args.conversation_chunks, start_hour=10)
+        for n, (offset, minutes) in enumerate(CONVERSATIONS):
+            begun = start + timedelta(minutes=offset)
+            body = {
+                "id": f"bench-{n}",
+                "started_at": begun.isoformat(),
+                "finished_at": (begun + timedelta(minutes=minutes)).isoformat(),
+                "structured": {"title": f"Conversation {n}"},
+                "transcript_segments": [{"text": "hello", "start": 1.0, "end": 2.0, "is_user": True}],
+            }
+            raw = json.dumps(body).encode()
+            store.put_conversation(UID, begun, body["id"], raw, {"received_at": begun.isoformat()}, 20)
+        with CountingProxy(url) as counter:
+            os.environ["STORAGE_EMULATOR_HOST"] = counter.url
+            day = DAY.date().isoformat()
+            with contextlib.redirect_stdout(io.StringIO()):
+                common = ["--uid", UID, "--bucket", bucket_name, "--quiet", "--since", day, "--until", day]
+                code = export.main([*common, "--by", "conversation", "--out", str(tmp / "out")])
+        if code != 0:
+            raise SystemExit(f"export --by conversation failed with status {code}")
+    finally:
+        server.terminate()
+        server.wait(10)
+    seconds = sum(minutes * 60 + 2 * archive.CONVERSATION_PAD.total_seconds() for _, minutes in CONVERSATIONS)
+    return (
+        len(counter.list_calls),
+        counter.names_listed,
+        counter.downloads,
+        len(CONVERSATIONS),
+        round(seconds),
+        args.conversation_chunks,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=2000, help="chunk objects to export (default 2000)")
@@ -265,14 +325,19 @@ def main() -> int:
         default="tmpfs",
         help="fake-gcs-server backend for the range benchmark (default tmpfs: files on tmpfs)",
     )
+    parser.add_argument(
+        "--conversation-chunks", type=int, default=3600, help="chunks in the conversation benchmark's day (3600)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="export-bench-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "speed").mkdir()
         (tmp / "range").mkdir()
+        (tmp / "conversations").mkdir()
         baseline, exported = speed_up(args, tmp / "speed")
         from_archive, from_single, list_archive, list_single = range_cost(args, tmp / "range")
+        lists, listed, downloads, conversations, inside, stored = conversation_cost(args, tmp / "conversations")
 
     ratio = baseline / exported
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
@@ -300,7 +365,22 @@ def main() -> int:
         f"  export's own CPU time: {archive_cpu:.2f} s / {single_cpu:.2f} s = {archive_cpu / single_cpu:.2f}x"
         " (reported, not the goal)"
     )
-    return 0 if ratio >= GOAL and range_ratio <= RANGE_GOAL else 1
+    # Listed once: the conversations (one call), then the day's chunks, 1,000 names a call.
+    list_goal = 1 + -(-stored // 1000)
+    # Downloaded: the conversations' documents, and each one's chunks plus at most one straddling either edge.
+    download_goal = conversations + inside + 2 * conversations
+    print(
+        f"export --by conversation of one day ({stored} chunks, {conversations} conversations covering"
+        f" {inside} s with their pads):"
+    )
+    print(
+        f"  {lists} list call(s) returning {listed} names (goal <= {list_goal} calls);"
+        f" {downloads} downloads = {conversations} documents + {downloads - conversations} chunks"
+        f" (goal <= {download_goal}; the whole day is {stored})"
+        f"  {'PASS' if lists <= list_goal and downloads <= download_goal else 'FAIL'}"
+    )
+    cost_ok = lists <= list_goal and downloads <= download_goal and listed <= stored + conversations
+    return 0 if ratio >= GOAL and range_ratio <= RANGE_GOAL and cost_ok else 1
 
 
 if __name__ == "__main__":

@@ -759,11 +759,13 @@ def test_audio_streamed_through_the_function_comes_back_as_sent(client, bucket, 
 def test_the_export_bench_runs_end_to_end_and_prints_every_figure(tmp_path):
     """A smoke run at a tiny size; its figures mean something only from `make bench-export`."""
     command = [sys.executable, "bench/export_bench.py", "--chunks", "40", "--per-day", "10", "--repeats", "1"]
+    command += ["--conversation-chunks", "300"]
     with open(tmp_path / "bench.txt", "w") as log:
         result = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=300, check=False)
     text = (tmp_path / "bench.txt").read_text()
     assert result.returncode in (0, 1), text  # 1: a goal missed, which a tiny run under load may do
-    for line in ["speed-up", "ratio                :", "the stand-in's own list call", "export's own CPU time"]:
+    figures = ["speed-up", "ratio                :", "the stand-in's own list call", "export's own CPU time"]
+    for line in [*figures, "export --by conversation of one day (300 chunks, 4 conversations"]:
         assert line in text, text
     for bucket in ("archive", "day alone"):
         assert f"exporting the day from the {bucket}: 1 list call(s) returning 10 names, 10 downloads" in text, text
