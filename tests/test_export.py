@@ -81,6 +81,11 @@ def wavs(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.wav"))
 
 
+def outputs(directory: Path) -> list[Path]:
+    """The files an export wrote into `directory`, but the page beside them (tests/test_page.py checks it)."""
+    return sorted(p for p in directory.iterdir() if p.name != "index.html")
+
+
 def assert_session(path: Path, rate: int, pcms: list[bytes]) -> None:
     """The file is exactly a WAV of the concatenated PCM, and every decoder agrees."""
     data = path.read_bytes()
@@ -396,7 +401,7 @@ def test_uid_is_taken_as_the_sender_sends_it_and_files_are_named_by_its_folder(s
     code, _, err = run(capsys, "--uid", uid, *args, "--out", str(tmp_path / "out"))
 
     assert (code, err) == (0, "")
-    [only] = (tmp_path / "out").iterdir()
+    [only] = outputs(tmp_path / "out")
     assert only.name == f"{storage.uid_prefix(uid)}_20250301T140000.000000Z.wav"
     assert_session(only, RATE, pcms)
     assert "/" not in storage.uid_prefix(uid) and (uid == "webhook-device") == (storage.uid_prefix(uid) == uid)
@@ -430,7 +435,7 @@ def test_flac_is_lossless_and_about_half_the_size(source, tmp_path, capsys):
     _, listed, _ = run(capsys, "--uid", UID, *args, "--list", "--format", "flac")
 
     assert (code, err) == (0, "")
-    flacs = sorted((tmp_path / "flac").iterdir())
+    flacs = outputs(tmp_path / "flac")
     assert [f.name for f in flacs] == [w.name.replace(".wav", ".flac") for w in wavs(tmp_path / "wav")]
     assert [line.split()[-1] for line in listed.splitlines()[1:-1]] == [f.name for f in flacs]
     for flac, expected_rate, expected in [(flacs[0], RATE, b"".join(pcms)), (flacs[1], 8000, pcms[0])]:
@@ -502,7 +507,7 @@ def test_skip_existing_resumes_flac_and_never_merges_the_sessions_around_a_kept_
         put(store, T0 + timedelta(seconds=i), pcm, rate=rate)
     command = ["--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path / "out"), "--format", "flac"]
     assert run(capsys, *command)[0] == 0
-    files = sorted((tmp_path / "out").iterdir())
+    files = outputs(tmp_path / "out")
     assert len(files) == 3
     files[0].unlink()
     files[2].unlink()
@@ -510,7 +515,7 @@ def test_skip_existing_resumes_flac_and_never_merges_the_sessions_around_a_kept_
     code, out, _ = run(capsys, *command, "--skip-existing")
 
     assert code == 0 and "1 session(s) already complete, kept" in out
-    assert [f.name for f in sorted((tmp_path / "out").iterdir())] == [f.name for f in files]
+    assert [f.name for f in outputs(tmp_path / "out")] == [f.name for f in files]
     for flac, expected in zip(files, [low, high, low_again], strict=True):
         decoded, _ = soundfile.read(str(flac), dtype="int16")
         assert decoded.tobytes() == b"".join(expected)
@@ -598,7 +603,7 @@ def test_a_second_export_replaces_its_files_and_leaves_no_temporary_files(tmp_pa
     assert run(capsys, *args)[0] == 0
     assert run(capsys, *args)[0] == 0
 
-    [only] = (tmp_path / "out").iterdir()
+    [only] = outputs(tmp_path / "out")
     assert_session(only, RATE, pcms)
     assert only.stat().st_mode & 0o777 == 0o644
 
