@@ -104,6 +104,7 @@ class Selection:
 
     chunks: list[Chunk]
     duplicates: int
+    skipped: list[str] = field(default_factory=list)  # objects named like chunks whose names cannot be read
 
 
 @dataclass
@@ -125,6 +126,7 @@ def select_chunks(
     since: datetime | None = None,
     until: datetime | None = None,
     progress: Callable[[int], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Selection:
     """List `uid`'s chunks received in ``[since, until)``, ordered, duplicates dropped.
 
@@ -132,9 +134,18 @@ def select_chunks(
     Order: receipt time in the name, then the name's collision suffix as a
     number.  Of several chunks with the same ``idempotency_key`` metadata the
     first in that order is kept.  `progress` is called with 1 per name listed.
+    An object named like a chunk but with no real time in its name is left out,
+    named in one call to `warn`.
     """
     found: list[Chunk] = []
-    for info in store.list_chunks(uid, since, until):
+    skipped: list[str] = []
+
+    def unreadable(name: str) -> None:
+        skipped.append(name)
+        if warn:
+            warn(f"skipped {name}: its name holds no real time")
+
+    for info in store.list_chunks(uid, since, until, unreadable=unreadable):
         if progress:
             progress(1)
         found.append(_chunk_from_listing(info))
@@ -148,7 +159,7 @@ def select_chunks(
             seen.add(chunk.key)
             chunk.key = None  # no longer needed: keep the index small
         kept.append(chunk)
-    return Selection(kept, len(found) - len(kept))
+    return Selection(kept, len(found) - len(kept), skipped)
 
 
 def _chunk_from_listing(info: storage.ChunkInfo) -> Chunk:
@@ -162,9 +173,14 @@ def _chunk_from_listing(info: storage.ChunkInfo) -> Chunk:
 
 
 def _positive_int(value: str | None) -> int | None:
-    if value is None or not value.strip().isdigit():
+    """A metadata value as a positive whole number, or None when missing or unreadable."""
+    text = (value or "").strip()
+    if not (text.isascii() and text.isdigit()):  # isdigit alone takes "²", which int() refuses
         return None
-    number = int(value)
+    try:
+        number = int(text)
+    except ValueError:  # more digits than int() converts
+        return None
     return number if number > 0 else None
 
 
@@ -336,12 +352,14 @@ class OutputFormat:
     suffix: str
     writer: type[_PartWriter] | type[_FlacWriter]
     part_limit: int
+    max_sample_rate: int
 
 
 FORMATS = {
-    "wav": OutputFormat(".wav", _PartWriter, MAX_PART_BYTES),
+    "wav": OutputFormat(".wav", _PartWriter, MAX_PART_BYTES, wav.MAX_SAMPLE_RATE),
     # FLAC counts frames in 36 bits: no 4 GiB limit, so a session is always one file.
-    "flac": OutputFormat(".flac", _FlacWriter, sys.maxsize),
+    # libsndfile refuses a FLAC rate above 655,350 Hz (the most a FLAC frame header can state).
+    "flac": OutputFormat(".flac", _FlacWriter, sys.maxsize, 655_350),
 }
 
 
@@ -384,7 +402,7 @@ def resume_plan(
         chunks = selection.chunks[session.first : session.first + session.chunks]
         starts.add(chunks[0].name)
         todo.extend(chunks)
-    return Selection(todo, selection.duplicates), starts, kept
+    return Selection(todo, selection.duplicates, selection.skipped), starts, kept
 
 
 def download_in_order(
@@ -422,16 +440,19 @@ def download_in_order(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def check_chunk(data: bytes) -> tuple[int, memoryview]:
+def check_chunk(data: bytes, max_sample_rate: int = wav.MAX_SAMPLE_RATE) -> tuple[int, memoryview]:
     """Return (sample rate, whole-frame PCM) of one stored chunk.
 
     A half sample at the end of an odd-sized chunk is left out so that the
     frames after it stay aligned.
 
     Raises:
-        ValueError: not a PCM16 mono WAV as the function writes them, or truncated.
+        ValueError: not a PCM16 mono WAV as the function writes them, truncated,
+            or at a sample rate above `max_sample_rate` (what the output can hold).
     """
     rate, size = wav.parse_header(data)
+    if rate > max_sample_rate:
+        raise ValueError(f"sample rate {rate} Hz is more than the output format holds ({max_sample_rate} Hz)")
     expected = wav.HEADER_SIZE + size + (size & 1)
     if len(data) != expected:
         raise ValueError(f"header says {size} bytes of audio but the object holds {len(data) - wav.HEADER_SIZE}")
@@ -465,7 +486,7 @@ def export_sessions(
     out_dir.mkdir(parents=True, exist_ok=True)
     if part_limit is None:
         part_limit = output.part_limit
-    summary = Summary([], len(selection.chunks), selection.duplicates)
+    summary = Summary([], len(selection.chunks), selection.duplicates, list(selection.skipped))
     taken = set() if taken is None else taken
     writer: _PartWriter | _FlacWriter | None = None
     session: Session | None = None
@@ -492,7 +513,7 @@ def export_sessions(
                     warn(f"skipped {chunk.name}: it disappeared before it could be read")
                 continue
             try:
-                rate, pcm = check_chunk(data)
+                rate, pcm = check_chunk(data, output.max_sample_rate)
             except ValueError as exc:
                 summary.skipped.append(chunk.name)
                 if warn:
@@ -711,10 +732,14 @@ def list_with_progress(
     until: datetime | None,
     quiet: bool,
 ) -> Selection:
-    """`select_chunks` with a running count of names listed on a terminal."""
+    """`select_chunks` with a running count of names listed on a terminal, and warnings on stderr."""
     bar = progress_bar(None, quiet, unit="name", desc="listing")
+
+    def warn(message: str) -> None:
+        (bar.write if bar is not None else print)(f"warning: {message}", file=sys.stderr)
+
     try:
-        return select_chunks(store, uid, since, until, progress=bar.update if bar is not None else None)
+        return select_chunks(store, uid, since, until, progress=bar.update if bar is not None else None, warn=warn)
     finally:
         if bar is not None:
             bar.close()
@@ -753,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         sessions = list(plan_sessions(args.uid, selection.chunks, args.gap, output.part_limit, output.suffix))
         format_table(sessions, sys.stdout)
-        _print_summary(sessions, selection.duplicates, [], listed=True)
+        _print_summary(sessions, selection.duplicates, selection.skipped, listed=True)
         return 0
 
     starts: set[str] = set()

@@ -191,6 +191,71 @@ def test_corrupt_and_foreign_objects_are_skipped_named_and_counted(source, tmp_p
     assert "      3  " in out  # three chunks in the session
 
 
+def write_object(store, name: str, data: bytes) -> None:
+    """Put bytes under any name, as something other than the function might."""
+    if isinstance(store, storage.GcsStore):
+        store.bucket.blob(name).upload_from_string(data)
+    else:
+        path = Path(store.location(name))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def with_rate_field(chunk: bytes, rate: int) -> bytes:
+    """The chunk with another sample rate written into its header (and byte rate to match)."""
+    return chunk[:24] + struct.pack("<II", rate, rate * 2 % 2**32) + chunk[32:]
+
+
+def test_unreadable_names_metadata_and_rates_are_each_one_warning_not_a_failed_run(source, tmp_path, capsys):
+    store, args = source
+    pcms = [pcm_tone(0.25, RATE, seed) for seed in range(3)]
+    for i, pcm in enumerate(pcms):
+        put(store, T0 + timedelta(seconds=i), pcm)
+    # Good audio whose metadata cannot be read ("²".isdigit() is True, int("²") fails, and
+    # int() refuses more than 4,300 digits): the header still tells its rate and size, so it is kept.
+    odd_meta = {"sample_rate": "²", "pcm_bytes": "9" * 5000, "idempotency_key": "k"}
+    store.put(UID, T0 + timedelta(seconds=3), wav.frame(pcms[0], RATE), odd_meta, uuid.uuid4().hex, 10)
+    month_13 = f"{UID}/20251301T000000.000000Z.wav"  # NAME_RE's shape, but no such day
+    write_object(store, month_13, wav.frame(pcms[1], RATE))
+    too_fast = storage.object_name(UID, T0 + timedelta(seconds=4))  # a rate no WAV header can hold
+    write_object(store, too_fast, with_rate_field(wav.frame(pcms[2], RATE), 0xFFFFFFFF))
+
+    code, out, err = run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "out"))
+    list_code, listed, list_err = run(capsys, "--uid", UID, *args, "--list")
+
+    assert code == 0
+    assert err.splitlines() == [
+        f"warning: skipped {month_13}: its name holds no real time",
+        f"warning: skipped {too_fast}: not a usable WAV chunk "
+        f"(sample rate {0xFFFFFFFF} Hz is more than the output format holds ({wav.MAX_SAMPLE_RATE} Hz))",
+    ]
+    [only] = wavs(tmp_path / "out")
+    assert_session(only, RATE, [*pcms, pcms[0]])
+    assert "2 corrupt or missing object(s) skipped" in out
+    assert list_code == 0 and list_err.splitlines() == err.splitlines()[:1]
+    assert "1 corrupt or missing object(s) skipped" in listed
+
+
+def test_a_chunk_at_a_rate_flac_cannot_hold_is_skipped_and_the_rest_written(tmp_path, capsys):
+    store = storage.LocalStore(tmp_path / "rec")
+    pcms = [pcm_tone(0.25, RATE, seed) for seed in range(3)]
+    put(store, T0, pcms[0])
+    fast = put(store, T0 + timedelta(seconds=1), pcms[1])
+    Path(store.location(fast)).write_bytes(with_rate_field(wav.frame(pcms[1], RATE), 700_000))
+    put(store, T0 + timedelta(seconds=2), pcms[2])
+    command = ["--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path / "out"), "--format", "flac"]
+
+    code, _, err = run(capsys, *command)
+
+    assert code == 0 and err.splitlines() == [
+        f"warning: skipped {fast}: not a usable WAV chunk (sample rate 700000 Hz is more than the output format "
+        "holds (655350 Hz))"
+    ]
+    [flac] = (tmp_path / "out").iterdir()
+    decoded, _ = soundfile.read(str(flac), dtype="int16")
+    assert decoded.tobytes() == pcms[0] + pcms[2]
+
+
 def test_a_chunk_deleted_after_listing_is_skipped_and_reported(source, tmp_path):
     store, _ = source
     pcms = [pcm_tone(0.25, RATE, seed) for seed in range(3)]

@@ -104,6 +104,39 @@ def test_each_day_shows_audio_sessions_first_last_and_longest_gap(source, capsys
     assert uid["names_listed"] == 16  # the three days only
 
 
+def test_chunks_exactly_the_gap_apart_are_one_session_and_a_microsecond_more_makes_two(source, capsys):
+    store, args = source
+    day = datetime(2025, 3, 10, 9, 0, tzinfo=UTC)
+    for at in [day, day + timedelta(seconds=10), day + timedelta(seconds=20, microseconds=1)]:
+        put(store, at, seconds=0.1)
+
+    code, doc = report(capsys, "--uid", UID, *args, "--days", "1", "--gap", "10")
+
+    assert code == 0
+    [today] = doc["uids"][0]["days"]
+    assert (today["chunks"], today["sessions"], today["longest_gap_seconds"]) == (3, 2, 10.000001)
+
+
+def test_an_unreadable_name_or_metadata_is_one_warning_and_the_report_goes_on(source, capsys):
+    store, args = source
+    put(store, datetime(2025, 3, 10, 9, 0, tzinfo=UTC))
+    pcm = pcm_tone(0.5, RATE, 1)
+    odd_meta = {"sample_rate": "²", "pcm_bytes": "²"}  # "²".isdigit() is True, int("²") fails
+    store.put(UID, datetime(2025, 3, 10, 9, 0, 1, tzinfo=UTC), wav.frame(pcm, RATE), odd_meta, uuid.uuid4().hex, 10)
+    minute_60 = f"{UID}/20250310T096000.000000Z.wav"  # NAME_RE's shape, in the reported day, but no such time
+    if isinstance(store, storage.GcsStore):
+        store.bucket.blob(minute_60).upload_from_string(wav.frame(pcm, RATE))
+    else:
+        (store.root / minute_60).write_bytes(wav.frame(pcm, RATE))
+
+    code, out, err = run(capsys, "--uid", UID, *args, "--days", "1", "--json", "--at", NOW.isoformat())
+
+    assert code == 0
+    assert err.splitlines() == [f"warning: skipped {minute_60}: its name holds no real time"]
+    [today] = json.loads(out)["uids"][0]["days"]
+    assert (today["chunks"], today["sessions"], today["audio_seconds"]) == (2, 1, 1.0)  # no rate: not counted
+
+
 def test_the_table_reads_at_a_glance(source, capsys):
     store, args = source
     put(store, datetime(2025, 3, 9, 23, 59, 59, tzinfo=UTC))
