@@ -16,7 +16,8 @@ Each session's audio is exactly the concatenation of its chunks' PCM frames.  It
 is streamed into a temporary file in DIR while later chunks download on a
 bounded pool, the header sizes are written last, and only then is the file
 renamed to ``{uid folder}_{YYYYMMDDTHHMMSS.ffffff}Z.wav`` (the uid's folder name
-in storage, then the session's first receipt time), so an interrupted export
+in storage, cut short with a hash when too long for a file name, then the
+session's first receipt time), so an interrupted export
 never leaves a truncated file under a final name.  A session longer than one WAV
 file can hold (4 GiB) is split into ``…Z_part01.wav``, ``…Z_part02.wav``, ...
 ``--format flac`` writes lossless FLAC through libsndfile instead (no size
@@ -33,6 +34,7 @@ interrupted.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import signal
 import sys
@@ -66,6 +68,14 @@ WINDOW_BYTES = 64 * 1024 * 1024
 # The most PCM one WAV file can hold, in whole frames; longer sessions become parts.
 MAX_PART_BYTES = wav.MAX_DATA_SIZE - wav.MAX_DATA_SIZE % (wav.CHANNELS * wav.SAMPLE_WIDTH)
 FRAME_BYTES = wav.CHANNELS * wav.SAMPLE_WIDTH
+# File names are at most 255 bytes on ext4, APFS and NTFS.  A uid's folder in storage
+# can be 384 characters (128 bytes of UTF-8, each escaped as ~XX), so in file names it
+# is cut to this length: room is left for "_", the 23-character stamp, a "-N" collision
+# suffix, "_partNN" and ".flac" (198 bytes in all with a one-digit N), with room to spare.
+MAX_UID_IN_FILE_NAME = 160
+# A cut folder name ends in "~~" and this many hex digits of the uid's SHA-256: no
+# folder name holds "~~" ("~" itself is escaped), so it never equals another uid's.
+UID_HASH_DIGITS = 16
 
 
 @dataclass(slots=True)
@@ -201,17 +211,34 @@ def session_base_name(uid: str, start: datetime, taken: set[str]) -> str:
 
     ``{uid folder}_{YYYYMMDDTHHMMSS.ffffff}Z``: the uid as its folder in storage
     is named (``storage.uid_prefix``: a plain uid is itself, a device name such
-    as "Omi DevKit 2" becomes ``Omi~20DevKit~202``, never a path), so names sort
-    chronologically.  Two sessions starting in the same microsecond (a
-    sample-rate change) get ``-1``, ``-2``, ...
+    as "Omi DevKit 2" becomes ``Omi~20DevKit~202``, never a path; see
+    `uid_in_file_name` for a long one), so names sort chronologically.  Two
+    sessions starting in the same microsecond (a sample-rate change) get
+    ``-1``, ``-2``, ...
     """
-    stem = f"{storage.uid_prefix(uid)}_{storage.name_stamp(start)}"
+    stem = f"{uid_in_file_name(uid)}_{storage.name_stamp(start)}"
     candidate, n = stem, 0
     while candidate in taken:
         n += 1
         candidate = f"{stem}-{n}"
     taken.add(candidate)
     return candidate
+
+
+def uid_in_file_name(uid: str) -> str:
+    """The uid's folder name in storage, cut short with a hash of the uid when too long for a file name.
+
+    A folder of more than MAX_UID_IN_FILE_NAME characters keeps its start (never
+    half an escape), then ``~~`` and UID_HASH_DIGITS hex digits of the uid's
+    SHA-256: still one uid's alone, and the same in every file of that uid.
+    """
+    folder = storage.uid_prefix(uid)
+    if len(folder) <= MAX_UID_IN_FILE_NAME:
+        return folder
+    head = folder[: MAX_UID_IN_FILE_NAME - 2 - UID_HASH_DIGITS]
+    if "~" in head[-2:]:
+        head = head[: head.rindex("~")]
+    return f"{head}~~{hashlib.sha256(uid.encode('utf-8')).hexdigest()[:UID_HASH_DIGITS]}"
 
 
 def part_name(base: str, part: int, parts_known: bool, suffix: str = ".wav") -> str:

@@ -7,8 +7,10 @@ back with the stdlib `wave` module, libsndfile and sox (see `assert_decodes`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -465,6 +467,63 @@ def test_uid_is_taken_as_the_sender_sends_it_and_files_are_named_by_its_folder(s
     assert only.name == f"{storage.uid_prefix(uid)}_20250301T140000.000000Z.wav"
     assert_session(only, RATE, pcms)
     assert "/" not in storage.uid_prefix(uid) and (uid == "webhook-device") == (storage.uid_prefix(uid) == uid)
+
+
+LONGEST_UID = "中" * 42 + "ab"  # 128 bytes of UTF-8, the most storage takes: a 380-character folder
+
+
+def test_the_longest_uids_give_file_names_within_255_bytes_one_uid_each(bucket, tmp_path, capsys):
+    assert len(LONGEST_UID.encode()) == storage.MAX_UID_BYTES
+    store = storage.GcsStore(bucket.name)
+    twin = LONGEST_UID[:-1] + "c"  # the same folder name up to its very end
+    uids = [LONGEST_UID, twin]
+    pcms = {uid: [pcm_tone(0.1, RATE, 10 * n + i) for i in range(2)] for n, uid in enumerate(uids)}
+    out = tmp_path / "out"
+    for uid in uids:
+        put(store, T0, pcms[uid][0], uid=uid)
+        put(store, T0 + timedelta(hours=1), pcms[uid][1], uid=uid, rate=8000)
+        put(store, T0 + timedelta(hours=1), pcms[uid][1], uid=uid)  # a rate change in the same microsecond
+
+        code, _, err = run(capsys, "--uid", uid, "--bucket", bucket.name, "--out", str(out / uid[-1]))
+        _, listed, _ = run(capsys, "--uid", uid, "--bucket", bucket.name, "--list")
+
+        assert (code, err) == (0, "")
+        stem = export.uid_in_file_name(uid)
+        names = [f"{stem}_20250301T140000.000000Z.wav", f"{stem}_20250301T150000.000000Z.wav"]
+        names.append(names[1].replace("Z.wav", "Z-1.wav"))
+        assert sorted(f.name for f in wavs(out / uid[-1])) == sorted(names)
+        assert [line.split()[-1] for line in listed.splitlines()[1:-1]] == names
+        # Room is left for the longest suffixes: "_part99" and ".flac" instead of ".wav".
+        assert max(len(name.encode()) for name in names) <= 255 - len("_part99") - len(".flac") + len(".wav")
+        assert_session(out / uid[-1] / names[0], RATE, pcms[uid][:1])
+        assert_session(out / uid[-1] / names[1], 8000, pcms[uid][1:])
+        assert_session(out / uid[-1] / names[2], RATE, pcms[uid][1:])
+        assert "~~" in stem and "~~" not in storage.uid_prefix(uid)
+    assert export.uid_in_file_name(LONGEST_UID) != export.uid_in_file_name(twin)
+
+
+# Folders of 234, 227, 128, 159 and 162 characters (a local folder name itself is at most 255 bytes).
+@pytest.mark.parametrize(
+    "uid", ["中" * 26, "ab" + "中" * 25, "x" * 128, "~" * 53, "~" * 54], ids=["cjk26", "ab-cjk25", "x128", "t53", "t54"]
+)
+def test_a_uid_folder_that_fits_is_the_file_name_and_a_longer_one_is_cut(source, tmp_path, capsys, uid):
+    store, args = source
+    put(store, T0, pcm_tone(0.1, RATE, 1), uid=uid)
+
+    code, _, err = run(capsys, "--uid", uid, *args, "--out", str(tmp_path / "out"))
+
+    assert (code, err) == (0, "")
+    [only] = wavs(tmp_path / "out")
+    folder = storage.uid_prefix(uid)
+    stem = export.uid_in_file_name(uid)
+    assert only.name == f"{stem}_20250301T140000.000000Z.wav" and len(only.name.encode()) <= 255
+    if len(folder) <= export.MAX_UID_IN_FILE_NAME:
+        assert stem == folder
+    else:
+        head, digest = stem.split("~~")
+        assert folder.startswith(head) and re.fullmatch(r"(?:[A-Za-z0-9_-]|~[0-9A-F]{2})+", head)  # whole escapes
+        assert digest == hashlib.sha256(uid.encode()).hexdigest()[: export.UID_HASH_DIGITS]
+        assert len(stem) <= export.MAX_UID_IN_FILE_NAME
 
 
 # -- --format flac ---------------------------------------------------------------
