@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from google.api_core import exceptions as api_exceptions
+from google.auth import exceptions as auth_exceptions
 
 import storage
 import wav
@@ -713,7 +714,18 @@ def open_store(args: argparse.Namespace, parser: argparse.ArgumentParser) -> sto
         bucket = os.environ.get("GCS_BUCKET_NAME", "").strip()
         local_dir = Path(os.environ["LOCAL_AUDIO_DIR"]) if os.environ.get("LOCAL_AUDIO_DIR", "").strip() else None
     if bucket:
-        return storage.GcsStore(bucket)
+        try:
+            return storage.GcsStore(bucket)
+        except auth_exceptions.DefaultCredentialsError as exc:
+            # The library's own text is a paragraph; its reason matters only for a key file named wrongly.
+            key_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+            reason = f" ({' '.join(str(exc).split())})" if key_file else ""
+            print(
+                f"error: no Google Cloud credentials to read gs://{bucket}{reason}: run `gcloud auth "
+                "application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service account key",
+                file=sys.stderr,
+            )
+            sys.exit(1)
     if local_dir is None:
         parser.error("no source: give --bucket NAME or --local-dir PATH (or set GCS_BUCKET_NAME / LOCAL_AUDIO_DIR)")
     if not local_dir.is_dir():

@@ -282,6 +282,33 @@ def test_a_missing_bucket_is_a_clear_message_and_exit_1(fake_gcs, tmp_path, caps
     assert "could not list gs://no-such-bucket/" in err and "Not Found" in err
 
 
+def without_credentials(home: Path, key_file: str | None) -> dict[str, str]:
+    """An environment with no Google credentials and no way to reach a metadata server or real GCS."""
+    drop = ("STORAGE_EMULATOR_HOST", "GCS_BUCKET_NAME", "GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env |= {"HOME": str(home), "CLOUDSDK_CONFIG": str(home / "gcloud")}  # no gcloud login to find
+    # google-auth would otherwise probe the metadata server at 169.254.169.254.
+    env |= {"NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9"}
+    if key_file:
+        env["GOOGLE_APPLICATION_CREDENTIALS"] = key_file
+    return env
+
+
+@pytest.mark.parametrize("key_file", [None, "/nonexistent/key.json"])
+def test_missing_credentials_are_one_line_naming_the_fix_and_exit_1(tmp_path, key_file):
+    command = [sys.executable, "export.py", "--uid", UID, "--bucket", "my-bucket", "--out", str(tmp_path / "out")]
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, env=without_credentials(tmp_path, key_file), timeout=60
+    )
+
+    assert (done.returncode, done.stdout) == (1, "")
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: no Google Cloud credentials to read gs://my-bucket")
+    assert "`gcloud auth application-default login`" in line
+    assert (key_file is not None) == (f"File {key_file} was not found" in line)
+    assert not (tmp_path / "out").exists()
+
+
 def test_nothing_usable_is_exit_1_and_writes_no_file(tmp_path, capsys):
     root = tmp_path / "rec"
     (root / UID).mkdir(parents=True)

@@ -7,6 +7,7 @@ local directory; listing costs are counted at a proxy in front of the server.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -235,6 +236,26 @@ def test_no_uid_at_all_is_stale(source, capsys):
 def test_a_missing_bucket_is_exit_1(fake_gcs, capsys):
     code, _, err = run(capsys, "--bucket", "no-such-bucket")
     assert code == 1 and "could not list gs://no-such-bucket/" in err
+
+
+@pytest.mark.parametrize("key_file", [None, "/nonexistent/key.json"])
+def test_missing_credentials_are_one_line_naming_the_fix_and_exit_1(tmp_path, key_file):
+    env = {k: v for k, v in os.environ.items() if k not in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")}
+    env |= {"HOME": str(tmp_path), "CLOUDSDK_CONFIG": str(tmp_path / "gcloud")}  # no gcloud login to find
+    # google-auth would otherwise probe the metadata server at 169.254.169.254.
+    env |= {"NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9"}
+    if key_file:
+        env["GOOGLE_APPLICATION_CREDENTIALS"] = key_file
+
+    done = subprocess.run(
+        [sys.executable, "status.py", "--bucket", "my-bucket"], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+
+    assert (done.returncode, done.stdout) == (1, "")
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: no Google Cloud credentials to read gs://my-bucket")
+    assert "`gcloud auth application-default login`" in line
+    assert (key_file is not None) == (f"File {key_file} was not found" in line)
 
 
 @pytest.mark.parametrize(
