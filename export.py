@@ -346,14 +346,20 @@ class _FlacWriter:
 
     @staticmethod
     def frames(path: Path) -> tuple[int, int] | None:
-        """(sample rate, frames) of a finished FLAC, or None if libsndfile cannot read it."""
+        """(sample rate, frames) of a finished FLAC, or None if libsndfile cannot read it to its last frame."""
         import soundfile
 
         try:
-            info = soundfile.info(str(path))
+            with soundfile.SoundFile(str(path)) as flac:
+                if flac.format != "FLAC" or flac.channels != 1:
+                    return None
+                # The header states the total even when the file was cut short later:
+                # reading the last frame shows whether it is really there.
+                if flac.frames and (flac.seek(flac.frames - 1) != flac.frames - 1 or len(flac.read(1)) != 1):
+                    return None
+                return flac.samplerate, flac.frames
         except (OSError, RuntimeError, soundfile.LibsndfileError):
             return None
-        return (info.samplerate, info.frames) if info.format == "FLAC" and info.channels == 1 else None
 
     def write(self, pcm: memoryview) -> None:
         self.file.buffer_write(pcm, dtype="int16")

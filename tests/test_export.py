@@ -130,6 +130,23 @@ def test_default_gap_keeps_omi_bursts_of_up_to_120_seconds_together(tmp_path, ca
     assert "3 session(s)" in out
 
 
+def test_chunks_exactly_the_gap_apart_are_one_session_and_a_microsecond_more_makes_two(source, tmp_path, capsys):
+    store, args = source
+    times = [T0, T0 + timedelta(seconds=10), T0 + timedelta(seconds=20, microseconds=1)]
+    pcms = [pcm_tone(0.1, RATE, seed) for seed in range(3)]
+    for at, pcm in zip(times, pcms, strict=True):
+        put(store, at, pcm)
+
+    code, out, _ = run(capsys, "--uid", UID, *args, "--gap", "10", "--out", str(tmp_path / "out"))
+    _, listed, _ = run(capsys, "--uid", UID, *args, "--gap", "10", "--list")
+
+    assert code == 0
+    first, second = wavs(tmp_path / "out")
+    assert_session(first, RATE, pcms[:2])
+    assert_session(second, RATE, pcms[2:])
+    assert "2 session(s)" in out and "2 session(s)" in listed
+
+
 def test_a_sample_rate_change_starts_a_new_session(source, tmp_path, capsys):
     store, args = source
     low = [pcm_tone(0.5, 8000, seed) for seed in range(3)]
@@ -640,6 +657,25 @@ def test_skip_existing_keeps_complete_sessions_and_redoes_the_rest(source, tmp_p
 
     code, out_text, _ = run(capsys, *command, "--skip-existing")  # nothing left to do is still success
     assert code == 0 and "0 session(s)" in out_text and "3 session(s) already complete, kept" in out_text
+
+
+@pytest.mark.parametrize("output", ["wav", "flac"])
+def test_skip_existing_redoes_a_file_cut_short_after_its_header(tmp_path, capsys, output):
+    store = storage.LocalStore(tmp_path / "rec")
+    pcms = [pcm_tone(1, RATE, seed) for seed in range(4)]
+    for i, pcm in enumerate(pcms):
+        put(store, T0 + timedelta(seconds=i), pcm)
+    command = ["--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path / "out"), "--format", output]
+    assert run(capsys, *command)[0] == 0
+    [written] = (tmp_path / "out").iterdir()
+    whole = written.read_bytes()
+    os.truncate(written, len(whole) // 2)  # as a copy cut short would leave it: the header still says all
+
+    code, out, _ = run(capsys, *command, "--skip-existing")
+
+    assert code == 0
+    assert "1 session(s), 1 file(s) written" in out and "0 session(s) already complete, kept" in out
+    assert written.read_bytes() == whole
 
 
 def test_skip_existing_resumes_flac_and_never_merges_the_sessions_around_a_kept_one(tmp_path, capsys):
