@@ -16,7 +16,8 @@ Each session's audio is exactly the concatenation of its chunks' PCM frames.  It
 is streamed into a temporary file in DIR while later chunks download on a
 bounded pool, the header sizes are written last, and only then is the file
 renamed to ``{uid folder}_{YYYYMMDDTHHMMSS.ffffff}Z.wav`` (the uid's folder name
-in storage, then the session's first receipt time), so an interrupted export
+in storage, cut short with a hash when too long for a file name, then the
+session's first receipt time), so an interrupted export
 never leaves a truncated file under a final name.  A session longer than one WAV
 file can hold (4 GiB) is split into ``…Z_part01.wav``, ``…Z_part02.wav``, ...
 ``--format flac`` writes lossless FLAC through libsndfile instead (no size
@@ -33,6 +34,7 @@ interrupted.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import signal
 import sys
@@ -47,6 +49,7 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from google.api_core import exceptions as api_exceptions
+from google.auth import exceptions as auth_exceptions
 
 import archive
 import conversation_export
@@ -68,6 +71,14 @@ WINDOW_BYTES = 64 * 1024 * 1024
 # The most PCM one WAV file can hold, in whole frames; longer sessions become parts.
 MAX_PART_BYTES = wav.MAX_DATA_SIZE - wav.MAX_DATA_SIZE % (wav.CHANNELS * wav.SAMPLE_WIDTH)
 FRAME_BYTES = wav.CHANNELS * wav.SAMPLE_WIDTH
+# File names are at most 255 bytes on ext4, APFS and NTFS.  A uid's folder in storage
+# can be 384 characters (128 bytes of UTF-8, each escaped as ~XX), so in file names it
+# is cut to this length: room is left for "_", the 23-character stamp, a "-N" collision
+# suffix, "_partNN" and ".flac" (198 bytes in all with a one-digit N), with room to spare.
+MAX_UID_IN_FILE_NAME = 160
+# A cut folder name ends in "~~" and this many hex digits of the uid's SHA-256: no
+# folder name holds "~~" ("~" itself is escaped), so it never equals another uid's.
+UID_HASH_DIGITS = 16
 
 
 @dataclass(slots=True)
@@ -106,6 +117,7 @@ class Selection:
 
     chunks: list[Chunk]
     duplicates: int
+    skipped: list[str] = field(default_factory=list)  # objects named like chunks whose names cannot be read
 
 
 @dataclass
@@ -127,6 +139,7 @@ def select_chunks(
     since: datetime | None = None,
     until: datetime | None = None,
     progress: Callable[[int], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Selection:
     """List `uid`'s chunks received in ``[since, until)``, ordered, duplicates dropped.
 
@@ -134,9 +147,18 @@ def select_chunks(
     Order: receipt time in the name, then the name's collision suffix as a
     number.  Of several chunks with the same ``idempotency_key`` metadata the
     first in that order is kept.  `progress` is called with 1 per name listed.
+    An object named like a chunk but with no real time in its name is left out,
+    named in one call to `warn`.
     """
     found: list[Chunk] = []
-    for info in store.list_chunks(uid, since, until):
+    skipped: list[str] = []
+
+    def unreadable(name: str) -> None:
+        skipped.append(name)
+        if warn:
+            warn(f"skipped {name}: its name holds no real time")
+
+    for info in store.list_chunks(uid, since, until, unreadable=unreadable):
         if progress:
             progress(1)
         found.append(_chunk_from_listing(info))
@@ -150,7 +172,7 @@ def select_chunks(
             seen.add(chunk.key)
             chunk.key = None  # no longer needed: keep the index small
         kept.append(chunk)
-    return Selection(kept, len(found) - len(kept))
+    return Selection(kept, len(found) - len(kept), skipped)
 
 
 def _chunk_from_listing(info: storage.ChunkInfo) -> Chunk:
@@ -164,9 +186,14 @@ def _chunk_from_listing(info: storage.ChunkInfo) -> Chunk:
 
 
 def _positive_int(value: str | None) -> int | None:
-    if value is None or not value.strip().isdigit():
+    """A metadata value as a positive whole number, or None when missing or unreadable."""
+    text = (value or "").strip()
+    if not (text.isascii() and text.isdigit()):  # isdigit alone takes "²", which int() refuses
         return None
-    number = int(value)
+    try:
+        number = int(text)
+    except ValueError:  # more digits than int() converts
+        return None
     return number if number > 0 else None
 
 
@@ -187,17 +214,34 @@ def session_base_name(uid: str, start: datetime, taken: set[str]) -> str:
 
     ``{uid folder}_{YYYYMMDDTHHMMSS.ffffff}Z``: the uid as its folder in storage
     is named (``storage.uid_prefix``: a plain uid is itself, a device name such
-    as "Omi DevKit 2" becomes ``Omi~20DevKit~202``, never a path), so names sort
-    chronologically.  Two sessions starting in the same microsecond (a
-    sample-rate change) get ``-1``, ``-2``, ...
+    as "Omi DevKit 2" becomes ``Omi~20DevKit~202``, never a path; see
+    `uid_in_file_name` for a long one), so names sort chronologically.  Two
+    sessions starting in the same microsecond (a sample-rate change) get
+    ``-1``, ``-2``, ...
     """
-    stem = f"{storage.uid_prefix(uid)}_{storage.name_stamp(start)}"
+    stem = f"{uid_in_file_name(uid)}_{storage.name_stamp(start)}"
     candidate, n = stem, 0
     while candidate in taken:
         n += 1
         candidate = f"{stem}-{n}"
     taken.add(candidate)
     return candidate
+
+
+def uid_in_file_name(uid: str) -> str:
+    """The uid's folder name in storage, cut short with a hash of the uid when too long for a file name.
+
+    A folder of more than MAX_UID_IN_FILE_NAME characters keeps its start (never
+    half an escape), then ``~~`` and UID_HASH_DIGITS hex digits of the uid's
+    SHA-256: still one uid's alone, and the same in every file of that uid.
+    """
+    folder = storage.uid_prefix(uid)
+    if len(folder) <= MAX_UID_IN_FILE_NAME:
+        return folder
+    head = folder[: MAX_UID_IN_FILE_NAME - 2 - UID_HASH_DIGITS]
+    if "~" in head[-2:]:
+        head = head[: head.rindex("~")]
+    return f"{head}~~{hashlib.sha256(uid.encode('utf-8')).hexdigest()[:UID_HASH_DIGITS]}"
 
 
 def part_name(base: str, part: int, parts_known: bool, suffix: str = ".wav") -> str:
@@ -304,14 +348,20 @@ class _FlacWriter:
 
     @staticmethod
     def frames(path: Path) -> tuple[int, int] | None:
-        """(sample rate, frames) of a finished FLAC, or None if libsndfile cannot read it."""
+        """(sample rate, frames) of a finished FLAC, or None if libsndfile cannot read it to its last frame."""
         import soundfile
 
         try:
-            info = soundfile.info(str(path))
+            with soundfile.SoundFile(str(path)) as flac:
+                if flac.format != "FLAC" or flac.channels != 1:
+                    return None
+                # The header states the total even when the file was cut short later:
+                # reading the last frame shows whether it is really there.
+                if flac.frames and (flac.seek(flac.frames - 1) != flac.frames - 1 or len(flac.read(1)) != 1):
+                    return None
+                return flac.samplerate, flac.frames
         except (OSError, RuntimeError, soundfile.LibsndfileError):
             return None
-        return (info.samplerate, info.frames) if info.format == "FLAC" and info.channels == 1 else None
 
     def write(self, pcm: memoryview) -> None:
         self.file.buffer_write(pcm, dtype="int16")
@@ -338,12 +388,14 @@ class OutputFormat:
     suffix: str
     writer: type[_PartWriter] | type[_FlacWriter]
     part_limit: int
+    max_sample_rate: int
 
 
 FORMATS = {
-    "wav": OutputFormat(".wav", _PartWriter, MAX_PART_BYTES),
+    "wav": OutputFormat(".wav", _PartWriter, MAX_PART_BYTES, wav.MAX_SAMPLE_RATE),
     # FLAC counts frames in 36 bits: no 4 GiB limit, so a session is always one file.
-    "flac": OutputFormat(".flac", _FlacWriter, sys.maxsize),
+    # libsndfile refuses a FLAC rate above 655,350 Hz (the most a FLAC frame header can state).
+    "flac": OutputFormat(".flac", _FlacWriter, sys.maxsize, 655_350),
 }
 
 
@@ -386,7 +438,7 @@ def resume_plan(
         chunks = selection.chunks[session.first : session.first + session.chunks]
         starts.add(chunks[0].name)
         todo.extend(chunks)
-    return Selection(todo, selection.duplicates), starts, kept
+    return Selection(todo, selection.duplicates, selection.skipped), starts, kept
 
 
 def download_in_order(
@@ -424,16 +476,19 @@ def download_in_order(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def check_chunk(data: bytes) -> tuple[int, memoryview]:
+def check_chunk(data: bytes, max_sample_rate: int = wav.MAX_SAMPLE_RATE) -> tuple[int, memoryview]:
     """Return (sample rate, whole-frame PCM) of one stored chunk.
 
     A half sample at the end of an odd-sized chunk is left out so that the
     frames after it stay aligned.
 
     Raises:
-        ValueError: not a PCM16 mono WAV as the function writes them, or truncated.
+        ValueError: not a PCM16 mono WAV as the function writes them, truncated,
+            or at a sample rate above `max_sample_rate` (what the output can hold).
     """
     rate, size = wav.parse_header(data)
+    if rate > max_sample_rate:
+        raise ValueError(f"sample rate {rate} Hz is more than the output format holds ({max_sample_rate} Hz)")
     expected = wav.HEADER_SIZE + size + (size & 1)
     if len(data) != expected:
         raise ValueError(f"header says {size} bytes of audio but the object holds {len(data) - wav.HEADER_SIZE}")
@@ -467,7 +522,7 @@ def export_sessions(
     out_dir.mkdir(parents=True, exist_ok=True)
     if part_limit is None:
         part_limit = output.part_limit
-    summary = Summary([], len(selection.chunks), selection.duplicates)
+    summary = Summary([], len(selection.chunks), selection.duplicates, list(selection.skipped))
     taken = set() if taken is None else taken
     writer: _PartWriter | _FlacWriter | None = None
     session: Session | None = None
@@ -494,7 +549,7 @@ def export_sessions(
                     warn(f"skipped {chunk.name}: it disappeared before it could be read")
                 continue
             try:
-                rate, pcm = check_chunk(data)
+                rate, pcm = check_chunk(data, output.max_sample_rate)
             except ValueError as exc:
                 summary.skipped.append(chunk.name)
                 if warn:
@@ -674,7 +729,18 @@ def open_store(args: argparse.Namespace, parser: argparse.ArgumentParser) -> sto
         bucket = os.environ.get("GCS_BUCKET_NAME", "").strip()
         local_dir = Path(os.environ["LOCAL_AUDIO_DIR"]) if os.environ.get("LOCAL_AUDIO_DIR", "").strip() else None
     if bucket:
-        return storage.GcsStore(bucket)
+        try:
+            return storage.GcsStore(bucket)
+        except auth_exceptions.DefaultCredentialsError as exc:
+            # The library's own text is a paragraph; its reason matters only for a key file named wrongly.
+            key_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+            reason = f" ({' '.join(str(exc).split())})" if key_file else ""
+            print(
+                f"error: no Google Cloud credentials to read gs://{bucket}{reason}: run `gcloud auth "
+                "application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service account key",
+                file=sys.stderr,
+            )
+            sys.exit(1)
     if local_dir is None:
         parser.error("no source: give --bucket NAME or --local-dir PATH (or set GCS_BUCKET_NAME / LOCAL_AUDIO_DIR)")
     if not local_dir.is_dir():
@@ -720,10 +786,14 @@ def list_with_progress(
     until: datetime | None,
     quiet: bool,
 ) -> Selection:
-    """`select_chunks` with a running count of names listed on a terminal."""
+    """`select_chunks` with a running count of names listed on a terminal, and warnings on stderr."""
     bar = progress_bar(None, quiet, unit="name", desc="listing")
+
+    def warn(message: str) -> None:
+        (bar.write if bar is not None else print)(f"warning: {message}", file=sys.stderr)
+
     try:
-        return select_chunks(store, uid, since, until, progress=bar.update if bar is not None else None)
+        return select_chunks(store, uid, since, until, progress=bar.update if bar is not None else None, warn=warn)
     finally:
         if bar is not None:
             bar.close()
@@ -764,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         sessions = list(plan_sessions(args.uid, selection.chunks, args.gap, output.part_limit, output.suffix))
         format_table(sessions, sys.stdout)
-        _print_summary(sessions, selection.duplicates, [], listed=True)
+        _print_summary(sessions, selection.duplicates, selection.skipped, listed=True)
         return 0
 
     everything = selection.chunks

@@ -163,12 +163,15 @@ def uid_from_prefix(prefix: str) -> str | None:
 
 
 def parse_object_name(name: str) -> ChunkName | None:
-    """Return the parts of a chunk's object name, or None if it is not one."""
+    """Return the parts of a chunk's object name, or None if it is not one (or names no real time)."""
     match = NAME_RE.fullmatch(name)
     uid = match and uid_from_prefix(match["prefix"])
     if not uid:
         return None
-    received_at = datetime.strptime(match["stamp"], _STAMP_FORMAT).replace(tzinfo=UTC)
+    try:
+        received_at = datetime.strptime(match["stamp"], _STAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError:  # the shape of a stamp, but no such time (month 13, February 30)
+        return None
     return ChunkName(uid, received_at, int(match["seq"] or 0))
 
 
@@ -184,7 +187,12 @@ class Store(Protocol):
     ) -> Stored: ...
 
     def list_chunks(
-        self, uid: str, since: datetime | None = None, until: datetime | None = None, limit: int | None = None
+        self,
+        uid: str,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+        unreadable: Callable[[str], None] | None = None,
     ) -> Iterator[ChunkInfo]: ...
 
     def list_uids(self) -> list[str]: ...
@@ -383,13 +391,20 @@ class GcsStore:
         raise StorageUnavailable(f"not stored within {deadline_seconds:.3g} s: {last_error or 'no free name'}")
 
     def list_chunks(
-        self, uid: str, since: datetime | None = None, until: datetime | None = None, limit: int | None = None
+        self,
+        uid: str,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+        unreadable: Callable[[str], None] | None = None,
     ) -> Iterator[ChunkInfo]:
         """Yield the uid's chunks received in ``[since, until)``, without downloading audio.
 
         Only that range is listed (see `name_range`): the cost is the chunks it
         holds, one list call per 1,000, whatever the rest of the archive holds.
-        Names come in text order; at most `limit` of them.
+        Names come in text order; at most `limit` of them.  An object named like
+        a chunk whose name cannot be read (no such time) is left out, and passed
+        to `unreadable`.
         """
         prefix, start, end = name_range(uid, since, until)
         blobs = self.client.list_blobs(
@@ -398,6 +413,8 @@ class GcsStore:
         for blob in blobs:
             if parts := parse_object_name(blob.name):
                 yield ChunkInfo(blob.name, blob.size or 0, dict(blob.metadata or {}), parts)
+            elif unreadable and NAME_RE.fullmatch(blob.name):
+                unreadable(blob.name)
 
     def list_uids(self) -> list[str]:
         """The uids that have a folder in the bucket, from one listing of top-level folders."""
@@ -501,7 +518,12 @@ class LocalStore:
             return {}
 
     def list_chunks(
-        self, uid: str, since: datetime | None = None, until: datetime | None = None, limit: int | None = None
+        self,
+        uid: str,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+        unreadable: Callable[[str], None] | None = None,
     ) -> Iterator[ChunkInfo]:
         """Same contract as `GcsStore.list_chunks`: the range only, in text order.
 
@@ -524,6 +546,8 @@ class LocalStore:
             if (parts := parse_object_name(name)) and path.is_file():
                 listed += 1
                 yield ChunkInfo(name, path.stat().st_size, self._metadata(path), parts)
+            elif unreadable and not parts and NAME_RE.fullmatch(name) and path.is_file():
+                unreadable(name)
 
     def list_uids(self) -> list[str]:
         """The uids that have a folder under the directory."""

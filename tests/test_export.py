@@ -7,8 +7,10 @@ back with the stdlib `wave` module, libsndfile and sox (see `assert_decodes`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -133,6 +135,23 @@ def test_default_gap_keeps_omi_bursts_of_up_to_120_seconds_together(tmp_path, ca
     assert "3 session(s)" in out
 
 
+def test_chunks_exactly_the_gap_apart_are_one_session_and_a_microsecond_more_makes_two(source, tmp_path, capsys):
+    store, args = source
+    times = [T0, T0 + timedelta(seconds=10), T0 + timedelta(seconds=20, microseconds=1)]
+    pcms = [pcm_tone(0.1, RATE, seed) for seed in range(3)]
+    for at, pcm in zip(times, pcms, strict=True):
+        put(store, at, pcm)
+
+    code, out, _ = run(capsys, "--uid", UID, *args, "--gap", "10", "--out", str(tmp_path / "out"))
+    _, listed, _ = run(capsys, "--uid", UID, *args, "--gap", "10", "--list")
+
+    assert code == 0
+    first, second = wavs(tmp_path / "out")
+    assert_session(first, RATE, pcms[:2])
+    assert_session(second, RATE, pcms[2:])
+    assert "2 session(s)" in out and "2 session(s)" in listed
+
+
 def test_a_sample_rate_change_starts_a_new_session(source, tmp_path, capsys):
     store, args = source
     low = [pcm_tone(0.5, 8000, seed) for seed in range(3)]
@@ -196,6 +215,71 @@ def test_corrupt_and_foreign_objects_are_skipped_named_and_counted(source, tmp_p
     assert "      3  " in out  # three chunks in the session
 
 
+def write_object(store, name: str, data: bytes) -> None:
+    """Put bytes under any name, as something other than the function might."""
+    if isinstance(store, storage.GcsStore):
+        store.bucket.blob(name).upload_from_string(data)
+    else:
+        path = Path(store.location(name))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def with_rate_field(chunk: bytes, rate: int) -> bytes:
+    """The chunk with another sample rate written into its header (and byte rate to match)."""
+    return chunk[:24] + struct.pack("<II", rate, rate * 2 % 2**32) + chunk[32:]
+
+
+def test_unreadable_names_metadata_and_rates_are_each_one_warning_not_a_failed_run(source, tmp_path, capsys):
+    store, args = source
+    pcms = [pcm_tone(0.25, RATE, seed) for seed in range(3)]
+    for i, pcm in enumerate(pcms):
+        put(store, T0 + timedelta(seconds=i), pcm)
+    # Good audio whose metadata cannot be read ("²".isdigit() is True, int("²") fails, and
+    # int() refuses more than 4,300 digits): the header still tells its rate and size, so it is kept.
+    odd_meta = {"sample_rate": "²", "pcm_bytes": "9" * 5000, "idempotency_key": "k"}
+    store.put(UID, T0 + timedelta(seconds=3), wav.frame(pcms[0], RATE), odd_meta, uuid.uuid4().hex, 10)
+    month_13 = f"{UID}/20251301T000000.000000Z.wav"  # NAME_RE's shape, but no such day
+    write_object(store, month_13, wav.frame(pcms[1], RATE))
+    too_fast = storage.object_name(UID, T0 + timedelta(seconds=4))  # a rate no WAV header can hold
+    write_object(store, too_fast, with_rate_field(wav.frame(pcms[2], RATE), 0xFFFFFFFF))
+
+    code, out, err = run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "out"))
+    list_code, listed, list_err = run(capsys, "--uid", UID, *args, "--list")
+
+    assert code == 0
+    assert err.splitlines() == [
+        f"warning: skipped {month_13}: its name holds no real time",
+        f"warning: skipped {too_fast}: not a usable WAV chunk "
+        f"(sample rate {0xFFFFFFFF} Hz is more than the output format holds ({wav.MAX_SAMPLE_RATE} Hz))",
+    ]
+    [only] = wavs(tmp_path / "out")
+    assert_session(only, RATE, [*pcms, pcms[0]])
+    assert "2 corrupt or missing object(s) skipped" in out
+    assert list_code == 0 and list_err.splitlines() == err.splitlines()[:1]
+    assert "1 corrupt or missing object(s) skipped" in listed
+
+
+def test_a_chunk_at_a_rate_flac_cannot_hold_is_skipped_and_the_rest_written(tmp_path, capsys):
+    store = storage.LocalStore(tmp_path / "rec")
+    pcms = [pcm_tone(0.25, RATE, seed) for seed in range(3)]
+    put(store, T0, pcms[0])
+    fast = put(store, T0 + timedelta(seconds=1), pcms[1])
+    Path(store.location(fast)).write_bytes(with_rate_field(wav.frame(pcms[1], RATE), 700_000))
+    put(store, T0 + timedelta(seconds=2), pcms[2])
+    command = ["--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path / "out"), "--format", "flac"]
+
+    code, _, err = run(capsys, *command)
+
+    assert code == 0 and err.splitlines() == [
+        f"warning: skipped {fast}: not a usable WAV chunk (sample rate 700000 Hz is more than the output format "
+        "holds (655350 Hz))"
+    ]
+    [flac] = (tmp_path / "out").iterdir()
+    decoded, _ = soundfile.read(str(flac), dtype="int16")
+    assert decoded.tobytes() == pcms[0] + pcms[2]
+
+
 def test_a_chunk_deleted_after_listing_is_skipped_and_reported(source, tmp_path):
     store, _ = source
     pcms = [pcm_tone(0.25, RATE, seed) for seed in range(3)]
@@ -218,6 +302,33 @@ def test_a_missing_bucket_is_a_clear_message_and_exit_1(fake_gcs, tmp_path, caps
     code, out, err = run(capsys, "--uid", UID, "--bucket", "no-such-bucket", "--out", str(tmp_path / "out"))
     assert (code, out) == (1, "")
     assert "could not list gs://no-such-bucket/" in err and "Not Found" in err
+
+
+def without_credentials(home: Path, key_file: str | None) -> dict[str, str]:
+    """An environment with no Google credentials and no way to reach a metadata server or real GCS."""
+    drop = ("STORAGE_EMULATOR_HOST", "GCS_BUCKET_NAME", "GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env |= {"HOME": str(home), "CLOUDSDK_CONFIG": str(home / "gcloud")}  # no gcloud login to find
+    # google-auth would otherwise probe the metadata server at 169.254.169.254.
+    env |= {"NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9"}
+    if key_file:
+        env["GOOGLE_APPLICATION_CREDENTIALS"] = key_file
+    return env
+
+
+@pytest.mark.parametrize("key_file", [None, "/nonexistent/key.json"])
+def test_missing_credentials_are_one_line_naming_the_fix_and_exit_1(tmp_path, key_file):
+    command = [sys.executable, "export.py", "--uid", UID, "--bucket", "my-bucket", "--out", str(tmp_path / "out")]
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, env=without_credentials(tmp_path, key_file), timeout=60
+    )
+
+    assert (done.returncode, done.stdout) == (1, "")
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: no Google Cloud credentials to read gs://my-bucket")
+    assert "`gcloud auth application-default login`" in line
+    assert (key_file is not None) == (f"File {key_file} was not found" in line)
+    assert not (tmp_path / "out").exists()
 
 
 def test_nothing_usable_is_exit_1_and_writes_no_file(tmp_path, capsys):
@@ -407,6 +518,63 @@ def test_uid_is_taken_as_the_sender_sends_it_and_files_are_named_by_its_folder(s
     assert "/" not in storage.uid_prefix(uid) and (uid == "webhook-device") == (storage.uid_prefix(uid) == uid)
 
 
+LONGEST_UID = "中" * 42 + "ab"  # 128 bytes of UTF-8, the most storage takes: a 380-character folder
+
+
+def test_the_longest_uids_give_file_names_within_255_bytes_one_uid_each(bucket, tmp_path, capsys):
+    assert len(LONGEST_UID.encode()) == storage.MAX_UID_BYTES
+    store = storage.GcsStore(bucket.name)
+    twin = LONGEST_UID[:-1] + "c"  # the same folder name up to its very end
+    uids = [LONGEST_UID, twin]
+    pcms = {uid: [pcm_tone(0.1, RATE, 10 * n + i) for i in range(2)] for n, uid in enumerate(uids)}
+    out = tmp_path / "out"
+    for uid in uids:
+        put(store, T0, pcms[uid][0], uid=uid)
+        put(store, T0 + timedelta(hours=1), pcms[uid][1], uid=uid, rate=8000)
+        put(store, T0 + timedelta(hours=1), pcms[uid][1], uid=uid)  # a rate change in the same microsecond
+
+        code, _, err = run(capsys, "--uid", uid, "--bucket", bucket.name, "--out", str(out / uid[-1]))
+        _, listed, _ = run(capsys, "--uid", uid, "--bucket", bucket.name, "--list")
+
+        assert (code, err) == (0, "")
+        stem = export.uid_in_file_name(uid)
+        names = [f"{stem}_20250301T140000.000000Z.wav", f"{stem}_20250301T150000.000000Z.wav"]
+        names.append(names[1].replace("Z.wav", "Z-1.wav"))
+        assert sorted(f.name for f in wavs(out / uid[-1])) == sorted(names)
+        assert [line.split()[-1] for line in listed.splitlines()[1:-1]] == names
+        # Room is left for the longest suffixes: "_part99" and ".flac" instead of ".wav".
+        assert max(len(name.encode()) for name in names) <= 255 - len("_part99") - len(".flac") + len(".wav")
+        assert_session(out / uid[-1] / names[0], RATE, pcms[uid][:1])
+        assert_session(out / uid[-1] / names[1], 8000, pcms[uid][1:])
+        assert_session(out / uid[-1] / names[2], RATE, pcms[uid][1:])
+        assert "~~" in stem and "~~" not in storage.uid_prefix(uid)
+    assert export.uid_in_file_name(LONGEST_UID) != export.uid_in_file_name(twin)
+
+
+# Folders of 234, 227, 128, 159 and 162 characters (a local folder name itself is at most 255 bytes).
+@pytest.mark.parametrize(
+    "uid", ["中" * 26, "ab" + "中" * 25, "x" * 128, "~" * 53, "~" * 54], ids=["cjk26", "ab-cjk25", "x128", "t53", "t54"]
+)
+def test_a_uid_folder_that_fits_is_the_file_name_and_a_longer_one_is_cut(source, tmp_path, capsys, uid):
+    store, args = source
+    put(store, T0, pcm_tone(0.1, RATE, 1), uid=uid)
+
+    code, _, err = run(capsys, "--uid", uid, *args, "--out", str(tmp_path / "out"))
+
+    assert (code, err) == (0, "")
+    [only] = wavs(tmp_path / "out")
+    folder = storage.uid_prefix(uid)
+    stem = export.uid_in_file_name(uid)
+    assert only.name == f"{stem}_20250301T140000.000000Z.wav" and len(only.name.encode()) <= 255
+    if len(folder) <= export.MAX_UID_IN_FILE_NAME:
+        assert stem == folder
+    else:
+        head, digest = stem.split("~~")
+        assert folder.startswith(head) and re.fullmatch(r"(?:[A-Za-z0-9_-]|~[0-9A-F]{2})+", head)  # whole escapes
+        assert digest == hashlib.sha256(uid.encode()).hexdigest()[: export.UID_HASH_DIGITS]
+        assert len(stem) <= export.MAX_UID_IN_FILE_NAME
+
+
 # -- --format flac ---------------------------------------------------------------
 
 
@@ -494,6 +662,25 @@ def test_skip_existing_keeps_complete_sessions_and_redoes_the_rest(source, tmp_p
 
     code, out_text, _ = run(capsys, *command, "--skip-existing")  # nothing left to do is still success
     assert code == 0 and "0 session(s)" in out_text and "3 session(s) already complete, kept" in out_text
+
+
+@pytest.mark.parametrize("output", ["wav", "flac"])
+def test_skip_existing_redoes_a_file_cut_short_after_its_header(tmp_path, capsys, output):
+    store = storage.LocalStore(tmp_path / "rec")
+    pcms = [pcm_tone(1, RATE, seed) for seed in range(4)]
+    for i, pcm in enumerate(pcms):
+        put(store, T0 + timedelta(seconds=i), pcm)
+    command = ["--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path / "out"), "--format", output]
+    assert run(capsys, *command)[0] == 0
+    [written] = (tmp_path / "out").iterdir()
+    whole = written.read_bytes()
+    os.truncate(written, len(whole) // 2)  # as a copy cut short would leave it: the header still says all
+
+    code, out, _ = run(capsys, *command, "--skip-existing")
+
+    assert code == 0
+    assert "1 session(s), 1 file(s) written" in out and "0 session(s) already complete, kept" in out
+    assert written.read_bytes() == whole
 
 
 def test_skip_existing_resumes_flac_and_never_merges_the_sessions_around_a_kept_one(tmp_path, capsys):

@@ -7,6 +7,7 @@ local directory; listing costs are counted at a proxy in front of the server.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -102,6 +103,39 @@ def test_each_day_shows_audio_sessions_first_last_and_longest_gap(source, capsys
         None,
     )
     assert uid["names_listed"] == 16  # the three days only
+
+
+def test_chunks_exactly_the_gap_apart_are_one_session_and_a_microsecond_more_makes_two(source, capsys):
+    store, args = source
+    day = datetime(2025, 3, 10, 9, 0, tzinfo=UTC)
+    for at in [day, day + timedelta(seconds=10), day + timedelta(seconds=20, microseconds=1)]:
+        put(store, at, seconds=0.1)
+
+    code, doc = report(capsys, "--uid", UID, *args, "--days", "1", "--gap", "10")
+
+    assert code == 0
+    [today] = doc["uids"][0]["days"]
+    assert (today["chunks"], today["sessions"], today["longest_gap_seconds"]) == (3, 2, 10.000001)
+
+
+def test_an_unreadable_name_or_metadata_is_one_warning_and_the_report_goes_on(source, capsys):
+    store, args = source
+    put(store, datetime(2025, 3, 10, 9, 0, tzinfo=UTC))
+    pcm = pcm_tone(0.5, RATE, 1)
+    odd_meta = {"sample_rate": "²", "pcm_bytes": "²"}  # "²".isdigit() is True, int("²") fails
+    store.put(UID, datetime(2025, 3, 10, 9, 0, 1, tzinfo=UTC), wav.frame(pcm, RATE), odd_meta, uuid.uuid4().hex, 10)
+    minute_60 = f"{UID}/20250310T096000.000000Z.wav"  # NAME_RE's shape, in the reported day, but no such time
+    if isinstance(store, storage.GcsStore):
+        store.bucket.blob(minute_60).upload_from_string(wav.frame(pcm, RATE))
+    else:
+        (store.root / minute_60).write_bytes(wav.frame(pcm, RATE))
+
+    code, out, err = run(capsys, "--uid", UID, *args, "--days", "1", "--json", "--at", NOW.isoformat())
+
+    assert code == 0
+    assert err.splitlines() == [f"warning: skipped {minute_60}: its name holds no real time"]
+    [today] = json.loads(out)["uids"][0]["days"]
+    assert (today["chunks"], today["sessions"], today["audio_seconds"]) == (2, 1, 1.0)  # no rate: not counted
 
 
 def test_the_table_reads_at_a_glance(source, capsys):
@@ -202,6 +236,26 @@ def test_no_uid_at_all_is_stale(source, capsys):
 def test_a_missing_bucket_is_exit_1(fake_gcs, capsys):
     code, _, err = run(capsys, "--bucket", "no-such-bucket")
     assert code == 1 and "could not list gs://no-such-bucket/" in err
+
+
+@pytest.mark.parametrize("key_file", [None, "/nonexistent/key.json"])
+def test_missing_credentials_are_one_line_naming_the_fix_and_exit_1(tmp_path, key_file):
+    env = {k: v for k, v in os.environ.items() if k not in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")}
+    env |= {"HOME": str(tmp_path), "CLOUDSDK_CONFIG": str(tmp_path / "gcloud")}  # no gcloud login to find
+    # google-auth would otherwise probe the metadata server at 169.254.169.254.
+    env |= {"NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9"}
+    if key_file:
+        env["GOOGLE_APPLICATION_CREDENTIALS"] = key_file
+
+    done = subprocess.run(
+        [sys.executable, "status.py", "--bucket", "my-bucket"], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+
+    assert (done.returncode, done.stdout) == (1, "")
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: no Google Cloud credentials to read gs://my-bucket")
+    assert "`gcloud auth application-default login`" in line
+    assert (key_file is not None) == (f"File {key_file} was not found" in line)
 
 
 @pytest.mark.parametrize(
