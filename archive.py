@@ -1,10 +1,12 @@
-"""The archive's model: what is stored for a uid, read back as conversations and their audio.
+"""The archive's model: what is stored for a uid, read back as chunks, sessions and conversations.
 
 Chunk names hold RECEIPT times, and the sender posts audio seconds after it was
 spoken (see `capture`); conversations (see `storage.put_conversation`) are
 timed on the clock of the captured audio.  This module puts the two on one
 time line:
 
+* `select_chunks`: the chunks received in a range, ordered, duplicates
+  dropped; `starts_new_session` says where one recording session ends;
 * `Conversation`: one stored conversation (its newest version), its span and
   its transcript as `Cue` rows, times relative to the start of its audio file;
 * `captured`: each listed chunk with the capture time of its first sample;
@@ -20,13 +22,123 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import storage
 import wav
+
+FRAME_BYTES = wav.CHANNELS * wav.SAMPLE_WIDTH
+
+# ---------------------------------------------------------------------- chunks
+
+
+# Omi sends bursts of N one-second chunks every N seconds (N = 5 to 120), so inside
+# one recording consecutive receipts are at most ~N + 1 s apart.  180 s covers the
+# longest interval (120 s) plus the sender's whole retry backoff (1 + 5 + 30 s) with
+# room for network jitter; any longer silence means the phone stopped sending.
+DEFAULT_GAP_SECONDS = 180.0
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One stored chunk, as listed (no audio): only what ordering and sessions need."""
+
+    name: str
+    received_at: datetime
+    seq: int
+    size: int
+    sample_rate: int | None  # from metadata; None when missing or unreadable
+    pcm_bytes: int
+    key: str | None = None
+
+
+@dataclass
+class Selection:
+    """The chunks to export, in order, and what was left out on the way."""
+
+    chunks: list[Chunk]
+    duplicates: int
+    skipped: list[str] = field(default_factory=list)  # objects named like chunks whose names cannot be read
+
+
+def select_chunks(
+    store: storage.GcsStore | storage.LocalStore,
+    uid: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    progress: Callable[[int], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Selection:
+    """List `uid`'s chunks received in ``[since, until)``, ordered, duplicates dropped.
+
+    Only that range is listed, and only object names and metadata are read.
+    Order: receipt time in the name, then the name's collision suffix as a
+    number.  Of several chunks with the same ``idempotency_key`` metadata the
+    first in that order is kept.  `progress` is called with 1 per name listed.
+    An object named like a chunk but with no real time in its name is left out,
+    named in one call to `warn`.
+    """
+    found: list[Chunk] = []
+    skipped: list[str] = []
+
+    def unreadable(name: str) -> None:
+        skipped.append(name)
+        if warn:
+            warn(f"skipped {name}: its name holds no real time")
+
+    for info in store.list_chunks(uid, since, until, unreadable=unreadable):
+        if progress:
+            progress(1)
+        found.append(_chunk_from_listing(info))
+    found.sort(key=lambda chunk: (chunk.received_at, chunk.seq, chunk.name))
+    kept: list[Chunk] = []
+    seen: set[str] = set()
+    for chunk in found:
+        if chunk.key is not None:
+            if chunk.key in seen:
+                continue
+            seen.add(chunk.key)
+            chunk.key = None  # no longer needed: keep the index small
+        kept.append(chunk)
+    return Selection(kept, len(found) - len(kept), skipped)
+
+
+def _chunk_from_listing(info: storage.ChunkInfo) -> Chunk:
+    metadata = info.metadata
+    rate = _positive_int(metadata.get("sample_rate"))
+    pcm_bytes = _positive_int(metadata.get("pcm_bytes"))
+    if pcm_bytes is None:
+        pcm_bytes = max(info.size - wav.HEADER_SIZE, 0)
+    parts = info.parts
+    return Chunk(info.name, parts.received_at, parts.seq, info.size, rate, pcm_bytes, metadata.get("idempotency_key"))
+
+
+def _positive_int(value: str | None) -> int | None:
+    """A metadata value as a positive whole number, or None when missing or unreadable."""
+    text = (value or "").strip()
+    if not (text.isascii() and text.isdigit()):  # isdigit alone takes "²", which int() refuses
+        return None
+    try:
+        number = int(text)
+    except ValueError:  # more digits than int() converts
+        return None
+    return number if number > 0 else None
+
+
+def starts_new_session(
+    previous: datetime, previous_rate: int | None, at: datetime, rate: int | None, gap: float
+) -> bool:
+    """True when a chunk received `at` with `rate` cannot continue the session so far.
+
+    An unknown rate (metadata missing, in a listing) never splits a session.
+    """
+    if (at - previous).total_seconds() > gap:
+        return True
+    return rate is not None and previous_rate is not None and rate != previous_rate
+
 
 # --------------------------------------------------------------------- capture
 
@@ -38,7 +150,6 @@ except ModuleNotFoundError:  # TEMPORARY until capture.py is on this branch: rec
         return [received_at - timedelta(seconds=seconds) for received_at, seconds in chunks]
 
 
-FRAME_BYTES = wav.CHANNELS * wav.SAMPLE_WIDTH
 # Before any chunk says otherwise: the rate of every current Omi device.
 ASSUMED_SAMPLE_RATE = 16000
 
@@ -65,7 +176,7 @@ RECEIPT_MARGIN = timedelta(minutes=10)
 class CapturedChunk:
     """A listed chunk and when its first sample was captured (reconstructed, UTC)."""
 
-    chunk: Any  # export.Chunk: name, received_at, size, sample_rate, pcm_bytes
+    chunk: Chunk
     start: datetime
     frames: int
     sample_rate: int
@@ -75,7 +186,7 @@ class CapturedChunk:
         return self.start + timedelta(seconds=self.frames / self.sample_rate)
 
 
-def captured(chunks: Sequence[Any]) -> list[CapturedChunk]:
+def captured(chunks: Sequence[Chunk]) -> list[CapturedChunk]:
     """`chunks` (in receipt order) with their reconstructed capture starts, in capture order.
 
     A chunk whose metadata holds no sample rate is taken at the rate of the

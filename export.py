@@ -2,7 +2,11 @@
 
     python export.py --uid UID --out DIR [--bucket NAME | --local-dir PATH]
                      [--since T] [--until T] [--gap SECONDS] [--format wav|flac]
-                     [--skip-existing] [--list] [--quiet] [--jobs N]
+                     [--by session|conversation] [--skip-existing] [--list] [--quiet] [--jobs N]
+
+``--by conversation`` writes one audio file, WebVTT transcript and JSON document
+per stored conversation instead (see `conversation_export`).  Either way an
+``index.html`` to browse and play them is written beside the files (`page`).
 
 The chunks are the objects ``receive_audio`` stored (see `storage`); only the
 names received in ``[--since, --until)`` are listed, so a day costs a day's
@@ -55,12 +59,8 @@ import archive
 import conversation_export
 import storage
 import wav
+from archive import DEFAULT_GAP_SECONDS, Chunk, Selection, select_chunks, starts_new_session
 
-# Omi sends bursts of N one-second chunks every N seconds (N = 5 to 120), so inside
-# one recording consecutive receipts are at most ~N + 1 s apart.  180 s covers the
-# longest interval (120 s) plus the sender's whole retry backoff (1 + 5 + 30 s) with
-# room for network jitter; any longer silence means the phone stopped sending.
-DEFAULT_GAP_SECONDS = 180.0
 # Concurrent downloads.  One small object costs tens of milliseconds on real GCS.
 DEFAULT_JOBS = 16
 MAX_JOBS = 256
@@ -70,7 +70,7 @@ WINDOW_PER_JOB = 4
 WINDOW_BYTES = 64 * 1024 * 1024
 # The most PCM one WAV file can hold, in whole frames; longer sessions become parts.
 MAX_PART_BYTES = wav.MAX_DATA_SIZE - wav.MAX_DATA_SIZE % (wav.CHANNELS * wav.SAMPLE_WIDTH)
-FRAME_BYTES = wav.CHANNELS * wav.SAMPLE_WIDTH
+FRAME_BYTES = archive.FRAME_BYTES
 # File names are at most 255 bytes on ext4, APFS and NTFS.  A uid's folder in storage
 # can be 384 characters (128 bytes of UTF-8, each escaped as ~XX), so in file names it
 # is cut to this length: room is left for "_", the 23-character stamp, a "-N" collision
@@ -79,19 +79,6 @@ MAX_UID_IN_FILE_NAME = 160
 # A cut folder name ends in "~~" and this many hex digits of the uid's SHA-256: no
 # folder name holds "~~" ("~" itself is escaped), so it never equals another uid's.
 UID_HASH_DIGITS = 16
-
-
-@dataclass(slots=True)
-class Chunk:
-    """One stored chunk, as listed (no audio): only what ordering and sessions need."""
-
-    name: str
-    received_at: datetime
-    seq: int
-    size: int
-    sample_rate: int | None  # from metadata; None when missing or unreadable
-    pcm_bytes: int
-    key: str | None = None
 
 
 @dataclass
@@ -112,15 +99,6 @@ class Session:
 
 
 @dataclass
-class Selection:
-    """The chunks to export, in order, and what was left out on the way."""
-
-    chunks: list[Chunk]
-    duplicates: int
-    skipped: list[str] = field(default_factory=list)  # objects named like chunks whose names cannot be read
-
-
-@dataclass
 class Summary:
     """What an export did."""
 
@@ -130,83 +108,7 @@ class Summary:
     skipped: list[str] = field(default_factory=list)
 
 
-# ------------------------------------------------------------------ selection
-
-
-def select_chunks(
-    store: storage.GcsStore | storage.LocalStore,
-    uid: str,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    progress: Callable[[int], None] | None = None,
-    warn: Callable[[str], None] | None = None,
-) -> Selection:
-    """List `uid`'s chunks received in ``[since, until)``, ordered, duplicates dropped.
-
-    Only that range is listed, and only object names and metadata are read.
-    Order: receipt time in the name, then the name's collision suffix as a
-    number.  Of several chunks with the same ``idempotency_key`` metadata the
-    first in that order is kept.  `progress` is called with 1 per name listed.
-    An object named like a chunk but with no real time in its name is left out,
-    named in one call to `warn`.
-    """
-    found: list[Chunk] = []
-    skipped: list[str] = []
-
-    def unreadable(name: str) -> None:
-        skipped.append(name)
-        if warn:
-            warn(f"skipped {name}: its name holds no real time")
-
-    for info in store.list_chunks(uid, since, until, unreadable=unreadable):
-        if progress:
-            progress(1)
-        found.append(_chunk_from_listing(info))
-    found.sort(key=lambda chunk: (chunk.received_at, chunk.seq, chunk.name))
-    kept: list[Chunk] = []
-    seen: set[str] = set()
-    for chunk in found:
-        if chunk.key is not None:
-            if chunk.key in seen:
-                continue
-            seen.add(chunk.key)
-            chunk.key = None  # no longer needed: keep the index small
-        kept.append(chunk)
-    return Selection(kept, len(found) - len(kept), skipped)
-
-
-def _chunk_from_listing(info: storage.ChunkInfo) -> Chunk:
-    metadata = info.metadata
-    rate = _positive_int(metadata.get("sample_rate"))
-    pcm_bytes = _positive_int(metadata.get("pcm_bytes"))
-    if pcm_bytes is None:
-        pcm_bytes = max(info.size - wav.HEADER_SIZE, 0)
-    parts = info.parts
-    return Chunk(info.name, parts.received_at, parts.seq, info.size, rate, pcm_bytes, metadata.get("idempotency_key"))
-
-
-def _positive_int(value: str | None) -> int | None:
-    """A metadata value as a positive whole number, or None when missing or unreadable."""
-    text = (value or "").strip()
-    if not (text.isascii() and text.isdigit()):  # isdigit alone takes "²", which int() refuses
-        return None
-    try:
-        number = int(text)
-    except ValueError:  # more digits than int() converts
-        return None
-    return number if number > 0 else None
-
-
-def starts_new_session(
-    previous: datetime, previous_rate: int | None, at: datetime, rate: int | None, gap: float
-) -> bool:
-    """True when a chunk received `at` with `rate` cannot continue the session so far.
-
-    An unknown rate (metadata missing, in a listing) never splits a session.
-    """
-    if (at - previous).total_seconds() > gap:
-        return True
-    return rate is not None and previous_rate is not None and rate != previous_rate
+# ----------------------------------------------------------------------- names
 
 
 def session_base_name(uid: str, start: datetime, taken: set[str]) -> str:
@@ -932,7 +834,7 @@ def export_by_conversation(
             args.out,
             output,
             lambda wanted: download_in_order(reads_per_thread(store), wanted, args.jobs),
-            check_chunk,
+            lambda data: check_chunk(data, output.max_sample_rate),
             bar.update if bar is not None else None,
             warn,
         )

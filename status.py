@@ -31,6 +31,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+import archive
 import export
 import storage
 
@@ -85,7 +86,7 @@ def report_uid(
     now: datetime,
     days: int = DEFAULT_DAYS,
     alert_after: timedelta = DEFAULT_ALERT_AFTER,
-    gap: float = export.DEFAULT_GAP_SECONDS,
+    gap: float = archive.DEFAULT_GAP_SECONDS,
     quiet: bool = True,
     until: datetime | None = None,
 ) -> UidStatus:
@@ -106,10 +107,10 @@ def report_uid(
     by_day = {first_day + timedelta(days=i): Day(str(first_day + timedelta(days=i))) for i in range(days)}
     sessions_seen: dict[date, set[int]] = {}
     session = -1
-    previous: export.Chunk | None = None
+    previous: archive.Chunk | None = None
     rate: int | None = None
     for chunk in chunks:
-        if previous is None or export.starts_new_session(
+        if previous is None or archive.starts_new_session(
             previous.received_at, rate, chunk.received_at, chunk.sample_rate, gap
         ):
             session += 1
@@ -123,7 +124,7 @@ def report_uid(
                     day.longest_gap_seconds, day.longest_gap_from = pause, _iso(previous.received_at)
             day.chunks += 1
             if chunk.sample_rate:
-                day.audio_seconds += chunk.pcm_bytes // export.FRAME_BYTES / chunk.sample_rate
+                day.audio_seconds += chunk.pcm_bytes // archive.FRAME_BYTES / chunk.sample_rate
             day.first_chunk = day.first_chunk or _iso(chunk.received_at)
             day.last_chunk = _iso(chunk.received_at)
             sessions_seen.setdefault(chunk.received_at.date(), set()).add(session)
@@ -160,7 +161,7 @@ def last_chunk_before(store: storage.GcsStore | storage.LocalStore, uid: str, be
             older = middle
         else:
             newer = middle
-    found = export.select_chunks(store, uid, older, newer).chunks
+    found = archive.select_chunks(store, uid, older, newer).chunks
     return found[-1].received_at if found else None
 
 
@@ -289,9 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--gap",
         type=export._positive_float,
-        default=export.DEFAULT_GAP_SECONDS,
+        default=archive.DEFAULT_GAP_SECONDS,
         metavar="SECONDS",
-        help=f"a longer pause starts a new session (default {export.DEFAULT_GAP_SECONDS:g}, as export.py)",
+        help=f"a longer pause starts a new session (default {archive.DEFAULT_GAP_SECONDS:g}, as export.py)",
     )
     parser.add_argument(
         "--at",
