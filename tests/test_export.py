@@ -275,7 +275,7 @@ def test_a_chunk_at_a_rate_flac_cannot_hold_is_skipped_and_the_rest_written(tmp_
         f"warning: skipped {fast}: not a usable WAV chunk (sample rate 700000 Hz is more than the output format "
         "holds (655350 Hz))"
     ]
-    [flac] = (tmp_path / "out").iterdir()
+    [flac] = outputs(tmp_path / "out")
     decoded, _ = soundfile.read(str(flac), dtype="int16")
     assert decoded.tobytes() == pcms[0] + pcms[2]
 
@@ -672,7 +672,7 @@ def test_skip_existing_redoes_a_file_cut_short_after_its_header(tmp_path, capsys
         put(store, T0 + timedelta(seconds=i), pcm)
     command = ["--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path / "out"), "--format", output]
     assert run(capsys, *command)[0] == 0
-    [written] = (tmp_path / "out").iterdir()
+    [written] = outputs(tmp_path / "out")
     whole = written.read_bytes()
     os.truncate(written, len(whole) // 2)  # as a copy cut short would leave it: the header still says all
 
