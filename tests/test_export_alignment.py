@@ -165,5 +165,11 @@ def test_every_cue_starts_within_half_a_second_of_its_words(function, local_dir,
         errors[segment["text"]] = abs(found - (begin + segment["start"]))
     worst = max(errors.values())
     print(f"\n{scenario}: {len(errors) - 1} cues checked ({silent} in the lost batch), worst error {worst:.3f} s")
-    assert len(errors) - 1 >= len(segments) - 2
+    # Silence only where the words' audio was really lost.
+    lost = [
+        seg
+        for seg in segments
+        if true_time(stream[(at := round((begin + seg["start"]) * RATE) * 2) : at + probe_bytes], stream) is None
+    ]
+    assert silent == len(lost) < len(segments) / 2
     assert worst <= GOAL_SECONDS, errors
