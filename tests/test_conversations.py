@@ -510,13 +510,15 @@ def test_the_token_and_allowed_uids_guard_conversations_as_audio(configured, cli
 def test_a_body_over_16_mib_is_413_whether_declared_or_not(configured, client, chunked):
     body = json.dumps({"id": "x", "pad": "x" * (16 * 1024 * 1024 - 21)}).encode()
     assert len(body) == main.MAX_CONVERSATION_BYTES + 1
-    environ = {"CONTENT_TYPE": "application/json", "QUERY_STRING": QUERY, "wsgi.input": io.BytesIO(body)}
+    stream = io.BytesIO(body)
+    environ = {"CONTENT_TYPE": "application/json", "QUERY_STRING": QUERY, "wsgi.input": stream}
     if chunked:
         environ |= {"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True, "CONTENT_LENGTH": None}
     else:
         environ["CONTENT_LENGTH"] = str(len(body))
     response = client.open("/", method="POST", environ_overrides=environ)
     assert response.status_code == 413 and "16777216-byte limit" in response.get_json()["error"]
+    assert stream.tell() == len(body)  # read to its end before the answer
     assert objects(configured) == {}
     exactly_the_cap = json.loads(body) | {"pad": "x" * (16 * 1024 * 1024 - 22)}
     assert post_json(client, exactly_the_cap).status_code == 200
