@@ -1,0 +1,176 @@
+"""Capture times reconstructed from what the real function stored, as the Omi senders send.
+
+The senders (`omi_backend`) run on a virtual clock and post to the real function in
+process (functions-framework's test client), whose clock is made the same virtual
+clock: each chunk is named by the moment its body reached the function.  Failures
+are real 503s: the uid's folder is made unwritable for that one request.  Every
+stored chunk's audio says, through the simulator, when it was really captured;
+`capture.capture_starts` must land within `GOAL_SECONDS` of that for every chunk,
+and `capture.holes` must find exactly the audio that was lost.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import wave
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import functions_framework
+import omi_backend
+import pytest
+from conftest import ROOT
+
+import capture
+import storage
+
+UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"
+TOKEN = "capture-test-token-0123"
+# Every cue within 0.5 s of its words, every conversation's audio_start within 0.5 s of
+# its first sample: both follow from every chunk's capture start being that close.
+GOAL_SECONDS = 0.5
+ORIGIN = datetime(2026, 11, 30, 14, 0, tzinfo=UTC)
+# The three URL forms: merged (current backend), legacy (older backend), the phone's own.
+QUERIES = {
+    "current": f"token={TOKEN}&sample_rate=16000&uid={UID}",
+    "older": f"token={TOKEN}?sample_rate=16000&uid={UID}",
+    "phone": f"token={TOKEN}?uid={UID}&sample_rate=16000",
+}
+
+# (sender, stream seconds, URL form, {(batch, piece): failed attempts}).  One attempt
+# failing is one retry; four is the current backend's last attempt: that piece and the
+# rest of its batch are lost (the first piece: the whole batch).
+SCENARIOS = {
+    "backend N=5": (
+        omi_backend.current_backend(5),
+        600,
+        "current",
+        {(20, 2): 1, (60, 0): 4, (90, 3): 4},
+    ),
+    "backend N=30": (
+        omi_backend.current_backend(30),
+        1200,
+        "current",
+        {(5, 10): 1, (15, 0): 4, (25, 12): 4},
+    ),
+    "backend N=1": (omi_backend.current_backend(1), 300, "current", {(20, 0): 1, (100, 0): 4, (200, 1): 4}),
+    "backend N=120": (
+        omi_backend.current_backend(120),
+        1200,
+        "current",
+        {(2, 10): 1, (4, 0): 4, (6, 12): 4},
+    ),
+    "older backend N=60": (omi_backend.older_backend(60), 1200, "older", {(5, 0): 1, (12, 0): 4}),
+    "phone 60 s": (omi_backend.phone(60), 1800, "phone", {(8, 0): 1}),
+}
+
+
+@pytest.fixture
+def function(local_dir, monkeypatch):
+    """The real function on the test client, its clock the simulation's; returns (client, clock)."""
+    monkeypatch.setenv("WEBHOOK_TOKEN", TOKEN)
+    app = functions_framework.create_app("receive_audio", str(ROOT / "main.py"))
+    main = sys.modules["main"]  # the module create_app just loaded: the one serving `app`
+    clock = omi_backend.VirtualClock(ORIGIN)
+
+    class VirtualDatetime(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return clock.now().astimezone(tz)
+
+    monkeypatch.setattr(main, "datetime", VirtualDatetime)
+    return app.test_client(), clock
+
+
+@contextmanager
+def storage_unwritable(folder: Path):
+    """Make the uid's folder unwritable for one request: a file stands where the folder was."""
+    parked = folder.with_name(folder.name + ".parked")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.exists():
+        folder.rename(parked)
+    folder.write_bytes(b"")
+    try:
+        yield
+    finally:
+        folder.unlink()
+        if parked.exists():
+            parked.rename(folder)
+
+
+def send(client, local_dir: Path, form: str):
+    """The receiver the simulator posts to: the real function, failing on request."""
+
+    def receive(body: bytes, headers: dict[str, str], fail: bool) -> int:
+        if not fail:
+            return client.post(f"/?{QUERIES[form]}", data=body, headers=headers).status_code
+        with storage_unwritable(local_dir / storage.uid_prefix(UID)):
+            status = client.post(f"/?{QUERIES[form]}", data=body, headers=headers).status_code
+        assert status == 503, "a write that storage refuses must be answered 503"
+        return status
+
+    return receive
+
+
+def stored_chunks(local_dir: Path) -> list[tuple[datetime, float, bytes]]:
+    """What the function stored, in receipt order: (received_at, duration_seconds, pcm)."""
+    store = storage.LocalStore(local_dir)
+    infos = sorted(store.list_chunks(UID), key=lambda info: (info.parts.received_at, info.parts.seq))
+    found = []
+    for info in infos:
+        with wave.open(io.BytesIO(store.read(info.name))) as audio:
+            pcm = audio.readframes(audio.getnframes())
+        found.append((info.parts.received_at, float(info.metadata["duration_seconds"]), pcm))
+    return found
+
+
+def worst_error(estimates: list[datetime], truths: list[datetime]) -> float:
+    return max(abs((estimate - truth).total_seconds()) for estimate, truth in zip(estimates, truths, strict=True))
+
+
+def true_holes(truths: list[datetime], durations: list[float]) -> dict[int, float]:
+    """{index of the chunk before it: seconds} for each stretch of audio really lost."""
+    gaps = {k: (truths[k + 1] - truths[k]).total_seconds() - durations[k] for k in range(len(truths) - 1)}
+    return {k: gap for k, gap in gaps.items() if gap > 1e-6}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_chunk_is_placed_within_half_a_second_of_its_capture(function, local_dir, scenario):
+    sender, stream_seconds, form, failures = SCENARIOS[scenario]
+    client, clock = function
+
+    sent = omi_backend.run(sender, stream_seconds, send(client, local_dir, form), clock, failures)
+
+    stored = stored_chunks(local_dir)
+    captured_at = {chunk.body: ORIGIN + timedelta(seconds=chunk.capture_start) for chunk in sent if chunk.stored}
+    assert sorted(pcm for _, _, pcm in stored) == sorted(captured_at), "every chunk stored once, none lost"
+    truths = [captured_at[pcm] for _, _, pcm in stored]
+    chunks = [(received_at, seconds) for received_at, seconds, _ in stored]
+    durations = [seconds for _, seconds in chunks]
+
+    starts = capture.capture_starts(chunks)
+
+    worst = worst_error(starts, truths)
+    receipt = worst_error([received_at for received_at, _ in chunks], truths)
+    receipt_less_duration = worst_error([at - timedelta(seconds=seconds) for at, seconds in chunks], truths)
+    print(
+        f"\n{scenario}: {len(chunks)} chunks, worst capture-time error {worst:.3f} s"
+        f" (receipt: {receipt:.2f} s, receipt less duration: {receipt_less_duration:.2f} s)"
+    )
+    # The phone's receipt comes after its whole batch is uploaded over its own link.
+    uploads = max(map(len, captured_at)) / sender.bytes_per_second if not sender.pieces else 0.0
+    assert worst <= GOAL_SECONDS + uploads
+    # Every hole found is audio really lost, of about that length, and every loss
+    # longer than the goal is found (a shorter one may be taken for latency).
+    found = {hole.after: hole.seconds for hole in capture.holes(chunks, starts)}
+    lost = true_holes(truths, durations)
+    assert all(abs(seconds - lost.get(after, 0.0)) <= GOAL_SECONDS for after, seconds in found.items())
+    assert {after for after, seconds in lost.items() if seconds > GOAL_SECONDS} <= found.keys()
+    assert any(seconds > GOAL_SECONDS for seconds in lost.values()), "the scenario loses audio"
+    # The same scenario fails the readings that ignore how the sender batches.  For a
+    # sender of whole batches, receipt less duration is the model itself until a retry.
+    assert receipt > GOAL_SECONDS + uploads
+    if sender.pieces or sender.retry_delays:
+        assert receipt_less_duration > GOAL_SECONDS + uploads
