@@ -29,6 +29,7 @@ from typing import Any
 
 import storage
 import wav
+from capture import capture_starts
 
 FRAME_BYTES = wav.CHANNELS * wav.SAMPLE_WIDTH
 
@@ -142,14 +143,6 @@ def starts_new_session(
 
 # --------------------------------------------------------------------- capture
 
-try:
-    from capture import capture_starts
-except ModuleNotFoundError:  # TEMPORARY until capture.py is on this branch: receipt taken as the end of capture
-
-    def capture_starts(chunks: Sequence[tuple[datetime, float]]) -> list[datetime]:
-        return [received_at - timedelta(seconds=seconds) for received_at, seconds in chunks]
-
-
 # Before any chunk says otherwise: the rate of every current Omi device.
 ASSUMED_SAMPLE_RATE = 16000
 
@@ -160,9 +153,9 @@ ASSUMED_SAMPLE_RATE = 16000
 # neighbouring conversation in.
 CONVERSATION_PAD = timedelta(seconds=2)
 # Chunks whose reconstructed starts are this close to back to back are joined
-# without silence between them (a shift of at most this much): what the sender loses
-# is whole chunks of a second or more, so anything shorter is reconstruction jitter,
-# not missing audio.
+# without silence between them (a shift of at most this much).  `capture_starts` puts
+# contiguous chunks exactly back to back (to the microsecond) and reports no hole
+# shorter than its own tolerance (0.25 s), so this only absorbs rounding to frames.
 JOIN_SECONDS = 0.1
 # The chunks listed around a conversation: audio captured in its span is received
 # after it was captured, by up to a batch (the phone's 300 s is the longest in use)
