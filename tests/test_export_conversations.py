@@ -16,6 +16,7 @@ import re
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import soundfile
@@ -595,3 +596,36 @@ def test_progress_bar_shows_on_a_terminal_and_quiet_silences_it(tmp_path, local_
     output = shown()
     assert "/35 [" in output  # chunks 8 to 42 hold the padded span and "chunk/s" in output
     assert shown("--quiet") == ""
+
+
+def test_a_corrupt_chunk_inside_a_conversation_becomes_silence_named_and_listed(tmp_path, local_dir, capsys):
+    store = storage.LocalStore(local_dir)
+    store_audio(store, T0, 45)
+    put_conversation(store, conversation("c-1", STARTED, FINISHED, "Damaged"))
+    line, silent = expected_file(store, STARTED, FINISHED)
+    broken = storage.object_name(UID, T0 + timedelta(seconds=21))  # the chunk captured from second 20
+    Path(store.location(broken)).write_bytes(b"<html>not audio</html>")  # its metadata still says a second
+
+    code, _, err = run(capsys, "--local-dir", str(local_dir), "--out", str(tmp_path / "out"))
+
+    assert code == 0
+    assert f"{broken} is not a usable WAV chunk" in err and "silence in its place" in err
+    stem = tmp_path / "out" / "2026-11-30_1403_Damaged"
+    at = round((20 - (10.25 - PAD)) * RATE)  # where second 20 sits in the file
+    assert silent == []
+    expected = line[: at * 2] + bytes(RATE * 2) + line[(at + RATE) * 2 :]
+    assert stem.with_suffix(".wav").read_bytes() == wav.frame(expected, RATE)
+    assert json.loads(stem.with_suffix(".json").read_bytes())["gaps"] == [{"start": at / RATE, "seconds": 1.0}]
+
+
+def test_a_conversation_without_times_takes_its_span_from_its_name_and_its_transcript():
+    created = T0 + timedelta(minutes=5)
+    body = conversation("c-1", None, None, "No times")
+    body["created_at"] = created.isoformat()
+    info = storage.ConversationInfo("n", 0, {}, storage.ConversationName(UID, created, "c-1", "0" * 32))
+
+    found = archive.conversation_from(info, json.dumps(body).encode())
+
+    assert found.started_at == created
+    assert found.finished_at == created + timedelta(seconds=6.0)  # the last segment's end
+    assert [cue.start for cue in found.cues(created - archive.CONVERSATION_PAD)] == [1.0 + PAD, 4.0 + PAD]
