@@ -20,6 +20,7 @@ conversation whose ``.json`` is there was finished (``--skip-existing`` relies o
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import tempfile
@@ -27,7 +28,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -154,12 +155,17 @@ def plan(
     """Stem and cut of each conversation; a stem whose .json in `out_dir` is another conversation's is not used."""
     taken: set[str] = set()
     planned = []
+    starts = [c.start for c in chunks]  # in order: `archive.captured` sorts by capture start
+    longest = max((c.end - c.start for c in chunks), default=timedelta(0))
     for conversation in conversations:
         while True:
             stem = conversation_stem(conversation.started_at, conversation.title, taken)
             if out_dir is None or _owner(out_dir / f"{stem}.json") in (None, conversation.id):
                 break
-        cut = archive.plan_cut(chunks, conversation.started_at, conversation.finished_at)
+        # Only the chunks that can reach into its padded span: a month holds a million.
+        low = bisect.bisect_left(starts, conversation.started_at - archive.CONVERSATION_PAD - longest)
+        high = bisect.bisect_left(starts, conversation.finished_at + archive.CONVERSATION_PAD)
+        cut = archive.plan_cut(chunks[low:high], conversation.started_at, conversation.finished_at)
         planned.append(Planned(conversation, stem, cut, list(cut.holes) if cut else []))
     return planned
 
@@ -310,26 +316,33 @@ def export(
     downloads of the next conversation overlap the writing of this one.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    for item in items:
+        if item.cut is None:
+            write_transcript_and_document(out_dir, item)
     jobs = [(item, piece) for item in items if item.cut is not None for piece in item.cut.pieces]
     current: AudioCut | None = None
+
+    def finish() -> None:
+        nonlocal current
+        if current is not None:
+            current.finish()
+            write_transcript_and_document(out_dir, current.item)  # its audio whole, its .json says so
+            current = None
+
     try:
         stream = download([piece.chunk.chunk for _, piece in jobs])
         for (item, piece), (_, data) in zip(jobs, stream, strict=True):
-            if current is None or current.item is not item:
-                if current is not None:
-                    current.finish()
+            if current is not None and current.item is not item:
+                finish()
+            if current is None:
                 current = AudioCut(out_dir, item, output, warn)
             current.add(piece, data, check)
             if progress:
                 progress(1)
-        if current is not None:
-            current.finish()
-            current = None
+        finish()
     finally:
         if current is not None:
             current.discard()
-    for item in items:
-        write_transcript_and_document(out_dir, item)
 
 
 # ----------------------------------------------------------------------- page

@@ -12,16 +12,21 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import os
 import re
+import signal
+import subprocess
 import sys
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import soundfile
-from conftest import assert_decodes, pcm_tone, stderr_on_a_terminal
+from conftest import ROOT, assert_decodes, pcm_tone, stderr_on_a_terminal
 from counting_proxy import CountingProxy
+from latency_proxy import LatencyProxy
 
 import archive
 import conversation_export
@@ -629,3 +634,42 @@ def test_a_conversation_without_times_takes_its_span_from_its_name_and_its_trans
     assert found.started_at == created
     assert found.finished_at == created + timedelta(seconds=6.0)  # the last segment's end
     assert [cue.start for cue in found.cues(created - archive.CONVERSATION_PAD)] == [1.0 + PAD, 4.0 + PAD]
+
+
+def test_an_interrupted_export_leaves_whole_conversations_only_and_resumes(bucket, fake_gcs, tmp_path, capsys):
+    store = storage.GcsStore(bucket.name)
+    store_audio(store, T0, 20)
+    later = T0 + timedelta(hours=1)
+    store_audio(store, later, 160, seed=1)
+    put_conversation(store, conversation("c-1", STARTED, STARTED + timedelta(seconds=5), "Short"))
+    put_conversation(store, conversation("c-2", later + timedelta(seconds=5), later + timedelta(seconds=150), "Long"))
+    out = tmp_path / "out"
+    short = out / "2026-11-30_1403_Short"
+
+    with LatencyProxy(fake_gcs, 0.02) as proxy:  # 20 ms a request: the long one takes seconds at one job
+        env = {**os.environ, "STORAGE_EMULATOR_HOST": proxy.url}
+        command = [sys.executable, "export.py", "--uid", UID, "--by", "conversation", "--bucket", bucket.name]
+        proc = subprocess.Popen(
+            [*command, "--out", str(out), "--jobs", "1"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        give_up = time.monotonic() + 60
+        while not (short.with_suffix(".json").exists() and list(out.glob(".export-*"))) and time.monotonic() < give_up:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 130, err
+    assert b"interrupted" in err
+    assert sorted(p.name for p in out.iterdir()) == [f"{short.name}{suffix}" for suffix in (".json", ".vtt", ".wav")]
+    finished = short.with_suffix(".wav").read_bytes()
+
+    code, text, _ = run(capsys, "--bucket", bucket.name, "--out", str(out), "--skip-existing")
+
+    assert code == 0 and "1 already complete, kept" in text
+    assert short.with_suffix(".wav").read_bytes() == finished
+    line, _ = expected_file(store, later + timedelta(seconds=5), later + timedelta(seconds=150))
+    assert (out / "2026-11-30_1503_Long.wav").read_bytes() == wav.frame(line, RATE)
