@@ -146,24 +146,6 @@ def starts_new_session(
 # Before any chunk says otherwise: the rate of every current Omi device.
 ASSUMED_SAMPLE_RATE = 16000
 
-# A conversation's audio file runs from this long before `started_at` to this long
-# after `finished_at`.  Capture times are reconstructed to within about half a second
-# and the recogniser's first and last words can sit right at the span's edges, so
-# the pad keeps them in the file; two seconds is short enough not to pull much of a
-# neighbouring conversation in.
-CONVERSATION_PAD = timedelta(seconds=2)
-# Chunks whose reconstructed starts are this close to back to back are joined
-# without silence between them (a shift of at most this much).  `capture_starts` puts
-# contiguous chunks exactly back to back (to the microsecond) and reports no hole
-# shorter than its own tolerance (0.25 s), so this only absorbs rounding to frames.
-JOIN_SECONDS = 0.1
-# The chunks listed around a conversation: audio captured in its span is received
-# after it was captured, by up to a batch (the phone's 300 s is the longest in use)
-# plus the sender's retries (1 + 5 + 30 s and each attempt's 30 s wait); 10 minutes
-# covers that.  The same margin before the span gives the capture model the whole
-# batch that holds the span's first sample.
-RECEIPT_MARGIN = timedelta(minutes=10)
-
 
 @dataclass(frozen=True)
 class CapturedChunk:
@@ -216,6 +198,24 @@ def audio_spans(chunks: Iterable[CapturedChunk], join: float = 1.0) -> list[tupl
 
 # ------------------------------------------------------------------------ cuts
 
+# A conversation's audio file runs from this long before `started_at` to this long
+# after `finished_at`.  Capture times are reconstructed to within about half a second
+# and the recogniser's first and last words can sit right at the span's edges, so
+# the pad keeps them in the file; two seconds is short enough not to pull much of a
+# neighbouring conversation in.
+CONVERSATION_PAD = timedelta(seconds=2)
+# Chunks whose reconstructed starts are this close to back to back are joined
+# without silence between them (a shift of at most this much).  `capture_starts` puts
+# contiguous chunks exactly back to back (to the microsecond) and reports no hole
+# shorter than its own tolerance (0.25 s), so this only absorbs rounding to frames.
+JOIN_SECONDS = 0.1
+# The chunks listed around a conversation: audio captured in its span is received
+# after it was captured, by up to a batch (the phone's 300 s is the longest in use)
+# plus the sender's retries (1 + 5 + 30 s and each attempt's 30 s wait); 10 minutes
+# covers that.  The same margin before the span gives the capture model the whole
+# batch that holds the span's first sample.
+RECEIPT_MARGIN = timedelta(minutes=10)
+
 
 @dataclass(frozen=True)
 class Piece:
@@ -257,10 +257,6 @@ class Cut:
         return self.start + timedelta(seconds=max(self.frames - 1, 0) / self.sample_rate)
 
     @property
-    def stored_frames(self) -> int:
-        return sum(piece.frames for piece in self.pieces)
-
-    @property
     def coverage(self) -> float:
         """The share of the conversation's own span (pads excluded) that holds stored audio."""
         low, high = self.span
@@ -268,10 +264,6 @@ class Cut:
             return 1.0 if self.pieces else 0.0
         inside = sum(max(0, min(p.at + p.frames, high) - max(p.at, low)) for p in self.pieces)
         return inside / (high - low)
-
-    def gaps(self) -> list[dict[str, float]]:
-        """Each hole as ``{"start": seconds from the file's first sample, "seconds": length}``."""
-        return [{"start": h.at / self.sample_rate, "seconds": h.frames / self.sample_rate} for h in self.holes]
 
 
 def _frames_between(earlier: datetime, later: datetime, rate: int) -> int:
@@ -350,7 +342,7 @@ class Cue:
 class Conversation:
     """One stored conversation version, as its body says, with the span it covers (UTC)."""
 
-    info: Any  # storage.ConversationInfo
+    info: storage.ConversationInfo
     body: dict[str, Any]
     started_at: datetime
     finished_at: datetime
@@ -427,7 +419,7 @@ def parse_time(value: object) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def conversation_from(info: Any, body: bytes) -> Conversation:
+def conversation_from(info: storage.ConversationInfo, body: bytes) -> Conversation:
     """The conversation stored as `info` with body `body`.
 
     Its span: `started_at`, else the time its name was stored under; to

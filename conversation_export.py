@@ -25,7 +25,7 @@ import json
 import os
 import tempfile
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -121,7 +121,7 @@ class Planned:
 
 
 def read_conversations(
-    store: Any,
+    store: storage.GcsStore | storage.LocalStore,
     uid: str,
     since: datetime | None,
     until: datetime | None,
@@ -136,7 +136,7 @@ def read_conversations(
     """
     infos = storage.newest_versions(store.list_conversations(uid, *archive.conversation_range(since, until)))
 
-    def read(info: Any) -> archive.Conversation | None:
+    def read(info: storage.ConversationInfo) -> archive.Conversation | None:
         try:
             return archive.conversation_from(info, store.read(info.name))
         except (ValueError, UnicodeDecodeError) as exc:
@@ -197,7 +197,7 @@ def cues_of(item: Planned) -> list[archive.Cue]:
     return item.conversation.cues(item.conversation.started_at - archive.CONVERSATION_PAD)
 
 
-def already_complete(out_dir: Path, item: Planned, output: Any) -> bool:
+def already_complete(out_dir: Path, item: Planned, output: Any) -> bool:  # output: export.OutputFormat
     """True when `out_dir` holds this version's .json, .vtt and audio exactly as planned."""
     try:
         document = json.loads((out_dir / f"{item.stem}.json").read_bytes())
@@ -304,8 +304,8 @@ class AudioCut:
 def export(
     items: Sequence[Planned],
     out_dir: Path,
-    output: Any,
-    download: Callable[[list[Any]], Any],
+    output: Any,  # export.OutputFormat
+    download: Callable[[list[archive.Chunk]], Iterable[tuple[archive.Chunk, bytes | None]]],
     check: Callable[[bytes], tuple[int, memoryview]],
     progress: Callable[[int], None] | None,
     warn: Callable[[str], None],

@@ -812,6 +812,9 @@ def export_by_conversation(
         return 1
     chunks = archive.captured(selection.chunks)
     items = conversation_export.plan(conversations, chunks, None if args.list else args.out)
+    for item in items:
+        if item.cut is not None and item.cut.other_rate:
+            warn(f"{item.stem}: {item.cut.other_rate} chunk(s) at another sample rate left out, silence instead")
     if args.list:
         conversation_export.format_table(items, sys.stdout, _duration)
         _print_conversation_summary(items, listed=True)

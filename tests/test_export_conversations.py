@@ -313,7 +313,7 @@ def test_a_cut_covers_the_padded_span_and_lists_the_holes_where_nothing_was_stor
     assert [(h.at, h.frames) for h in cut.holes] == [(round((12 - 5 + PAD) * RATE), 5 * RATE)]
     assert sum(p.frames for p in cut.pieces) + 5 * RATE == cut.frames
     assert cut.coverage == pytest.approx(15 / 20)
-    assert cut.gaps() == [{"start": 12 - 5 + PAD, "seconds": 5.0}]
+    assert cut.holes[0].at / RATE == 12 - 5 + PAD
 
 
 def test_a_cut_starts_and_ends_inside_chunks_at_the_right_sample():
@@ -673,3 +673,13 @@ def test_an_interrupted_export_leaves_whole_conversations_only_and_resumes(bucke
     assert short.with_suffix(".wav").read_bytes() == finished
     line, _ = expected_file(store, later + timedelta(seconds=5), later + timedelta(seconds=150))
     assert (out / "2026-11-30_1503_Long.wav").read_bytes() == wav.frame(line, RATE)
+
+
+def test_a_cut_takes_the_rate_most_of_its_audio_has_and_leaves_the_other_out_as_a_hole():
+    chunks = [_captured(T0 + timedelta(seconds=i), 1.0, f"c{i}") for i in range(10)]
+    low = round(0.5 * 8000)
+    odd = export.Chunk("low", T0 + timedelta(seconds=10), 0, wav.HEADER_SIZE + 2 * low, 8000, 2 * low)
+    chunks.append(archive.CapturedChunk(odd, T0 + timedelta(seconds=10), low, 8000))
+    cut = archive.plan_cut(chunks, T0, T0 + timedelta(seconds=11), pad=timedelta(0))
+    assert (cut.sample_rate, cut.other_rate) == (RATE, 1)
+    assert [(h.at, h.frames) for h in cut.holes] == [(10 * RATE, RATE)]
