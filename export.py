@@ -787,8 +787,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     written = sorted([*(kept or []), *summary.sessions], key=lambda s: s.start)
     spans = archive.audio_spans(archive.captured(everything))
-    write_page(args.out, args.uid, [], page_sessions(written, output.part_limit), spans)
-    return 0
+    return write_page(args.out, args.uid, [], page_sessions(written, output.part_limit), spans)
 
 
 def export_by_conversation(
@@ -855,16 +854,10 @@ def export_by_conversation(
             bar.close()
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
-    write_page(
-        args.out,
-        args.uid,
-        [conversation_export.page_conversation(item, output.suffix) for item in items],
-        [],
-        archive.audio_spans(chunks),
-    )
     conversation_export.format_table(items, sys.stdout, _duration)
     _print_conversation_summary(items, listed=False)
-    return 0
+    entries = [conversation_export.page_conversation(item, output.suffix) for item in items]
+    return write_page(args.out, args.uid, entries, [], archive.audio_spans(chunks))
 
 
 def page_sessions(sessions: Iterable[Session], part_limit: int = MAX_PART_BYTES) -> list[dict]:
@@ -891,13 +884,18 @@ def write_page(
     conversations: list[dict],
     sessions: list[dict],
     spans: list[tuple[datetime, datetime]],
-) -> None:
-    """index.html in `out_dir` (see `page.write_index`)."""
+) -> int:
+    """index.html in `out_dir` (see `page.write_index`); returns the exit status."""
     try:
         import page
     except ModuleNotFoundError:  # TEMPORARY until page.py is on this branch
-        return
-    page.write_index(out_dir, uid, conversations, sessions, spans)
+        return 0
+    try:
+        page.write_index(out_dir, uid, conversations, sessions, spans)
+    except OSError as exc:
+        print(f"error: could not write {out_dir / 'index.html'}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _window(args: argparse.Namespace) -> str:
