@@ -51,7 +51,8 @@ senders: $(VENV)/.test
 
 # export.py against a one-at-a-time download loop: 2,000 chunks in fake-gcs-server
 # behind a proxy adding 20 ms per request; goal >= 8x.  Then one day exported from a
-# 30-day archive against the same day alone; goal <= 1.2x (exit 1 when either is missed).
+# 30-day archive against the same day alone; goal <= 1.2x.  Then what --by conversation
+# lists and downloads for a day of an hour's audio and four conversations (exit 1 when any goal is missed).
 .PHONY: bench-export
 bench-export: $(VENV)/.test
 	$(PY) bench/export_bench.py
@@ -62,6 +63,7 @@ $(VENV)/.tools: requirements.txt requirements-tools.txt $(VENV)/.runtime
 	touch $@
 
 # Join chunks into one file per session: make export ARGS='--uid UID --out exported [--since 2026-11-28]'
+# (or one audio file, transcript and JSON per conversation: ARGS='--uid UID --by conversation --out exported')
 .PHONY: export
 export: $(VENV)/.tools
 	$(PY) export.py $(ARGS)
