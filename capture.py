@@ -12,30 +12,31 @@ audio was lost.
 
 The model:
 
-* Audio is contiguous except where lost, so inside a run without loss a chunk's
+* Audio is contiguous except where lost: inside a run without loss a chunk's
   capture start is the run's start plus the durations before it.
-* A batch is sent once its last sample is captured, so every piece of it arrives
-  after the batch's end was captured.  Pieces of one batch arrive back to back
-  (a "burst"): the burst's first receipt, minus all the audio up to the burst's
-  end, is an upper bound on the capture start of the stream, tight to that one
-  request's latency when the batch was sent on schedule.
-* A retry, a slow answer or a backlog only delays bursts, and only for a while:
-  the lowest bound among the bursts of the next `WINDOW_SECONDS` is the estimate.
-  Lost audio raises every later bound for good, and nothing earlier: the window
-  looks forward only, so a loss never pulls earlier chunks later.
-* Loss cuts a batch short (the rest of it is dropped), so the hole follows the
-  surviving head of that batch: a burst that ends on a whole 1-second piece and
-  would, with the hole added, be one batch long is that head, and stays joined
-  to the audio before it.
+* A batch is sent once its last sample is captured, so each of its pieces arrives
+  after the batch's end was captured: the batch's first receipt, less all the
+  audio up to the batch's end, bounds the stream's start from above, tightly (one
+  request's latency) when the batch went out on schedule.  The pieces of a batch
+  come back to back; a slow request or a retry may part them, and they are joined
+  again when together they are no longer than a batch (the audio between two
+  remainders).
+* A retry, a slow request or a backlog delays batches only for a while: the lowest
+  bound of the next `WINDOW_SECONDS` is the estimate.  Lost audio raises every
+  later bound for good and no earlier one, so the window looks forward only.
+* A rise of that lowest bound is a hole, unless it is one late batch alone (the
+  level rises again right after it, or nothing follows), or the head of a batch
+  whose rest was dropped: that head ends on a whole piece and, with the rise,
+  would be one batch long, so the hole comes after it.
 
-The estimate is late by at most the smallest latency in the window (the receipt
-is taken once the body is read, so a large body's upload time counts).  The
-receipt clock (the function's) and the backend's are both network-synchronised.
-Pure functions, no I/O.
+The estimate is late by about the smallest latency in the window; the receipt is
+taken once the body is read, so a large body's upload time counts too.  The
+function's clock and the backend's are both network-synchronised.  No I/O.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,22 +47,28 @@ from datetime import datetime, timedelta
 PIECE_SECONDS = 1.0
 PIECE_TOLERANCE_SECONDS = 1e-6
 # The next piece of a batch goes out as soon as the previous answer is back, one round
-# trip (tens to a few hundred ms) later.  After a failed attempt the sender waits at
-# least 1 s, and between batches it waits for more audio, so a longer pause ends the
-# burst.  Ending one too early only loosens a bound; joining two batches would not.
+# trip (tens to a few hundred ms) later; between batches the sender waits for audio.
+# A longer pause ends a burst: ending one too early only loosens a bound.
 BURST_GAP_SECONDS = 0.5
-# How far ahead (receipt time) to look for an on-schedule batch.  It must outlast the
-# sender's whole retry sequence and the backlog after it (1 + 5 + 30 s of waits plus
-# four 30 s timeouts) and hold several 120 s batches; device clock drift of 100 ppm
-# moves an estimate 0.06 s over 600 s.
+# After a slow request, or a retry that succeeds by its third attempt (1 + 5 s of
+# waits), the rest of a batch comes within this.  A last attempt comes 36 s after the
+# first, as late as a final failure that drops the rest of the batch, so a longer
+# pause is never taken for a batch resuming.
+RESUME_SECONDS = 30.0
+# How far ahead (receipt time) to look for a batch sent on schedule.  It must outlast
+# the sender's whole retry sequence and the backlog after it (1 + 5 + 30 s of waits,
+# four attempts) and hold several 120 s batches; device clock drift of 100 ppm moves
+# an estimate 0.06 s over it.
 WINDOW_SECONDS = 600.0
-# Bounds of consecutive runs differ by the spread of network latency; a gap smaller
-# than this is that spread, not lost audio, and the runs are joined.  Well under the
-# 0.5 s the export aims for, well over the spread of the smallest latency.
+# Bounds of batches sent on schedule differ by the spread of network latency: a rise
+# smaller than this is that spread, not lost audio.  Well under the 0.5 s an export
+# may be off, well over the spread of the smallest latency.
 HOLE_TOLERANCE_SECONDS = 0.25
-# A cut batch's head plus the hole after it is one batch long, give or take one
-# request's latency and a frame or two of batch length.
+# Batches differ in length by a frame or two, and a bound by one request's latency.
 BATCH_TOLERANCE_SECONDS = 0.5
+# Audio placed from a single batch is late by that batch's first request, a slow one
+# by up to a few seconds; a rise measured from it is short by as much.
+LATE_REFERENCE_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -90,33 +97,57 @@ def capture_starts(chunks: Sequence[tuple[datetime, float]]) -> list[datetime]:
     origin = chunks[0][0]
     received = [(at - origin).total_seconds() for at, _ in chunks]
     durations = [seconds for _, seconds in chunks]
-    ends = _running_sums(durations)  # audio before the end of each chunk, as if none were lost
+    ends = _running_sums(durations)  # audio up to each chunk's end, as if none were lost
 
-    bursts = _bursts(received, durations)
-    firsts = [received[first] for first, _ in bursts]
-    # Per burst: the latest stream start (capture time minus audio before) consistent with its receipt.
-    bounds = [received[first] - ends[last] for first, last in bursts]
-    lengths = [ends[last] - ends[first] + durations[first] for first, last in bursts]
-    lowest = _forward_window(firsts, bounds, WINDOW_SECONDS, min)
-    batch_length = _forward_window(firsts, lengths, WINDOW_SECONDS, max)
+    whole = _batch_length(received, durations, ends)
+    batches = _batches(received, durations, ends, whole)
+    firsts = [received[first] for first, _ in batches]
+    # The latest stream start (capture time less the audio before) that each batch's receipt allows.
+    bounds = [received[first] - ends[last] for first, last in batches]
+    lowest = _window(firsts, bounds, firsts, 0.0, WINDOW_SECONDS, min)
 
-    offsets: list[float] = []
-    for index, (_, last) in enumerate(bursts):
-        if not offsets:
-            offsets.append(lowest[index])
+    lengths = [ends[last] - ends[first] + durations[first] for first, last in batches]
+    heads = _since_remainder(durations, ends)
+    offsets = [lowest[0]]
+    lost_after = 0.0  # audio known lost at the end of the batch before (a cut batch's rest)
+    index = 1
+    while index < len(batches):
+        first, last = batches[index]
+        expected = offsets[-1] + lost_after  # where this batch starts if nothing more was lost
+        rise = lowest[index] - expected
+        lost_after = 0.0
+        if rise <= HOLE_TOLERANCE_SECONDS:  # latency, not loss; never before the audio already placed
+            offsets.append(max(offsets[-1], min(expected, lowest[index])))
+            index += 1
             continue
-        previous = offsets[-1]
-        if lowest[index] - previous <= HOLE_TOLERANCE_SECONDS:
-            offsets.append(previous)  # contiguous: the difference is latency, not loss
-        elif _is_head_of_cut_batch(durations[last], lengths[index], bounds[index] - previous, batch_length[index]):
-            offsets.append(previous)  # the hole comes after this burst
+        # Audio was lost before the first batch that sets the new level.  If a batch up
+        # to it is the head of a cut batch, the loss is that batch's rest.
+        sets_level = next(j for j in range(index, len(batches)) if bounds[j] <= lowest[index] + HOLE_TOLERANCE_SECONDS)
+        cut = next(
+            (
+                j
+                for j in range(index, sets_level + 1)
+                if _is_cut_head(durations[batches[j][1]], heads[batches[j][1]], rise, whole[batches[j][0]])
+            ),
+            None,
+        )
+        if cut is not None:
+            offsets.extend([expected] * (cut + 1 - index))
+            lost_after = whole[batches[cut][0]] - heads[batches[cut][1]]
+            index = cut + 1
+            continue
+        if (
+            not _level_holds(index, firsts, lowest)
+            and rise < (whole[first] or lengths[index]) - BATCH_TOLERANCE_SECONDS
+        ):
+            offsets.append(expected)  # this batch alone is late, by less than a batch: not a loss
         else:
-            offsets.append(lowest[index])
+            offsets.append(lowest[index])  # audio was lost before this batch
+        index += 1
 
     starts = []
-    for (first, last), offset in zip(bursts, offsets, strict=True):
-        for k in range(first, last + 1):
-            starts.append(origin + timedelta(seconds=offset + ends[k] - durations[k]))
+    for (first, last), offset in zip(batches, offsets, strict=True):
+        starts.extend(origin + timedelta(seconds=offset + ends[k] - durations[k]) for k in range(first, last + 1))
     return starts
 
 
@@ -148,41 +179,111 @@ def _is_whole_piece(seconds: float) -> bool:
     return abs(seconds - PIECE_SECONDS) <= PIECE_TOLERANCE_SECONDS
 
 
-def _bursts(received: Sequence[float], durations: Sequence[float]) -> list[tuple[int, int]]:
-    """(first, last) chunk index of each burst: pieces of one batch received back to back."""
-    bursts = []
-    first = 0
-    for k in range(1, len(received)):
-        if not (_is_whole_piece(durations[k - 1]) and received[k] - received[k - 1] <= BURST_GAP_SECONDS):
-            bursts.append((first, k - 1))
-            first = k
-    bursts.append((first, len(received) - 1))
-    return bursts
+def _batch_length(received: Sequence[float], durations: Sequence[float], ends: Sequence[float]) -> list[float]:
+    """For each chunk, how long a whole batch is around it: 0 when batches are not cut into pieces.
 
-
-def _is_head_of_cut_batch(last_duration: float, length: float, rise: float, batch_length: float) -> bool:
-    """Whether a burst whose own bound is `rise` above the run before it is a batch cut short.
-
-    A cut batch ends on a whole piece (its remainder never came), and its first piece
-    was sent on schedule: the audio it lost is `rise`, and with it the batch is as long
-    as a whole batch (the longest burst nearby).  Otherwise the hole lies before it.
+    The audio from one remainder's end to the next is one batch, or more where a
+    batch lost its remainder; the shortest within `WINDOW_SECONDS` either way is it.
     """
-    return _is_whole_piece(last_duration) and length + rise <= batch_length + BATCH_TOLERANCE_SECONDS
+    remainders = [k for k, seconds in enumerate(durations) if not _is_whole_piece(seconds)]
+    times = [received[k] for k in remainders[1:]]
+    lengths = [ends[k] - ends[before] for before, k in itertools.pairwise(remainders)]
+    found = _window(times, lengths, received, WINDOW_SECONDS, WINDOW_SECONDS, min)
+    return [length or 0.0 for length in found]
 
 
-def _forward_window(times: Sequence[float], values: Sequence[float], window: float, pick: Callable) -> list[float]:
-    """For each i, `pick` (min or max) of values[j] over j >= i with times[j] <= times[i] + window.
+def _batches(
+    received: Sequence[float], durations: Sequence[float], ends: Sequence[float], whole: Sequence[float]
+) -> list[tuple[int, int]]:
+    """(first, last) chunk index of each batch, as far as the receipts tell.
 
-    `times` must not decrease.  Linear time: a deque holds the values that can still
-    be picked, the one to pick at its left, those still coming into view at its right.
+    Pieces received back to back after a whole piece are one burst.  A burst that
+    ends on a whole piece was cut short, and the next burst is the rest of its batch
+    if the two are no longer than a batch and it came within `RESUME_SECONDS`, or
+    if it ends the batch exactly (its remainder completes one batch length: the rest
+    of a cut batch never comes, and a new batch is longer).
     """
-    result = [0.0] * len(values)
+    bursts: list[tuple[int, int]] = []
+    for k in range(len(received)):
+        if bursts and _is_whole_piece(durations[k - 1]) and received[k] - received[k - 1] <= BURST_GAP_SECONDS:
+            bursts[-1] = (bursts[-1][0], k)
+        else:
+            bursts.append((k, k))
+    batches = [bursts[0]]
+    for first, last in bursts[1:]:
+        head_first, head_last = batches[-1]
+        if _is_whole_piece(durations[head_last]):
+            length = ends[last] - ends[head_first] + durations[head_first]
+            fits = length <= whole[head_first] + BATCH_TOLERANCE_SECONDS
+            completes = (
+                not _is_whole_piece(durations[last]) and abs(length - whole[head_first]) <= BATCH_TOLERANCE_SECONDS
+            )
+            if completes or (fits and received[first] - received[head_last] < RESUME_SECONDS):
+                batches[-1] = (head_first, last)
+                continue
+        batches.append((first, last))
+    return batches
+
+
+def _level_holds(index: int, firsts: Sequence[float], lowest: Sequence[float]) -> bool:
+    """Whether a later batch in the window confirms the level that batch `index` rose to.
+
+    A batch that was merely late (a slow request, a retry) sets the level by itself;
+    if the level rises again right after it (a loss follows), or nothing follows, it
+    is kept with the audio before it.
+    """
+    following = index + 1
+    return (
+        following < len(firsts)
+        and firsts[following] <= firsts[index] + WINDOW_SECONDS
+        and lowest[following] - lowest[index] <= HOLE_TOLERANCE_SECONDS
+    )
+
+
+def _since_remainder(durations: Sequence[float], ends: Sequence[float]) -> list[float]:
+    """For each chunk, the audio from the end of the last remainder before it to its own end."""
+    found, batch_start = [], 0.0
+    for k, seconds in enumerate(durations):
+        found.append(ends[k] - batch_start)
+        if not _is_whole_piece(seconds):
+            batch_start = ends[k]
+    return found
+
+
+def _is_cut_head(last_duration: float, head: float, rise: float, whole: float) -> bool:
+    """Whether a batch where the level rises by `rise` ends the head of a batch whose rest was dropped.
+
+    Such a head ends on a whole piece (its remainder never came), and the rise is
+    the audio it lost: `head` (the audio since the last remainder) and the rise
+    make one batch (less, when the audio before was itself placed late).  Otherwise
+    the hole lies before it.
+    """
+    return _is_whole_piece(last_duration) and -LATE_REFERENCE_SECONDS <= head + rise - whole <= BATCH_TOLERANCE_SECONDS
+
+
+def _window(
+    times: Sequence[float],
+    values: Sequence[float],
+    queries: Sequence[float],
+    before: float,
+    after: float,
+    pick: Callable[[float, float], float],
+) -> list[float | None]:
+    """For each query time q: `pick` (min or max) of the values whose time is in [q - before, q + after].
+
+    Times and queries ascending; None where no value is in range.  Linear time: a
+    deque holds the values that may still be picked, the one to pick first.
+    """
+    result: list[float | None] = []
     candidates: deque[int] = deque()
-    for i in range(len(values) - 1, -1, -1):
-        while candidates and pick(values[i], values[candidates[-1]]) == values[i]:
-            candidates.pop()  # i is in every window that holds them, and as good
-        candidates.append(i)
-        while times[candidates[0]] > times[i] + window:
+    coming = 0
+    for query in queries:
+        while coming < len(times) and times[coming] <= query + after:
+            while candidates and pick(values[coming], values[candidates[-1]]) == values[coming]:
+                candidates.pop()  # in every later window the newcomer is too, and as good
+            candidates.append(coming)
+            coming += 1
+        while candidates and times[candidates[0]] < query - before:
             candidates.popleft()
-        result[i] = values[candidates[0]]
+        result.append(values[candidates[0]] if candidates else None)
     return result

@@ -10,8 +10,9 @@ buffers it, and once the buffer holds more than N seconds sends that batch
 * the older backend as one request per batch, no key, retried the same way;
 * the phone as one request per batch, no key, never retried.
 
-Each request takes a random network time each way and its body's upload time, so
-the receiver sees the body at ``send + uplink`` on the virtual clock.  `run` calls a
+Each request takes a random network time each way (a few are seconds late) and its
+body's upload time, so the receiver sees the body at ``send + uplink`` on the
+virtual clock.  `run` calls a
 receiver (the real function, in the tests) with the clock set to that moment and acts
 on the status it answers, as the sender does.  Nothing sleeps: an hour runs in seconds.
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -32,6 +33,10 @@ FRAME_SECONDS = 0.02
 RETRY_DELAYS_SECONDS = (1.0, 5.0, 30.0)
 # One way across the internet, per request: 30 to 300 ms for a round trip.
 ONE_WAY_SECONDS = (0.015, 0.150)
+# Now and then a request is much slower (a lost packet resent, a new instance starting):
+# this share of requests reaches the function up to a few seconds late.
+SLOW_SHARE = 0.02
+SLOW_EXTRA_SECONDS = (0.5, 3.0)
 # Upload speed: a data centre's egress for the backend, a phone's Wi-Fi or mobile uplink.
 BACKEND_BYTES_PER_SECOND = 100e6 / 8
 PHONE_BYTES_PER_SECOND = 20e6 / 8
@@ -121,6 +126,7 @@ def run(
     receiver: Receiver,
     clock: VirtualClock,
     failures: dict[tuple[int, int], int],
+    outages: Sequence[tuple[float, float]] = (),
     seed: int = 0,
 ) -> list[Sent]:
     """Capture `stream_seconds` of audio and send it all as `sender` does.
@@ -128,6 +134,7 @@ def run(
     Args:
         failures: ``{(batch, piece): attempts}``: that piece's first `attempts` attempts are
             made to fail (1: one retry; more attempts than the sender makes: lost).
+        outages: ``(start, end)`` stream seconds during which every attempt is made to fail.
         seed: the audio and the network's randomness.
 
     Returns:
@@ -154,8 +161,11 @@ def run(
                 if attempt:
                     t += sender.retry_delays[attempt - 1]
                 t += rng.uniform(*ONE_WAY_SECONDS) + len(chunk.body) / sender.bytes_per_second
+                if rng.random() < SLOW_SHARE:
+                    t += rng.uniform(*SLOW_EXTRA_SECONDS)
                 clock.seconds = t
-                chunk.statuses.append(receiver(chunk.body, headers, attempt < to_fail))
+                down = any(start <= t < end for start, end in outages)
+                chunk.statuses.append(receiver(chunk.body, headers, attempt < to_fail or down))
                 t += rng.uniform(*ONE_WAY_SECONDS)
                 if chunk.stored or not retried(chunk.statuses[-1]):
                     break

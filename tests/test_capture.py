@@ -12,6 +12,7 @@ and `capture.holes` must find exactly the audio that was lost.
 from __future__ import annotations
 
 import io
+import os
 import sys
 import wave
 from contextlib import contextmanager
@@ -39,32 +40,23 @@ QUERIES = {
     "phone": f"token={TOKEN}?uid={UID}&sample_rate=16000",
 }
 
-# (sender, stream seconds, URL form, {(batch, piece): failed attempts}).  One attempt
-# failing is one retry; four is the current backend's last attempt: that piece and the
-# rest of its batch are lost (the first piece: the whole batch).
+# (sender, stream seconds, URL form, {(batch, piece): failed attempts}, storage outages).
+# One failed attempt is one retry; four is the current backend's last attempt: that
+# piece and the rest of its batch are lost (the first piece: the whole batch).
 SCENARIOS = {
-    "backend N=5": (
-        omi_backend.current_backend(5),
-        600,
-        "current",
-        {(20, 2): 1, (60, 0): 4, (90, 3): 4},
-    ),
-    "backend N=30": (
-        omi_backend.current_backend(30),
-        1200,
-        "current",
-        {(5, 10): 1, (15, 0): 4, (25, 12): 4},
-    ),
-    "backend N=1": (omi_backend.current_backend(1), 300, "current", {(20, 0): 1, (100, 0): 4, (200, 1): 4}),
-    "backend N=120": (
-        omi_backend.current_backend(120),
-        1200,
-        "current",
-        {(2, 10): 1, (4, 0): 4, (6, 12): 4},
-    ),
-    "older backend N=60": (omi_backend.older_backend(60), 1200, "older", {(5, 0): 1, (12, 0): 4}),
-    "phone 60 s": (omi_backend.phone(60), 1800, "phone", {(8, 0): 1}),
+    "backend N=5": (omi_backend.current_backend(5), 600, "current", {(20, 2): 1, (60, 0): 4, (90, 3): 4}, ()),
+    "backend N=30": (omi_backend.current_backend(30), 1200, "current", {(5, 10): 1, (15, 0): 4, (25, 12): 4}, ()),
+    "backend N=1": (omi_backend.current_backend(1), 300, "current", {(20, 0): 1, (100, 0): 4, (200, 1): 4}, ()),
+    "backend N=120": (omi_backend.current_backend(120), 1200, "current", {(2, 10): 1, (4, 0): 4, (6, 12): 4}, ()),
+    "backend N=5, storage down 100 s": (omi_backend.current_backend(5), 600, "current", {}, [(300, 400)]),
+    "backend N=30, storage down 100 s": (omi_backend.current_backend(30), 1200, "current", {}, [(500, 600)]),
+    "older backend N=60": (omi_backend.older_backend(60), 1200, "older", {(5, 0): 1, (12, 0): 4}, ()),
+    "phone 60 s": (omi_backend.phone(60), 1800, "phone", {(8, 0): 1}, ()),
 }
+# Each scenario runs once per seed (the audio, the network's latency and its slow
+# requests): CAPTURE_SEEDS=0-9 for the README's figures.
+FIRST_SEED, _, LAST_SEED = os.environ.get("CAPTURE_SEEDS", "0").partition("-")
+SEEDS = range(int(FIRST_SEED), int(LAST_SEED or FIRST_SEED) + 1)
 
 
 @pytest.fixture
@@ -136,12 +128,13 @@ def true_holes(truths: list[datetime], durations: list[float]) -> dict[int, floa
     return {k: gap for k, gap in gaps.items() if gap > 1e-6}
 
 
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_every_chunk_is_placed_within_half_a_second_of_its_capture(function, local_dir, scenario):
-    sender, stream_seconds, form, failures = SCENARIOS[scenario]
+def test_every_chunk_is_placed_within_half_a_second_of_its_capture(function, local_dir, scenario, seed):
+    sender, stream_seconds, form, failures, outages = SCENARIOS[scenario]
     client, clock = function
 
-    sent = omi_backend.run(sender, stream_seconds, send(client, local_dir, form), clock, failures)
+    sent = omi_backend.run(sender, stream_seconds, send(client, local_dir, form), clock, failures, outages, seed)
 
     stored = stored_chunks(local_dir)
     captured_at = {chunk.body: ORIGIN + timedelta(seconds=chunk.capture_start) for chunk in sent if chunk.stored}
@@ -156,7 +149,7 @@ def test_every_chunk_is_placed_within_half_a_second_of_its_capture(function, loc
     receipt = worst_error([received_at for received_at, _ in chunks], truths)
     receipt_less_duration = worst_error([at - timedelta(seconds=seconds) for at, seconds in chunks], truths)
     print(
-        f"\n{scenario}: {len(chunks)} chunks, worst capture-time error {worst:.3f} s"
+        f"\n{scenario}, seed {seed}: {len(chunks)} chunks, worst capture-time error {worst:.3f} s"
         f" (receipt: {receipt:.2f} s, receipt less duration: {receipt_less_duration:.2f} s)"
     )
     # The phone's receipt comes after its whole batch is uploaded over its own link.
