@@ -7,10 +7,15 @@ the token, validates the query, frames the audio as WAV and stores it under
 ``{uid folder}/{UTC timestamp}.wav`` in the bucket (or a local directory when run
 locally; `storage.uid_prefix` makes the folder), answering inside the sender's 30 s
 timeout and only after reading the whole body, so that the sender reads the answer.
+
+The same URL takes Omi's "Conversation events" webhook: a JSON POST, with ``uid``
+but no ``sample_rate``, is stored as received beside the audio
+(`receive_conversation`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import os
@@ -20,6 +25,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO
@@ -28,6 +34,7 @@ from urllib.parse import unquote_plus
 import flask
 import functions_framework
 
+import conversation
 import storage
 import wav
 
@@ -59,6 +66,15 @@ DEFAULT_STORAGE_DEADLINE_SECONDS = 20.0
 DEFAULT_NO_RETRY_DEADLINE_SECONDS = 27.0
 DEADLINE_BOUNDS_SECONDS = (1.0, 28.0)  # the answer must still reach a 30 s sender
 MIN_STORAGE_SECONDS = 1.0  # storage is always tried, however long the body took to arrive
+# A conversation event is one JSON document.  A day-long recording's transcript is a
+# few MB: Omi's segment is ~330 bytes of JSON, one every ~5 s is 11,500 segments
+# (3.8 MB) in 16 h of talk.  16 MiB holds 50,000 of them (59 h at one every 4.2 s),
+# and a 2,000-segment conversation (0.6 MB) more than twenty times over.
+MAX_CONVERSATION_BYTES = 16 * 1024 * 1024
+# Parsed, a transcript takes ~3.7 times its bytes in Python objects (16 MiB of
+# segments peaked at 59 MiB), beside the body itself: about five times its size, 2.5
+# times what an audio body of that size takes (held twice).  The budget counts that.
+CONVERSATION_BUDGET_FACTOR = 3
 # Retries of one chunk come seconds apart; remember this many recent chunks per instance.
 IDEMPOTENCY_CACHE_SIZE = 10_000
 # Omi sends a uuid4; anything longer or unprintable is not used (the audio is still stored).
@@ -67,6 +83,12 @@ IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,128}")
 QUERY_KEYS = ("sample_rate", "uid", "token")
 READ_PIECE_BYTES = 1024 * 1024
 DISCARD_PIECE_BYTES = 64 * 1024
+
+# What a sender is told when storage refuses a write for good (audio or conversation).
+STORAGE_REFUSED = (
+    "storage refused the write: the bucket is missing or the function's service account lacks "
+    "a permission on it; re-run deploy.sh, or check the bucket's IAM"
+)
 
 
 class QueryError(ValueError):
@@ -90,10 +112,11 @@ _recent_lock = threading.Lock()
 
 @functions_framework.http
 def receive_audio(request: flask.Request) -> flask.Response:
-    """Store one chunk of Omi audio as a WAV object.
+    """Store one chunk of Omi audio as a WAV object, or one conversation event.
 
     Args:
-        request: ``POST ?sample_rate=RATE&uid=UID[&token=T]`` with raw PCM16 mono.
+        request: ``POST ?sample_rate=RATE&uid=UID[&token=T]`` with raw PCM16 mono,
+            or ``POST ?uid=UID[&token=T]`` with a JSON body (`receive_conversation`).
 
     Returns:
         200 ``{"object", "bytes", "duration_seconds"}`` when stored (or already
@@ -136,7 +159,6 @@ def receive_audio(request: flask.Request) -> flask.Response:
         return reject(401, "missing or wrong token: use the URL deploy.sh printed, ending in ?token=...")
 
     try:
-        sample_rate = validate_sample_rate(params.get("sample_rate"))
         uid = validate_uid(params.get("uid"))
     except QueryError as exc:
         return reject(400, str(exc))
@@ -145,6 +167,14 @@ def receive_audio(request: flask.Request) -> flask.Response:
     allowed = os.environ.get("ALLOWED_UIDS", "").strip()
     if allowed and uid not in {u.strip() for u in allowed.split(",")}:
         return reject(403, f"uid {uid!r} is not in ALLOWED_UIDS")
+
+    if request.mimetype == "application/json":  # the "Conversation events" webhook, not audio
+        return receive_conversation(request, uid, started, log, answer, reject)
+
+    try:
+        sample_rate = validate_sample_rate(params.get("sample_rate"))
+    except QueryError as exc:
+        return reject(400, str(exc))
 
     limit = max_chunk_bytes()
     declared = request.content_length
@@ -193,17 +223,92 @@ def receive_audio(request: flask.Request) -> flask.Response:
         except storage.StorageUnavailable as exc:
             return answer(503, {"error": "storage is unavailable: retry later"}, message=f"storage failed: {exc}")
         except storage.StorageRefused as exc:
-            error = (
-                "storage refused the write: the bucket is missing or the function's service account lacks "
-                "a permission on it; re-run deploy.sh, or check the bucket's IAM"
-            )
-            return answer(500, {"error": error}, message=f"storage refused: {exc}")
+            return answer(500, {"error": STORAGE_REFUSED}, message=f"storage refused: {exc}")
         del audio
     finally:
         _body_budget.release(reserved)
     log["object"] = stored.location
     chunk.response = {"object": stored.location, "bytes": size, "duration_seconds": duration}
     return answer(200, chunk.response, message="stored (found from an earlier attempt)" if stored.existed else "stored")
+
+
+def receive_conversation(
+    request: flask.Request,
+    uid: str,
+    started: float,
+    log: dict[str, object],
+    answer: Callable[..., flask.Response],
+    reject: Callable[..., flask.Response],
+) -> flask.Response:
+    """Store one of Omi's conversation events as received, beside `uid`'s audio.
+
+    The request passed the same checks as audio (method, token, uid,
+    ALLOWED_UIDS).  The body is stored byte for byte under a name made from the
+    conversation's start, its id and the body's digest (`storage.conversation_name`):
+    a retried delivery finds its first attempt's object, a changed version goes
+    beside the old one.
+
+    Returns:
+        200 ``{"conversation", "id", "bytes"}`` when stored (``"duplicate": true``
+        when already stored), 200 ``{"stored": null, "ignored"}`` for Omi's other
+        JSON webhooks, 400 for a body that is not a conversation, 413 over
+        MAX_CONVERSATION_BYTES, 503 when storage is unavailable (retry).
+    """
+    limit = MAX_CONVERSATION_BYTES
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return reject(413, f"body of {declared} bytes exceeds the {limit}-byte limit for a conversation event")
+
+    try:
+        store = store_from_env()
+    except storage.ConfigError as exc:
+        return reject(500, str(exc))
+
+    reserved = (min(declared, limit) if declared is not None else limit) * CONVERSATION_BUDGET_FACTOR
+    if not _body_budget.reserve(reserved):
+        return reject(503, "this instance is busy with other large bodies: retry in a few seconds")
+    try:
+        pieces, size = read_body(request.stream, limit)
+        if pieces is None:
+            return reject(413, f"body exceeds the {limit}-byte limit for a conversation event")
+        log["bytes"] = size
+        body = b"".join(pieces)
+        pieces.clear()
+        try:
+            event = conversation.classify(body)
+        except conversation.PayloadError as exc:
+            return reject(400, str(exc))
+        if isinstance(event, conversation.Ignored):
+            return answer(200, {"stored": None, "ignored": event.reason}, message=f"not stored: {event.reason}")
+
+        key = request.headers.get("Idempotency-Key", "")
+        key = key if IDEMPOTENCY_KEY_RE.fullmatch(key) else ""
+        received_at = _remember(uid, key).received_at  # a retry's first receipt: the same name if no start is sent
+        metadata = {
+            "conversation_id": event.conversation_id,
+            "received_at": received_at.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "sha256": hashlib.sha256(body).hexdigest(),
+        }
+        sent = {"started_at": event.started_at, "finished_at": event.finished_at, "title": event.title}
+        metadata |= {name: value for name, value in sent.items() if value is not None}
+        if key:
+            metadata["idempotency_key"] = key
+        deadline = storage_deadline_seconds(retried=bool(key))
+        try:
+            left = max(deadline - elapsed(started), MIN_STORAGE_SECONDS)
+            starts_at = event.starts_at or received_at
+            stored = store.put_conversation(uid, starts_at, event.conversation_id, body, metadata, left)
+        except storage.StorageUnavailable as exc:
+            return answer(503, {"error": "storage is unavailable: retry later"}, message=f"storage failed: {exc}")
+        except storage.StorageRefused as exc:
+            return answer(500, {"error": STORAGE_REFUSED}, message=f"storage refused: {exc}")
+    finally:
+        _body_budget.release(reserved)
+    log["object"] = stored.location
+    response = {"conversation": stored.location, "id": event.conversation_id, "bytes": size}
+    if stored.existed:
+        return answer(200, {**response, "duplicate": True}, message="conversation already stored")
+    return answer(200, response, message="conversation stored")
 
 
 def parse_query(raw: bytes) -> dict[str, str]:

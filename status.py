@@ -4,13 +4,16 @@
                      [--alert-after DURATION] [--gap SECONDS] [--at T] [--json] [--quiet]
 
 For one uid (as the sender sends it), or with no ``--uid`` for every uid in the
-store, it prints when the last chunk arrived and how long ago, then one row per
-UTC day over the last ``--days`` days: hours of audio, recording sessions,
-first and last chunk, and the longest gap between two chunks; a day with no
-audio is marked.  ``--json`` prints the same as one JSON document.
+store, it prints when the last chunk arrived and how long ago (and when the
+last conversation started), then one row per UTC day over the last ``--days``
+days: hours of audio, recording sessions, chunks, conversations (by start, the
+newest version of each), first and last chunk, and the longest gap between two
+chunks; a day with no audio is marked.  ``--json`` prints the same as one JSON
+document, with each conversation's id, title, started_at and finished_at.
 
-No audio is downloaded.  Only the reported days are listed (names and metadata,
-see `storage.GcsStore.list_chunks`).  When a uid has nothing in those days, its
+No audio and no conversation is downloaded.  Only the reported days are listed
+(names and metadata, see `storage.GcsStore.list_chunks` and
+`storage.GcsStore.list_conversations`).  When a uid has nothing in those days, its
 last chunk is found by looking back in doubling windows, then halving the one
 that holds it, with list calls that return at most one name each: about 40
 small calls at most, over up to ten years, however large the archive.  With no
@@ -52,6 +55,7 @@ class Day:
 
     date: str
     chunks: int = 0
+    conversations: int = 0
     audio_seconds: float = 0.0
     sessions: int = 0
     first_chunk: str | None = None
@@ -74,6 +78,8 @@ class UidStatus:
     stale: bool
     days: list[Day] = field(default_factory=list)
     names_listed: int = 0
+    last_conversation: str | None = None  # when the latest conversation of the reported days started
+    conversations: list[dict[str, str | None]] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------ report
@@ -130,6 +136,18 @@ def report_uid(
         previous = chunk
     for when, seen in sessions_seen.items():
         by_day[when].sessions = len(seen)
+    for info in storage.newest_versions(store.list_conversations(uid, window_start, until)):
+        if (day := by_day.get(info.parts.starts_at.date())) is not None:
+            day.conversations += 1
+        status.last_conversation = _iso(info.parts.starts_at)
+        status.conversations.append(
+            {
+                "id": info.parts.conversation_id,
+                "title": info.metadata.get("title"),
+                "started_at": info.metadata.get("started_at"),
+                "finished_at": info.metadata.get("finished_at"),
+            }
+        )
     status.days = list(by_day.values())
     return status
 
@@ -201,12 +219,15 @@ def format_report(statuses: list[UidStatus], alert_after: timedelta, out) -> Non
         else:
             when = status.last_chunk.replace("T", " ").replace("Z", " UTC")
             headline = f"last chunk {when}, {human_duration(status.seconds_since_last or 0)} ago"
+        if status.last_conversation is not None:
+            headline += f"; last conversation {status.last_conversation.replace('T', ' ').replace('Z', ' UTC')}"
         verdict = f"STALE: nothing for more than {limit}" if status.stale else "OK"
         out.write(f"{status.uid}: {headline}  [{verdict}]\n")
-        rows = [("DAY (UTC)", "AUDIO", "SESSIONS", "CHUNKS", "FIRST", "LAST", "LONGEST GAP")]
+        rows = [("DAY (UTC)", "AUDIO", "SESSIONS", "CHUNKS", "CONVERSATIONS", "FIRST", "LAST", "LONGEST GAP")]
         for day in status.days:
+            conversations = str(day.conversations) if day.conversations else "-"
             if day.no_audio:
-                rows.append((day.date, "-", "-", "-", "-", "-", "no audio"))
+                rows.append((day.date, "-", "-", "-", conversations, "-", "-", "no audio"))
                 continue
             gap = "-"
             if day.longest_gap_seconds is not None:
@@ -217,15 +238,16 @@ def format_report(statuses: list[UidStatus], alert_after: timedelta, out) -> Non
                     export._duration(day.audio_seconds),
                     str(day.sessions),
                     str(day.chunks),
+                    conversations,
                     _clock(day.first_chunk),
                     _clock(day.last_chunk),
                     gap,
                 )
             )
-        widths = [max(len(row[i]) for row in rows) for i in range(6)]
+        widths = [max(len(row[i]) for row in rows) for i in range(7)]
         for row in rows:
-            cells = [f"{row[0]:<{widths[0]}}"] + [f"{cell:>{widths[i]}}" for i, cell in enumerate(row[1:4], 1)]
-            cells += [f"{row[4]:<{widths[4]}}", f"{row[5]:<{widths[5]}}", row[6]]
+            cells = [f"{row[0]:<{widths[0]}}"] + [f"{cell:>{widths[i]}}" for i, cell in enumerate(row[1:5], 1)]
+            cells += [f"{row[5]:<{widths[5]}}", f"{row[6]:<{widths[6]}}", row[7]]
             out.write("  ".join(cells).rstrip() + "\n")
 
 

@@ -15,11 +15,16 @@ Two backends share that naming and one small interface (`put`, `list_chunks`,
   written to a temporary name and then claimed atomically; metadata sits beside
   each WAV in a ``.json`` file.
 
+Conversation events sit beside the audio, one JSON object per version, named
+``{uid}/conversations/{YYYYMMDD}T{HHMMSS}.{ffffff}Z_{id}_{digest}.json``
+(`put_conversation`, `list_conversations`, `newest_versions`).
+
 Object names are built and parsed here and nowhere else.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -28,9 +33,9 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -58,6 +63,34 @@ _PREFIX_PATTERN = r"(?:[A-Za-z0-9._-]|~[0-9A-F]{2}){1,384}"
 NAME_RE = re.compile(
     rf"(?P<prefix>{_PREFIX_PATTERN})/(?P<stamp>\d{{8}}T\d{{6}}\.\d{{6}}Z)(?:-(?P<seq>[1-9]\d{{0,8}}))?\.wav"
 )
+
+# Conversations live in one folder under the uid's.  Its name starts with a letter,
+# so it sorts after every chunk name (stamps start with a digit): listing a range of
+# audio never meets a conversation, and listing conversations never meets audio.
+CONVERSATIONS_FOLDER = "conversations"
+# Every chunk name in a uid's folder sorts before this (stamps start with a digit, and
+# ":" follows "9"), and the conversations folder after it: the end of an open range.
+_AFTER_EVERY_STAMP = ":"
+# Omi's conversation ids are uuid4s (36 bytes); four times the longest Omi uid is room
+# for any other sender, and escaped (at most 3 characters a byte) the whole name stays
+# far below Cloud Storage's 1,024 bytes.
+MAX_CONVERSATION_ID_BYTES = 128
+CONVERSATION_ID_RULE = f"a string of 1 to {MAX_CONVERSATION_ID_BYTES} bytes (UTF-8)"
+# The id part of a name escapes "_" too (unlike a uid folder), so that "_" only
+# separates the stamp, the id and the digest.
+_ID_ESCAPE_KEEPS = _ESCAPE_KEEPS - frozenset(b"_")
+# 128 bits of the body's sha256 tell versions of one conversation apart.
+CONVERSATION_DIGEST_HEX = 32
+CONVERSATION_NAME_RE = re.compile(
+    rf"(?P<prefix>{_PREFIX_PATTERN})/{CONVERSATIONS_FOLDER}/(?P<stamp>\d{{8}}T\d{{6}}\.\d{{6}}Z)"
+    rf"_(?P<id>(?:[A-Za-z0-9-]|~[0-9A-F]{{2}}){{1,{3 * MAX_CONVERSATION_ID_BYTES}}})"
+    rf"_(?P<digest>[0-9a-f]{{{CONVERSATION_DIGEST_HEX}}})\.json"
+)
+# Conversations are listed by when they started.  A reader wanting those that overlap
+# [since, until) lists from `since` minus this: a conversation longer than a day that
+# began before that is not found (Omi splits a conversation after long silences, so
+# such a conversation is rare).
+CONVERSATION_LOOKBACK = timedelta(days=1)
 
 # How long one connection attempt to storage may take before it counts as failed.
 CONNECT_TIMEOUT_SECONDS = 3.0
@@ -89,6 +122,26 @@ class ChunkName:
     uid: str
     received_at: datetime
     seq: int
+
+
+@dataclass(frozen=True)
+class ConversationName:
+    """The parts of a conversation's object name."""
+
+    uid: str
+    starts_at: datetime
+    conversation_id: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class ConversationInfo:
+    """One stored version of a conversation as listed, without its body; `parts` is its name, parsed."""
+
+    name: str
+    size: int
+    metadata: dict[str, str]
+    parts: ConversationName
 
 
 @dataclass(frozen=True)
@@ -175,6 +228,81 @@ def parse_object_name(name: str) -> ChunkName | None:
     return ChunkName(uid, received_at, int(match["seq"] or 0))
 
 
+def is_valid_conversation_id(conversation_id: object) -> bool:
+    """True for an id a name can hold: a non-empty string of at most MAX_CONVERSATION_ID_BYTES of UTF-8."""
+    if not isinstance(conversation_id, str) or not conversation_id:
+        return False
+    try:
+        return len(conversation_id.encode("utf-8")) <= MAX_CONVERSATION_ID_BYTES
+    except UnicodeEncodeError:  # a lone surrogate, which JSON can carry ("\ud800")
+        return False
+
+
+def conversation_name(uid: str, starts_at: datetime, conversation_id: str, body: bytes) -> str:
+    """The object name of the version `body` of conversation `conversation_id`, started at `starts_at`.
+
+    The same id and bytes always make the same name (a retried delivery finds
+    its first attempt's object); changed bytes make another (a new version).
+
+    Raises:
+        ValueError: the uid or the id is not valid.
+    """
+    digest = hashlib.sha256(body).hexdigest()[:CONVERSATION_DIGEST_HEX]
+    return f"{conversation_prefix(uid)}{name_stamp(starts_at)}_{_escape_id(conversation_id)}_{digest}.json"
+
+
+def conversation_prefix(uid: str) -> str:
+    """The folder (ending in "/") that holds `uid`'s conversations."""
+    return f"{uid_prefix(uid)}/{CONVERSATIONS_FOLDER}/"
+
+
+def _escape_id(conversation_id: str) -> str:
+    if not is_valid_conversation_id(conversation_id):
+        raise ValueError(f"id must be {CONVERSATION_ID_RULE}")
+    return "".join(chr(byte) if byte in _ID_ESCAPE_KEEPS else f"~{byte:02X}" for byte in conversation_id.encode())
+
+
+def parse_conversation_name(name: str) -> ConversationName | None:
+    """Return the parts of a conversation's object name, or None if `conversation_name` never makes it."""
+    match = CONVERSATION_NAME_RE.fullmatch(name)
+    uid = match and uid_from_prefix(match["prefix"])
+    if not uid:
+        return None
+    try:
+        escaped = re.sub(r"~([0-9A-F]{2})", lambda m: chr(int(m[1], 16)), match["id"])
+        conversation_id = escaped.encode("latin-1").decode("utf-8")
+        if _escape_id(conversation_id) != match["id"]:  # one spelling per id
+            return None
+    except ValueError:  # not UTF-8, or too long
+        return None
+    starts_at = datetime.strptime(match["stamp"], _STAMP_FORMAT).replace(tzinfo=UTC)
+    return ConversationName(uid, starts_at, conversation_id, match["digest"])
+
+
+def conversation_range(uid: str, since: datetime | None, until: datetime | None) -> tuple[str, str | None, str | None]:
+    """(folder prefix, first name, end name) of `uid`'s conversations started in ``[since, until)``.
+
+    As `name_range`: a fixed-width stamp leads each name, followed by "_".
+    """
+    prefix = conversation_prefix(uid)
+    return prefix, prefix + name_stamp(since) if since else None, prefix + name_stamp(until) if until else None
+
+
+def newest_versions(infos: Iterable[ConversationInfo]) -> list[ConversationInfo]:
+    """One version per conversation id, the one received last (ties: the later name); sorted by start."""
+    newest: dict[str, ConversationInfo] = {}
+    for info in infos:
+        held = newest.get(info.parts.conversation_id)
+        if held is None or _version_order(info) > _version_order(held):
+            newest[info.parts.conversation_id] = info
+    return sorted(newest.values(), key=lambda info: (info.parts.starts_at, info.name))
+
+
+def _version_order(info: ConversationInfo) -> tuple[str, str]:
+    # received_at is fixed-width ISO with microseconds and "Z": text order is time order.
+    return info.metadata.get("received_at", ""), info.name
+
+
 class Store(Protocol):
     def put(
         self,
@@ -198,6 +326,20 @@ class Store(Protocol):
     def list_uids(self) -> list[str]: ...
 
     def read(self, name: str) -> bytes: ...
+
+    def put_conversation(
+        self,
+        uid: str,
+        starts_at: datetime,
+        conversation_id: str,
+        body: bytes,
+        metadata: dict[str, str],
+        deadline_seconds: float,
+    ) -> Stored: ...
+
+    def list_conversations(
+        self, uid: str, since: datetime | None = None, until: datetime | None = None
+    ) -> Iterator[ConversationInfo]: ...
 
 
 def store_from_env(environ: os._Environ | dict[str, str] = os.environ) -> GcsStore | LocalStore:
@@ -423,11 +565,87 @@ class GcsStore:
             folders.update(page.prefixes)
         return _uids_of(folder.removesuffix("/") for folder in folders)
 
+    def put_conversation(
+        self,
+        uid: str,
+        starts_at: datetime,
+        conversation_id: str,
+        body: bytes,
+        metadata: dict[str, str],
+        deadline_seconds: float,
+    ) -> Stored:
+        """Store one version of a conversation, exactly `body`, within `deadline_seconds`.
+
+        The name is made from the id and the bytes (`conversation_name`), so a
+        name already taken holds these very bytes: that is success, with
+        `existed` True (a retried or repeated delivery).  Transient failures are
+        retried as in `put`.
+
+        Raises:
+            StorageUnavailable: not stored by the deadline (a retry may succeed).
+            StorageRefused: storage refused for good (bucket or permission missing).
+        """
+        name = conversation_name(uid, starts_at, conversation_id, body)
+        give_up_at = time.monotonic() + deadline_seconds
+        backoff = FIRST_BACKOFF_SECONDS
+        last_error: BaseException | None = None
+        while (remaining := give_up_at - time.monotonic()) > 0:
+            timeout = (min(CONNECT_TIMEOUT_SECONDS, remaining), remaining)
+            try:
+                blob = self.bucket.blob(name)
+                blob.metadata = metadata
+                _within(
+                    remaining,
+                    blob.upload_from_string,
+                    body,
+                    content_type="application/json",
+                    if_generation_match=0,
+                    timeout=timeout,
+                    retry=None,
+                )
+                return Stored(name, self.location(name))
+            except (api_exceptions.PreconditionFailed, api_exceptions.Forbidden) as refusal:
+                # Taken (412, or 403 to a caller that may not delete, as in `put`): look.
+                try:
+                    holder = _within(remaining, self.bucket.get_blob, name, timeout=timeout, retry=None)
+                except Exception as exc:
+                    if not _is_transient(exc):
+                        raise StorageRefused(f"reading back {name} after {refusal.code}: {exc}") from exc
+                    last_error = exc
+                    continue
+                if holder is not None:
+                    return Stored(name, self.location(name), existed=True)
+                if isinstance(refusal, api_exceptions.Forbidden):
+                    raise StorageRefused(f"upload of {name}: {refusal}") from refusal
+                continue  # deleted in between: the name is free again
+            except Exception as exc:
+                if not _is_transient(exc):
+                    raise StorageRefused(f"upload of {name}: {exc}") from exc
+                last_error = exc
+            pause = min(backoff, give_up_at - time.monotonic())
+            if pause > 0:
+                time.sleep(pause)
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+        raise StorageUnavailable(f"not stored within {deadline_seconds:.3g} s: {last_error}")
+
+    def list_conversations(
+        self, uid: str, since: datetime | None = None, until: datetime | None = None
+    ) -> Iterator[ConversationInfo]:
+        """Yield every stored version of `uid`'s conversations started in ``[since, until)``.
+
+        Names and metadata only, from the range only (see `conversation_range`),
+        in text order (start time, then id).
+        """
+        prefix, start, end = conversation_range(uid, since, until)
+        for blob in self.client.list_blobs(self.bucket, prefix=prefix, start_offset=start, end_offset=end):
+            if parts := parse_conversation_name(blob.name):
+                yield ConversationInfo(blob.name, blob.size or 0, dict(blob.metadata or {}), parts)
+
     def read(self, name: str) -> bytes:
         return self.bucket.blob(name).download_as_bytes()
 
 
-def name_range(uid: str, since: datetime | None, until: datetime | None) -> tuple[str, str | None, str | None]:
+def name_range(uid: str, since: datetime | None, until: datetime | None) -> tuple[str, str | None, str]:
     """(folder prefix, first name, end name) of `uid`'s chunks received in ``[since, until)``.
 
     A name is ``{prefix}/{stamp}[-N].wav`` with a fixed-width stamp, so in text
@@ -435,13 +653,15 @@ def name_range(uid: str, since: datetime | None, until: datetime | None) -> tupl
     ``{prefix}/{stamp(since)}`` (its own ``-N`` copies included: they extend
     that string), and every name received before `until` sorts before
     ``{prefix}/{stamp(until)}`` (exclusive: a name with that very stamp, any
-    suffix, sorts at or after it).  None means no bound.
+    suffix, sorts at or after it).  With no `until` the range still ends before the
+    conversations folder, so that conversations add nothing to an audio listing.
+    None means no bound.
     """
     prefix = f"{uid_prefix(uid)}/"
     return (
         prefix,
         prefix + name_stamp(since) if since else None,
-        prefix + name_stamp(until) if until else None,
+        prefix + (name_stamp(until) if until else _AFTER_EVERY_STAMP),
     )
 
 
@@ -455,6 +675,10 @@ def _uids_of(prefixes: Iterator[str]) -> list[str]:
 
 def _metadata_path(wav_path: Path) -> Path:
     return wav_path.with_suffix(".json")
+
+
+def _conversation_metadata_path(path: Path) -> Path:
+    return path.with_suffix(".meta.json")
 
 
 class LocalStore:
@@ -555,6 +779,63 @@ class LocalStore:
             return _uids_of(entry.name for entry in os.scandir(self.root) if entry.is_dir())
         except FileNotFoundError:
             return []
+
+    def put_conversation(
+        self,
+        uid: str,
+        starts_at: datetime,
+        conversation_id: str,
+        body: bytes,
+        metadata: dict[str, str],
+        deadline_seconds: float,
+    ) -> Stored:
+        """Store one version of a conversation; same contract as `GcsStore.put_conversation`.
+
+        The body is written and flushed under a temporary name and claimed with a
+        hard link; its metadata goes beside it in ``….meta.json``.
+        """
+        name = conversation_name(uid, starts_at, conversation_id, body)
+        path = self.root / name
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=".tmp", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    os.fchmod(out.fileno(), 0o644)
+                    out.write(body)
+                    out.flush()
+                    os.fsync(out.fileno())
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    return Stored(name, str(path), existed=True)
+                _write_atomically(_conversation_metadata_path(path), json.dumps(metadata, sort_keys=True).encode())
+                return Stored(name, str(path))
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(f"could not write to {self.root}: {exc.strerror or exc}") from exc
+
+    def list_conversations(
+        self, uid: str, since: datetime | None = None, until: datetime | None = None
+    ) -> Iterator[ConversationInfo]:
+        """Same contract as `GcsStore.list_conversations`."""
+        prefix, start, end = conversation_range(uid, since, until)
+        try:
+            entries = sorted(os.listdir(self.root / prefix))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            name = prefix + entry
+            if (start and name < start) or (end and name >= end):
+                continue
+            path = self.root / name
+            if (parts := parse_conversation_name(name)) and path.is_file():
+                try:
+                    metadata = json.loads(_conversation_metadata_path(path).read_text())
+                except (OSError, ValueError):
+                    metadata = {}
+                yield ConversationInfo(name, path.stat().st_size, metadata, parts)
 
     def read(self, name: str) -> bytes:
         return (self.root / name).read_bytes()

@@ -87,6 +87,7 @@ def test_each_day_shows_audio_sessions_first_last_and_longest_gap(source, capsys
     assert day8 == {
         "date": "2025-03-08",
         "chunks": 15,
+        "conversations": 0,
         "audio_seconds": 12.5,
         "sessions": 2,
         "first_chunk": "2025-03-08T09:00:00Z",
@@ -148,11 +149,12 @@ def test_the_table_reads_at_a_glance(source, capsys):
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert lines[0] == f"{UID}: last chunk 2025-03-10 00:01:00 UTC, 11 h 59 min ago  [OK]"
-    assert lines[1].split() == ["DAY", "(UTC)", "AUDIO", "SESSIONS", "CHUNKS", "FIRST", "LAST", "LONGEST", "GAP"]
-    assert lines[2].split() == ["2025-03-08", "-", "-", "-", "-", "-", "no", "audio"]
+    header = ["DAY", "(UTC)", "AUDIO", "SESSIONS", "CHUNKS", "CONVERSATIONS", "FIRST", "LAST", "LONGEST", "GAP"]
+    assert lines[1].split() == header
+    assert lines[2].split() == ["2025-03-08", "-", "-", "-", "-", "-", "-", "no", "audio"]
     # A session that runs over midnight counts on both days.
-    assert lines[3].split()[:6] == ["2025-03-09", "0:00:01.0", "1", "1", "23:59:59", "23:59:59"]
-    assert lines[4].split()[:6] == ["2025-03-10", "0:00:01.0", "1", "1", "00:01:00", "00:01:00"]
+    assert lines[3].split()[:7] == ["2025-03-09", "0:00:01.0", "1", "1", "-", "23:59:59", "23:59:59"]
+    assert lines[4].split()[:7] == ["2025-03-10", "0:00:01.0", "1", "1", "-", "00:01:00", "00:01:00"]
 
 
 def test_nothing_for_longer_than_alert_after_is_exit_3(source, capsys):
@@ -188,10 +190,11 @@ def test_the_last_chunk_before_the_reported_days_is_found_without_listing_the_ar
     )
     assert proxy.downloads == 0
     # Probes that ask for one name each, then one minute of chunks (at most 6 here): never the 600.
-    _window, *probes, final = proxy.list_calls
+    _window, *probes, final, conversations = proxy.list_calls
+    assert conversations.query["prefix"] == [f"{UID}/conversations/"] and conversations.names == 0
     assert all(call.query.get("maxResults") == ["1"] and call.names <= 1 for call in probes)
     assert final.names <= 6 and proxy.names_listed <= len(proxy.list_calls) + 6
-    assert len(proxy.list_calls) <= 40
+    assert len(proxy.list_calls) <= 41
 
 
 def test_status_lists_only_the_days_it_reports(bucket, fake_gcs, monkeypatch, capsys):
@@ -205,7 +208,7 @@ def test_status_lists_only_the_days_it_reports(bucket, fake_gcs, monkeypatch, ca
     assert code == 0
     assert [day["chunks"] for day in doc["uids"][0]["days"]] == [10, 10, 10]
     print(f"3 days of 30: {len(proxy.list_calls)} list call(s), {proxy.names_listed} names")
-    assert (len(proxy.list_calls), proxy.names_listed, proxy.downloads) == (1, 30, 0)
+    assert (len(proxy.list_calls), proxy.names_listed, proxy.downloads) == (2, 30, 0)  # the audio, the conversations
 
 
 def test_with_no_uid_every_uid_is_reported_from_one_folder_listing(bucket, fake_gcs, monkeypatch, capsys):
@@ -298,3 +301,71 @@ def test_a_progress_bar_shows_on_a_terminal_and_quiet_silences_it(tmp_path):
 
     assert "listing: " in shown() and "name/s]" in shown()
     assert shown("--quiet") == ""
+
+
+def put_conversation(store, started: datetime, conversation_id: str, title: str, received: datetime) -> str:
+    metadata = {
+        "conversation_id": conversation_id,
+        "received_at": received.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "started_at": started.isoformat(),
+        "finished_at": (started + timedelta(minutes=20)).isoformat(),
+        "title": title,
+    }
+    body = json.dumps({"id": conversation_id, "structured": {"title": title}}).encode()
+    return store.put_conversation(UID, started, conversation_id, body, metadata, 10).name
+
+
+def test_conversations_are_counted_per_day_by_their_newest_version(source, capsys):
+    store, args = source
+    put(store, NOW - timedelta(minutes=30))
+    morning, evening = datetime(2025, 3, 10, 9, 0, 0, 250000, tzinfo=UTC), datetime(2025, 3, 8, 18, 30, tzinfo=UTC)
+    put_conversation(store, evening, "c-evening", "Dîner", evening + timedelta(minutes=25))
+    put_conversation(store, morning, "c-morning", "Voyage", morning + timedelta(minutes=25))
+    put_conversation(store, morning, "c-morning", "Voyage à Tokyo", morning + timedelta(hours=3))  # reprocessed
+    put_conversation(store, datetime(2025, 3, 1, 8, 0, tzinfo=UTC), "c-old", "Avant", NOW)  # before the days shown
+
+    code, doc = report(capsys, "--uid", UID, *args, "--days", "3")
+    assert code == 0
+    [uid] = doc["uids"]
+    assert [day["conversations"] for day in uid["days"]] == [1, 0, 1]
+    assert uid["last_conversation"] == "2025-03-10T09:00:00Z"
+    assert uid["conversations"] == [
+        {
+            "id": "c-evening",
+            "title": "Dîner",
+            "started_at": "2025-03-08T18:30:00+00:00",
+            "finished_at": "2025-03-08T18:50:00+00:00",
+        },
+        {
+            "id": "c-morning",
+            "title": "Voyage à Tokyo",
+            "started_at": "2025-03-10T09:00:00.250000+00:00",
+            "finished_at": "2025-03-10T09:20:00.250000+00:00",
+        },
+    ]
+
+    code, out, _ = run(capsys, "--uid", UID, *args, "--days", "3", "--at", NOW.isoformat())
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == (
+        f"{UID}: last chunk 2025-03-10 11:30:00 UTC, 30 min ago; last conversation 2025-03-10 09:00:00 UTC  [OK]"
+    )
+    assert [line.split()[4] for line in lines[2:]] == ["1", "-", "1"]
+    assert lines[2].split() == ["2025-03-08", "-", "-", "-", "1", "-", "-", "no", "audio"]
+
+
+def test_conversations_are_counted_from_their_names_and_metadata_without_downloads(
+    bucket, fake_gcs, monkeypatch, capsys
+):
+    store = storage.GcsStore(bucket.name)
+    put(store, NOW - timedelta(minutes=1))
+    for n in range(12):
+        at = NOW - timedelta(hours=4 * n + 1)
+        put_conversation(store, at, f"c{n}", f"n° {n}", at + timedelta(minutes=30))
+    with CountingProxy(fake_gcs) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        code, doc = report(capsys, "--uid", UID, "--bucket", bucket.name, "--days", "2")
+    assert code == 0
+    assert [day["conversations"] for day in doc["uids"][0]["days"]] == [6, 3]  # the three before are not shown
+    assert [c["title"] for c in doc["uids"][0]["conversations"]] == [f"n° {n}" for n in range(8, -1, -1)]
+    assert (proxy.downloads, len(proxy.list_calls), proxy.names_listed) == (0, 2, 10)
