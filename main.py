@@ -77,6 +77,9 @@ IDEMPOTENCY_CACHE_SIZE = 10_000
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,128}")
 # The parameters we read; each may appear once (or repeated with the same value).
 QUERY_KEYS = ("sample_rate", "uid", "token")
+# Body bytes taken from the stream at a time (a kept body) or thrown away at a time (a
+# rejected one).  Until a piece is complete gunicorn holds it, outside the body budget:
+# at most 1 MiB per request.
 READ_PIECE_BYTES = 1024 * 1024
 DISCARD_PIECE_BYTES = 64 * 1024
 # What reading a body raises when the client goes away or breaks its chunked encoding:
@@ -320,12 +323,14 @@ def read_body(request: flask.Request, limit: int, give_up_at: float) -> Iterator
             pieces.append(piece)
     except BROKEN_BODY_ERRORS as exc:
         end, detail = BodyEnd.CUT_SHORT, f"{type(exc).__name__}: {exc}"
-    late = _body_deadlines.end(deadline)
+    finally:  # never left watched: the connection may carry the sender's next request
+        late = _body_deadlines.end(deadline)
     if end is BodyEnd.COMPLETE and declared is not None and size < declared:
         end = BodyEnd.CUT_SHORT  # gunicorn ends a body of known length at the end of the connection, silently
     if end is BodyEnd.CUT_SHORT and late:
-        end = BodyEnd.TOO_SLOW  # the deadline shut the connection's reading side
-    detail = f"{size} of {declared if declared is not None else 'unknown'} bytes arrived; {detail or end.value}"
+        end = BodyEnd.TOO_SLOW  # the deadline shut the connection
+    of_declared = f" of {declared}" if declared is not None else " (chunked)"
+    detail = f"{size}{of_declared} bytes arrived; {detail or end.value}"
     if end is not BodyEnd.COMPLETE:
         pieces.clear()
         _body_budget.release(held)
@@ -357,7 +362,8 @@ def discard_body(request: flask.Request, give_up_at: float) -> bool:
             ended = not piece
     except BROKEN_BODY_ERRORS:
         pass
-    late = _body_deadlines.end(deadline)
+    finally:
+        late = _body_deadlines.end(deadline)
     return ended and not late
 
 
