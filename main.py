@@ -140,6 +140,18 @@ def receive_audio(request: flask.Request) -> flask.Response:
         read_to_end = discard_body(request, time.monotonic() + DISCARD_MAX_SECONDS)
         return answer(status, {"error": error}, message=f"rejected: {error}", unread=not read_to_end, **headers)
 
+    def refuse_incomplete(body: Body, limit: int, limit_name: str) -> flask.Response:
+        """The answer to a body read_body did not get whole; nothing of it is kept."""
+        if body.end is BodyEnd.TOO_LARGE:
+            return reject(413, f"body exceeds the {limit}-byte limit ({limit_name})")
+        if body.end is BodyEnd.BUSY:
+            return reject(503, "this instance is busy with other large bodies: retry in a few seconds")
+        if body.end is BodyEnd.TOO_SLOW:
+            error = f"the body did not arrive within {BODY_ARRIVAL_SECONDS:g} s: nothing stored; send it again"
+            return answer(408, {"error": error}, message=f"too slow: {body.detail}", unread=True)
+        error = "the body was cut short (the connection ended before its last byte): nothing stored; send it again"
+        return answer(400, {"error": error}, message=f"cut short: {body.detail}", unread=True)
+
     if request.method != "POST":
         return reject(405, f"method {request.method} not allowed: Omi posts audio with POST", Allow="POST")
 
@@ -178,16 +190,8 @@ def receive_audio(request: flask.Request) -> flask.Response:
 
     with read_body(request, limit, started + BODY_ARRIVAL_SECONDS) as body:
         log["bytes"] = body.size
-        if body.end is BodyEnd.TOO_LARGE:
-            return reject(413, f"body exceeds the {limit}-byte limit (MAX_CHUNK_BYTES)")
-        if body.end is BodyEnd.BUSY:
-            return reject(503, "this instance is busy with other large bodies: retry in a few seconds")
-        if body.end is BodyEnd.CUT_SHORT:
-            error = "the body was cut short (the connection ended before its last byte): nothing stored; send it again"
-            return answer(400, {"error": error}, message=f"cut short: {body.detail}", unread=True)
-        if body.end is BodyEnd.TOO_SLOW:
-            error = f"the body did not arrive within {BODY_ARRIVAL_SECONDS:g} s: nothing stored; send it again"
-            return answer(408, {"error": error}, message=f"too slow: {body.detail}", unread=True)
+        if body.end is not BodyEnd.COMPLETE:
+            return refuse_incomplete(body, limit, "MAX_CHUNK_BYTES")
         if body.size == 0:
             return answer(200, {"stored": None}, message="empty body: nothing to store")
 
