@@ -557,20 +557,22 @@ def test_every_rejection_reaches_httpx_as_its_status_and_writes_nothing(configur
 
 def test_a_conversation_over_the_instance_budget_gets_503_and_the_budget_comes_back(tmp_path):
     """The budget counts a conversation at three times its size: parsed JSON takes several times its bytes."""
-    settings = {"LOCAL_AUDIO_DIR": str(tmp_path / "rec"), "MAX_CHUNK_BYTES": "100000", "BODY_BUDGET_BYTES": "150000"}
-    small = json.dumps({"id": "small", "pad": "x" * 10_000}).encode()  # 30,000 reserved: fits beside 100,000
-    large = json.dumps({"id": "large", "pad": "x" * 20_000}).encode()  # 60,000 reserved: does not
+    mib = 1024 * 1024
+    settings = {"LOCAL_AUDIO_DIR": str(tmp_path / "rec"), "MAX_CHUNK_BYTES": str(3 * mib)}
+    settings["BODY_BUDGET_BYTES"] = str(3 * mib + mib // 4)
+    small = json.dumps({"id": "small", "pad": "x" * 100_000}).encode()  # ~300 KB counted: fits beside 2 MiB
+    large = json.dumps({"id": "large", "pad": "x" * 500_000}).encode()  # ~1.5 MB counted: does not
     with serve_function(tmp_path / "server.log", **settings) as (url, _), httpx.Client(timeout=30) as omi:
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=30) as slow:
-            head = f"POST /?sample_rate=16000&uid={UID} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100000\r\n\r\n"
-            slow.sendall(head.encode() + b"\x01\x00" * 10)  # an audio body of 100,000 bytes, 20 sent so far
-            time.sleep(0.5)  # the server has read the headers and reserved the body
+            head = f"POST /?sample_rate=16000&uid={UID} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {3 * mib}\r\n\r\n"
+            slow.sendall(head.encode() + b"\x01\x00" * (mib + mib // 4))  # 2.5 MiB of 3: two 1 MiB pieces held
+            time.sleep(0.5)  # the function has taken the pieces that arrived whole
             headers = {"Content-Type": "application/json"}
             refused = omi.post(f"{url}/?uid={UID}", content=large, headers=headers)
             assert refused.status_code == 503 and "retry" in refused.json()["error"]
             assert omi.post(f"{url}/?uid={UID}", content=small, headers=headers).status_code == 200
-            slow.sendall(b"\x01\x00" * (50_000 - 10))
+            slow.sendall(b"\x01\x00" * (mib // 4))
             assert slow.makefile("rb").readline().split()[1] == b"200"
         assert omi.post(f"{url}/?uid={UID}", content=large, headers=headers).status_code == 200
     stored = storage.LocalStore(tmp_path / "rec")
