@@ -668,7 +668,10 @@ In the Omi app: Settings -> Developer Mode -> Realtime audio bytes:
   1. Endpoint URL: the line above (keep the ?token=... part).
   2. Every x seconds: 5 (any interval works; shorter means less audio lost if
      the phone goes offline mid-batch).
-Audio then lands in gs://${BUCKET}/<your uid>/<UTC time>.wav, one WAV per chunk.
+And under Developer Mode -> Conversation events: the same URL, so that each
+conversation's title and transcript is kept beside the audio.
+Audio then lands in gs://${BUCKET}/<your uid>/<UTC time>.wav, one WAV per chunk,
+and conversations in gs://${BUCKET}/<your uid>/conversations/, one JSON per version.
 Keep the URL private: anyone holding it can write audio into your bucket.
 EOF
 OUT=""

@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from google.api_core import exceptions as api_exceptions
-from google.auth import exceptions as auth_exceptions
 
 import archive
 import conversation_export
@@ -633,10 +632,10 @@ def open_store(args: argparse.Namespace, parser: argparse.ArgumentParser) -> sto
     if bucket:
         try:
             return storage.GcsStore(bucket)
-        except auth_exceptions.DefaultCredentialsError as exc:
+        except storage.MissingCredentials as exc:
             # The library's own text is a paragraph; its reason matters only for a key file named wrongly.
             key_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-            reason = f" ({' '.join(str(exc).split())})" if key_file else ""
+            reason = f" ({' '.join(str(exc.__cause__).split())})" if key_file else ""
             print(
                 f"error: no Google Cloud credentials to read gs://{bucket}{reason}: run `gcloud auth "
                 "application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service account key",

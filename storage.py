@@ -107,6 +107,10 @@ class ConfigError(Exception):
     """The storage backend is not configured, or configured unsafely."""
 
 
+class MissingCredentials(ConfigError):
+    """No Google Cloud credentials were found for the bucket."""
+
+
 class StorageUnavailable(Exception):
     """A chunk could not be stored in time; nothing was left half-written.  A retry may succeed."""
 
@@ -349,6 +353,8 @@ def store_from_env(environ: os._Environ | dict[str, str] = os.environ) -> GcsSto
         ConfigError: neither GCS_BUCKET_NAME nor LOCAL_AUDIO_DIR is set, or the
             local backend is asked for on Cloud Functions / Cloud Run, where the
             instance's disk is memory that vanishes with the instance.
+        MissingCredentials: the bucket is asked for and no Google Cloud
+            credentials are found (a ConfigError too).
     """
     bucket = environ.get("GCS_BUCKET_NAME", "").strip()
     local_dir = environ.get("LOCAL_AUDIO_DIR", "").strip()
@@ -454,7 +460,13 @@ class GcsStore:
 
     def __init__(self, bucket_name: str) -> None:
         self.bucket_name = bucket_name
-        self.client = gcs.Client()  # honours STORAGE_EMULATOR_HOST
+        try:
+            self.client = gcs.Client()  # honours STORAGE_EMULATOR_HOST
+        except auth_exceptions.DefaultCredentialsError as exc:
+            raise MissingCredentials(
+                "no Google Cloud credentials: on your machine, run `gcloud auth application-default login` "
+                "and restart; deployed, the function runs as its own service account (re-run deploy.sh)"
+            ) from exc
         self.bucket = self.client.bucket(bucket_name)
 
     def location(self, name: str) -> str:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import socket
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,6 +25,8 @@ import pytest
 from conftest import objects, serve_function
 from counting_proxy import CountingProxy
 from faultproxy import FaultProxy, is_any
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import conversation
 import main
@@ -553,20 +557,22 @@ def test_every_rejection_reaches_httpx_as_its_status_and_writes_nothing(configur
 
 def test_a_conversation_over_the_instance_budget_gets_503_and_the_budget_comes_back(tmp_path):
     """The budget counts a conversation at three times its size: parsed JSON takes several times its bytes."""
-    settings = {"LOCAL_AUDIO_DIR": str(tmp_path / "rec"), "MAX_CHUNK_BYTES": "100000", "BODY_BUDGET_BYTES": "150000"}
-    small = json.dumps({"id": "small", "pad": "x" * 10_000}).encode()  # 30,000 reserved: fits beside 100,000
-    large = json.dumps({"id": "large", "pad": "x" * 20_000}).encode()  # 60,000 reserved: does not
+    mib = 1024 * 1024
+    settings = {"LOCAL_AUDIO_DIR": str(tmp_path / "rec"), "MAX_CHUNK_BYTES": str(3 * mib)}
+    settings["BODY_BUDGET_BYTES"] = str(3 * mib + mib // 4)
+    small = json.dumps({"id": "small", "pad": "x" * 100_000}).encode()  # ~300 KB counted: fits beside 2 MiB
+    large = json.dumps({"id": "large", "pad": "x" * 500_000}).encode()  # ~1.5 MB counted: does not
     with serve_function(tmp_path / "server.log", **settings) as (url, _), httpx.Client(timeout=30) as omi:
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=30) as slow:
-            head = f"POST /?sample_rate=16000&uid={UID} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100000\r\n\r\n"
-            slow.sendall(head.encode() + b"\x01\x00" * 10)  # an audio body of 100,000 bytes, 20 sent so far
-            time.sleep(0.5)  # the server has read the headers and reserved the body
+            head = f"POST /?sample_rate=16000&uid={UID} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {3 * mib}\r\n\r\n"
+            slow.sendall(head.encode() + b"\x01\x00" * (mib + mib // 4))  # 2.5 MiB of 3: two 1 MiB pieces held
+            time.sleep(0.5)  # the function has taken the pieces that arrived whole
             headers = {"Content-Type": "application/json"}
             refused = omi.post(f"{url}/?uid={UID}", content=large, headers=headers)
             assert refused.status_code == 503 and "retry" in refused.json()["error"]
             assert omi.post(f"{url}/?uid={UID}", content=small, headers=headers).status_code == 200
-            slow.sendall(b"\x01\x00" * (50_000 - 10))
+            slow.sendall(b"\x01\x00" * (mib // 4))
             assert slow.makefile("rb").readline().split()[1] == b"200"
         assert omi.post(f"{url}/?uid={UID}", content=large, headers=headers).status_code == 200
     stored = storage.LocalStore(tmp_path / "rec")
@@ -592,3 +598,49 @@ def test_a_days_audio_listing_is_the_same_with_conversations_beside_it(bucket, f
         store.put_conversation(UID, at, f"c{n}", json.dumps(omi_conversation(f"c{n}", 3)).encode(), {}, 10)
     assert [listing(*bound) for bound in bounds] == before
     assert before[0] == (before[0][0], 1, 16) and len(before[0][0]) == 16
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+)
+ids = st.one_of(st.uuids().map(str), st.text(max_size=140), json_values)
+payloads = st.one_of(
+    st.fixed_dictionaries(
+        {"id": ids},
+        optional={
+            "started_at": st.one_of(st.datetimes(timezones=st.timezones()).map(datetime.isoformat), json_values),
+            "created_at": st.one_of(st.datetimes().map(datetime.isoformat), json_values),
+            "structured": st.one_of(st.fixed_dictionaries({"title": st.text(max_size=300)}), json_values),
+            "segments": json_values,
+        },
+    ).map(lambda payload: json.dumps(payload, ensure_ascii=False).encode("utf-8", "surrogatepass")),
+    json_values.map(lambda value: json.dumps(value).encode()),
+    st.binary(max_size=300),
+)
+
+
+def test_whatever_json_arrives_the_answer_is_200_or_400_and_only_what_a_200_names_is_stored(configured, client):
+    stored: dict[str, bytes] = {}
+    statuses: Counter[int] = Counter()
+
+    @settings(max_examples=int(os.environ.get("HOSTILE_EXAMPLES", "300")), deadline=None, database=None)
+    @given(body=payloads)
+    def one(body):
+        response = post_json(client, body)
+        statuses[response.status_code] += 1
+        assert response.status_code in (200, 400), response.get_data()[:300]
+        answer = response.get_json()
+        if "conversation" in answer:
+            name = answer["conversation"].removeprefix(f"gs://{configured.name}/")
+            parts = storage.parse_conversation_name(name)
+            assert parts.uid == UID and parts.conversation_id == answer["id"] == json.loads(body)["id"]
+            assert stored.setdefault(name, body) == body
+        else:
+            assert response.status_code == 400 or answer["stored"] is None
+
+    one()
+    print(f"JSON bodies: {statuses.total()} requests, statuses {dict(statuses)}, {len(stored)} conversations stored")
+    assert statuses.keys() == {200, 400} and stored
+    assert objects(configured) == stored

@@ -531,6 +531,7 @@ def test_first_deploy_creates_everything_and_proves_the_url(cloud, tmp_path):
     assert bucket_objects(cloud) == []
     assert f"{fn['url']}?token={token}" in result.stdout
     assert "Deployed and tested" in result.stdout and "Realtime audio bytes" in result.stdout
+    assert "Developer Mode -> Conversation events: the same URL" in result.stdout
     assert "new token" in result.stdout
     assert cloud.post(token) == 200
     assert cloud.post("wrong-token-0123456789") == 401

@@ -216,22 +216,25 @@ def test_empty_body_is_200_with_nothing_stored(client, local_dir):
 
 
 class _Unread:
-    """A request body of `size` zero bytes, made as it is read; records how it was read."""
+    """A request body of `size` zero bytes, made as it is read; records how much the
+    function read before it answered (functions-framework reads the rest after)."""
 
     def __init__(self, size: int):
         self.left = size
         self.read_total = 0
-        self.largest_read = 0
+        self.read_when_answered: int | None = None
 
     def read(self, n: int = -1) -> bytes:
         n = self.left if n is None or n < 0 else min(n, self.left)
         self.left -= n
         self.read_total += n
-        self.largest_read = max(self.largest_read, n)
         return bytes(n)
 
     def readline(self, n: int = -1) -> bytes:
         return self.read(n)
+
+    def note_answer(self) -> None:
+        self.read_when_answered = self.read_total
 
 
 def post_lazy(client, query: str, body: _Unread, size: int):
@@ -268,20 +271,19 @@ def test_rejected_body_is_read_to_its_end_and_thrown_away_in_constant_memory(
     finally:
         tracemalloc.stop()
     assert response.status_code == status
-    assert body.read_total == size  # read to its end...
+    assert body.read_when_answered == size  # read to its end by the function itself...
     assert peak < 1024 * 1024  # ...without holding it (8 MiB would be the cap's worth)
-    assert "Connection" not in response.headers
     assert not local_dir.exists()
 
 
-def test_body_too_large_to_reach_a_deployed_function_is_answered_unread_and_closed(client, local_dir):
+def test_body_too_large_to_reach_a_deployed_function_is_answered_unread(client, local_dir):
+    """Streamed, so that functions-framework does not read it after the answer either."""
     size = 200 * 1024 * 1024  # Cloud Run refuses anything over 32 MiB before it reaches us
     body = _Unread(size)
     response = post_lazy(client, f"sample_rate=16000&uid={UID}", body, size)
     assert response.status_code == 413
     assert "MAX_CHUNK_BYTES" in response.get_json()["error"]
-    assert response.headers["Connection"] == "close"
-    assert body.read_total == 0
+    assert body.read_total == 0  # by anyone, functions-framework included
     assert not local_dir.exists()
 
 
@@ -294,21 +296,16 @@ def test_chunked_body_over_the_cap_is_413_read_to_its_end_but_never_held(client,
     import tracemalloc
 
     monkeypatch.setenv("MAX_CHUNK_BYTES", "1000")
-    consumed = []
-
-    def stream():
-        for _ in range(10_000):  # 10 MB offered with no length: read and thrown away
-            consumed.append(1)
-            yield b"\0" * 1000
+    body = _Iter(b"\0" * 1000 for _ in range(10_000))  # 10 MB offered with no length: read and thrown away
 
     tracemalloc.start()
     try:
-        response = post_unsized(client, f"sample_rate=16000&uid={UID}", stream())
+        response = post_unsized(client, f"sample_rate=16000&uid={UID}", body)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert response.status_code == 413
-    assert len(consumed) == 10_000 and peak < 1024 * 1024
+    assert body.read_when_answered == 10_000_000 and peak < 1024 * 1024
     assert not local_dir.exists()
 
 
@@ -609,21 +606,27 @@ def test_storage_unavailable_is_503_saying_retry_with_the_detail_only_in_the_log
     assert "storage" in line["message"] and "Connection refused" in line["message"]
 
 
-def post_unsized(client, query, pieces):
+def post_unsized(client, query, body):
     """POST a body with no Content-Length (chunked transfer), as a WSGI server passes it on."""
     return client.post(
         f"/?{query}",
         headers={"Transfer-Encoding": "chunked", "Content-Type": "application/octet-stream"},
-        environ_overrides={"wsgi.input": _Iter(pieces), "wsgi.input_terminated": True},
+        environ_overrides={
+            "wsgi.input": body if isinstance(body, _Iter) else _Iter(body),
+            "wsgi.input_terminated": True,
+        },
     )
 
 
 class _Iter:
-    """A file-like over an iterator of bytes, for a request body with no length."""
+    """A file-like over an iterator of bytes, for a request body with no length; records
+    how much the function read before it answered (functions-framework reads the rest after)."""
 
     def __init__(self, it):
         self._it = it
         self._buf = b""
+        self.read_total = 0
+        self.read_when_answered: int | None = None
 
     def read(self, n=-1):
         while n < 0 or len(self._buf) < n:
@@ -635,7 +638,11 @@ class _Iter:
             out, self._buf = self._buf, b""
         else:
             out, self._buf = self._buf[:n], self._buf[n:]
+        self.read_total += len(out)
         return out
 
     def readline(self, n=-1):
         return self.read(n)
+
+    def note_answer(self) -> None:
+        self.read_when_answered = self.read_total

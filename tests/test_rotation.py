@@ -5,6 +5,7 @@ log line says which token matched without ever holding a token."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -30,11 +31,13 @@ def deploy(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
             monkeypatch.delenv(name, raising=False)
 
 
-def post(client, token: str, n: int):
+def post(client, token: str):
+    """One chunk as the backend sends it, each with a new Idempotency-Key: the instance
+    remembers keys for the whole process, so a fixed one would be a retry the next time."""
     return client.post(
         f"/?token={token}&sample_rate=16000&uid=Omi%20DevKit%202",
         data=CHUNK,
-        headers={"Content-Type": "application/octet-stream", "Idempotency-Key": f"chunk-{n}"},
+        headers={"Content-Type": "application/octet-stream", "Idempotency-Key": str(uuid.uuid4())},
     )
 
 
@@ -51,7 +54,7 @@ def test_chunks_streamed_across_a_whole_rotation_are_never_refused(client, local
         capsys.readouterr()
         for _ in range(5):
             n += 1
-            response = post(client, sent, n)
+            response = post(client, sent)
             assert response.status_code == 200, (step, response.get_json())
         lines = log_lines(capsys)
         assert [line["token"] for line in lines] == [which] * 5, step
@@ -61,7 +64,7 @@ def test_chunks_streamed_across_a_whole_rotation_are_never_refused(client, local
 def test_after_the_rotation_the_old_token_is_refused(client, local_dir, monkeypatch, capsys):
     deploy(monkeypatch, ROTATION[-1][1])
     capsys.readouterr()
-    assert post(client, OLD, 1).status_code == 401
+    assert post(client, OLD).status_code == 401
     (line,) = log_lines(capsys)
     assert line["token"] is None and line["status"] == 401
     assert not list(local_dir.rglob("*.wav"))
@@ -70,5 +73,5 @@ def test_after_the_rotation_the_old_token_is_refused(client, local_dir, monkeypa
 def test_the_previous_token_alone_is_not_enough(client, local_dir, monkeypatch):
     """WEBHOOK_TOKEN_PREVIOUS only ever widens WEBHOOK_TOKEN, as deploy.sh sets them."""
     deploy(monkeypatch, {"WEBHOOK_TOKEN": NEW, "WEBHOOK_TOKEN_PREVIOUS": OLD})
-    assert post(client, "Some-Other-Token-0123456789", 1).status_code == 401
-    assert post(client, "", 2).status_code == 401
+    assert post(client, "Some-Other-Token-0123456789").status_code == 401
+    assert post(client, "").status_code == 401

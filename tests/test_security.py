@@ -18,11 +18,16 @@ OTHER = "Zz9yX8wV7uT6sR5qP4oN3mL2kJ1i"
 
 
 class CountingBody(io.BytesIO):
-    """A request body that records how many bytes the function read from it."""
+    """A request body that records how many bytes were read from it, and how many of
+    them the function read before it answered (functions-framework reads the rest after)."""
 
     def __init__(self, data: bytes) -> None:
         super().__init__(data)
         self.consumed = 0
+        self.consumed_when_answered: int | None = None
+
+    def note_answer(self) -> None:
+        self.consumed_when_answered = self.consumed
 
     def read(self, size: int | None = -1) -> bytes:
         piece = super().read(size)
@@ -120,7 +125,7 @@ def test_token_never_appears_in_logs_or_answers_when_storage_fails(client, bucke
 
 
 def test_uid_outside_allowed_uids_is_403_before_the_body_is_kept_or_storage_is_touched(
-    client, bucket, proxy, monkeypatch
+    client, served_main, bucket, proxy, monkeypatch
 ):
     monkeypatch.setenv("ALLOWED_UIDS", f"{UID},webhook-device")
     body = CountingBody(pcm_tone(1.0))
@@ -128,11 +133,12 @@ def test_uid_outside_allowed_uids_is_403_before_the_body_is_kept_or_storage_is_t
     response = post(client, f"sample_rate=16000&uid={OTHER}", body, HTTP_IDEMPOTENCY_KEY=key)
     assert response.status_code == 403
     assert OTHER in response.get_json()["error"]
-    assert body.consumed == len(pcm_tone(1.0))  # read to its end so the sender reads the 403, and dropped
+    assert body.consumed_when_answered == len(pcm_tone(1.0))  # read to its end so the sender reads the 403...
+    assert served_main._body_budget.in_use == 0  # ...and dropped
     assert proxy.seen == []  # storage never heard of it
     assert objects(bucket) == {}
-    assert (OTHER, key) not in main._recent
-    assert not any(key[0] == bucket.name for key in main._stores)  # no storage client was even built
+    assert (OTHER, key) not in served_main._recent
+    assert not any(key[0] == bucket.name for key in served_main._stores)  # no storage client was even built
 
 
 def test_allowed_uids_lets_the_listed_uids_through(client, bucket, monkeypatch):

@@ -26,6 +26,8 @@ import pytest
 import requests
 from conftest import serve_function
 
+import main
+
 TOKEN = "sender-test-token-0123"
 UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"
 TRIES = int(os.environ.get("SENDER_TRIES", "3"))
@@ -149,21 +151,27 @@ def test_the_connection_stays_usable_after_a_rejection(servers):
 
 
 def test_bodies_over_the_instance_budget_get_503_read_to_their_end_and_the_budget_comes_back(tmp_path):
-    """One body in flight holds its share of BODY_BUDGET_BYTES; the next that does not fit is told to retry."""
-    cap = 100_000
-    settings = {"LOCAL_AUDIO_DIR": str(tmp_path / "rec"), "MAX_CHUNK_BYTES": str(cap), "BODY_BUDGET_BYTES": "150000"}
+    """The budget counts the body bytes the function holds, as they arrive; a body that does not fit is
+    told to retry."""
+    piece = main.READ_PIECE_BYTES  # what the function takes from the stream at a time
+    cap = 2 * piece
+    settings = {
+        "LOCAL_AUDIO_DIR": str(tmp_path / "rec"),
+        "MAX_CHUNK_BYTES": str(cap),
+        "BODY_BUDGET_BYTES": str(cap + piece // 2),
+    }
     with serve_function(tmp_path / "server.log", **settings) as (url, _):
         host, port = url.removeprefix("http://").split(":")
         target = f"/?sample_rate=16000&uid={UID}"
         with socket.create_connection((host, int(port)), timeout=30) as slow:
             head = f"POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {cap}\r\n\r\n"
-            slow.sendall(head.encode() + b"\x01\x00" * 10)  # 100,000 bytes reserved, 20 sent so far
-            time.sleep(0.5)  # the server has read the headers and reserved the body
+            slow.sendall(head.encode() + b"\x01" * (piece + 20))  # one piece of the body held, the rest to come
+            time.sleep(0.5)  # the function has taken that piece
             with requests.Session() as session:
-                refused = session.post(url + target, data=b"\x01\x00" * (cap // 2))
+                refused = session.post(url + target, data=b"\x01\x00" * piece)  # a whole cap: 1.5 of them fit
                 assert refused.status_code == 503 and "retry" in refused.json()["error"]
-                slow.sendall(b"\x01\x00" * (cap // 2 - 10))  # the rest: the first body is stored
+                slow.sendall(b"\x01" * (piece - 20))  # the rest: the first body is stored
                 answer = slow.makefile("rb").readline().decode()
                 assert answer.split()[1] == "200"
-                assert session.post(url + target, data=b"\x01\x00" * (cap // 2)).status_code == 200
+                assert session.post(url + target, data=b"\x01\x00" * piece).status_code == 200
     assert len(list((tmp_path / "rec").rglob("*.wav"))) == 2
