@@ -156,7 +156,7 @@ def receive_audio(request: flask.Request) -> flask.Response:
     def answer(status: int, body: dict, *, message: str, unread: bool = False, **headers: str) -> flask.Response:
         severity = "INFO" if status < 400 else "WARNING" if status < 500 else "ERROR"
         _log(severity, message, **log, status=status, latency_ms=round(elapsed(started) * 1000, 2))
-        payload = json.dumps(body)
+        payload = json.dumps(body) + "\n"  # a terminal's prompt starts on its own line after curl
         if unread:
             # The body was not read to its end: a streamed answer stops functions-framework
             # from reading the rest into memory, without a bound in time, after the function.
@@ -192,7 +192,9 @@ def receive_audio(request: flask.Request) -> flask.Response:
         return reject(500, "WEBHOOK_TOKEN is not set: a deployed function stores nothing without one; run deploy.sh")
     log["token"] = matching_token(params.get("token", ""), tokens)
     if tokens and log["token"] is None:
-        return reject(401, "missing or wrong token: use the URL deploy.sh printed, ending in ?token=...")
+        if os.environ.get("K_SERVICE"):
+            return reject(401, "missing or wrong token: use the URL deploy.sh printed, ending in ?token=...")
+        return reject(401, "missing or wrong token: add &token=... with the WEBHOOK_TOKEN this server was started with")
 
     try:
         uid = validate_uid(params.get("uid"))
