@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from html import escape
 from pathlib import Path
 from urllib.parse import quote
@@ -29,9 +29,7 @@ INDEX_NAME = "index.html"
 MIN_MARK_SECONDS = 60.0
 
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-_MONTHS = (
-    "January February March April May June July August September October November December"
-).split()
+_MONTHS = ("January February March April May June July August September October November December").split()
 
 
 def write_index(
@@ -133,7 +131,7 @@ def _converter(tz: tzinfo | None) -> Callable[[datetime], datetime]:
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _parse(text: object) -> datetime | None:
@@ -191,9 +189,7 @@ def _midnight(day: date, tz: tzinfo | None) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=tz)
 
 
-def _days(
-    items: list[_Item], spans: list[tuple[datetime, datetime]], local: Callable, tz: tzinfo | None
-) -> list[_Day]:
+def _days(items: list[_Item], spans: list[tuple[datetime, datetime]], local: Callable, tz: tzinfo | None) -> list[_Day]:
     """Days with something listed or stored, newest first; items newest first in each."""
     by_day: dict[date, _Day] = {}
 
@@ -270,7 +266,8 @@ def _heading(uid: str, items: list[_Item], kind: str, days: list[_Day]) -> str:
         first, last = min(dated), max(dated)
         parts.append(f"{_day_label(first.date())} to {_day_label(last.date())}")
         parts.append(f"times in {_offset(last)}")
-    return f"<h1>Recordings of <span class=uid>{escape(uid)}</span></h1><p class=summary>{escape(' · '.join(parts))}</p>"
+    summary = escape(" · ".join(parts))
+    return f"<h1>Recordings of <span class=uid>{escape(uid)}</span></h1><p class=summary>{summary}</p>"
 
 
 def _nothing_html() -> str:
@@ -304,7 +301,7 @@ def _timeline_html(day: _Day) -> str:
     return (
         f'<div class=timeline aria-label="24 hours of {_day_label(day.day)}: stored audio and '
         f'where each recording sits"><div class=tl-strip>{"".join(parts)}</div>'
-        f'<div class=tl-ticks aria-hidden=true>{ticks}</div></div>'
+        f"<div class=tl-ticks aria-hidden=true>{ticks}</div></div>"
     )
 
 
@@ -326,7 +323,7 @@ def _meta_html(item: _Item, kind: str) -> str:
     if item.start:
         parts.append(f'<time datetime="{item.start.isoformat()}">{_clock(item.start)}</time>')
     if item.seconds:
-        parts.append(f'<span class=duration>{duration_text(item.seconds)}</span>')
+        parts.append(f"<span class=duration>{duration_text(item.seconds)}</span>")
     if kind == "conversation":
         coverage = item.source.get("coverage")
         if not item.audio:
@@ -381,7 +378,8 @@ def _article_html(item: _Item, kind: str) -> str:
     if kind == "conversation":
         files += [f"{item.stem}.vtt", f"{item.stem}.json"]
     links = " ".join(f'<a href="{_src(name)}">{escape(Path(name).suffix[1:].upper())}</a>' for name in files)
-    body = f"<div class=player>{player}{_gaps_html(item.source.get('gaps') or [])}<p class=files>Files: {links}</p></div>"
+    gaps = _gaps_html(item.source.get("gaps") or [])
+    body = f"<div class=player>{player}{gaps}<p class=files>Files: {links}</p></div>"
     if cues:
         body += _transcript_html(cues)
     elif kind == "conversation":
