@@ -28,6 +28,12 @@ INDEX_NAME = "index.html"
 # timeline, so it can still be seen and clicked.
 MIN_MARK_SECONDS = 60.0
 
+# Offscreen days are not laid out (CSS content-visibility: auto) until scrolled to;
+# until then they take this estimated height, so the scrollbar is about right.  A
+# year's 365 timelines and 2,000 articles laid out at once took the first view past 1 s.
+DAY_HEAD_REM = 6.0  # the day's heading and timeline
+ARTICLE_REM = 8.75  # a closed article (heading, times, two lines of overview) and its margin
+
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _MONTHS = ("January February March April May June July August September October November December").split()
 
@@ -76,11 +82,11 @@ def render(
         kind = "session"
     spans = [(local(_utc(start)), local(_utc(end))) for start, end in audio_spans if end > start]
     days = _days(items, spans, local, tz)
-    data = {"uid": uid, "kind": kind, "conversations": conversations, "sessions": sessions if kind == "session" else []}
+    data = _page_data(uid, kind, items)
     fill = {
         "title": escape(f"Recordings of {uid}"),
         "heading": _heading(uid, items, kind, days),
-        "days": "".join(_day_html(day, kind) for day in days) or _nothing_html(),
+        "days": _legend(kind) + "".join(_day_html(day, kind) for day in days) if days else _nothing_html(),
         "data": json_for_script(data),
     }
     page = TEMPLATE.read_text(encoding="utf-8")
@@ -270,6 +276,13 @@ def _heading(uid: str, items: list[_Item], kind: str, days: list[_Day]) -> str:
     return f"<h1>Recordings of <span class=uid>{escape(uid)}</span></h1><p class=summary>{summary}</p>"
 
 
+def _legend(kind: str) -> str:
+    return (
+        "<p class=legend>Each day's strip shows 24 hours: <span class=key-audio></span> audio stored, "
+        f"<span class=key-item></span> a {kind} (click it to open).</p>"
+    )
+
+
 def _nothing_html() -> str:
     return "<p class=empty>Nothing was exported for this range.</p>"
 
@@ -315,7 +328,11 @@ def _day_html(day: _Day, kind: str) -> str:
     articles = "".join(_article_html(item, kind) for item in day.items)
     if not articles:
         articles = f"<p class=empty>Audio was stored this day, but no {kind} was exported.</p>"
-    return f'<section class=day id="day-{day.day.isoformat()}">{head}{timeline}{articles}</section>'
+    height = DAY_HEAD_REM + ARTICLE_REM * max(1, len(day.items))
+    return (
+        f'<section class=day id="day-{day.day.isoformat()}" style="contain-intrinsic-size:auto {height:g}rem">'
+        f"{head}{timeline}{articles}</section>"
+    )
 
 
 def _meta_html(item: _Item, kind: str) -> str:
@@ -350,28 +367,18 @@ def _gaps_html(gaps: Iterable[dict]) -> str:
     return f"<p class=gaps>Silence where no audio was stored: {len(holes)} {noun}, at {shown}</p>"
 
 
-def _transcript_html(cues: list[dict]) -> str:
-    lines = []
-    for index, cue in enumerate(cues):
-        start = _seconds(cue.get("start"))
-        speaker = str(cue.get("speaker") or "")
-        you = " class=you" if speaker == "You" else ""
-        lines.append(
-            f'<li data-cue={index} data-start="{start:g}">'
-            f'<time datetime="PT{start:.1f}S">{clock_text(start)}</time> '
-            f"<b{you}>{escape(speaker)}</b> {escape(str(cue.get('text') or ''))}</li>"
-        )
-    return f"<ol class=transcript>{''.join(lines)}</ol>"
-
-
 def _article_html(item: _Item, kind: str) -> str:
+    """The article as it reads without a script.  Its player and transcript are made
+    by the script when it is opened: 2,000 media elements and half a million lines
+    would take the first view seconds to build.  Without a script, the player is the
+    `<noscript>` one (parsed only then) and the transcript is the .vtt file."""
     stem = escape(item.stem)
     emoji = f"<span class=emoji aria-hidden=true>{escape(item.emoji)}</span> " if item.emoji else ""
     overview = item.source.get("overview") if kind == "conversation" else None
     overview_html = f"<p class=overview>{escape(str(overview))}</p>" if overview else ""
     cues = (item.source.get("cues") or []) if kind == "conversation" else []
     if item.audio:
-        player = f'<audio controls preload=none src="{_src(item.audio)}"></audio>'
+        player = f'<noscript><audio controls preload=none src="{_src(item.audio)}"></audio></noscript>'
     else:
         player = "<p class=no-audio>No audio was stored for this conversation.</p>"
     files = [item.audio] if item.audio else []
@@ -379,15 +386,41 @@ def _article_html(item: _Item, kind: str) -> str:
         files += [f"{item.stem}.vtt", f"{item.stem}.json"]
     links = " ".join(f'<a href="{_src(name)}">{escape(Path(name).suffix[1:].upper())}</a>' for name in files)
     gaps = _gaps_html(item.source.get("gaps") or [])
-    body = f"<div class=player>{player}{gaps}<p class=files>Files: {links}</p></div>"
-    if cues:
-        body += _transcript_html(cues)
-    elif kind == "conversation":
-        body += "<p class=no-transcript>No transcript.</p>"
+    transcript = "" if cues or kind != "conversation" else "<p class=no-transcript>No transcript.</p>"
     summary = f"{len(cues)} lines" if cues else "Listen"
     return (
         f'<article id="{stem}" class=item><header><h3>{emoji}<a href="#{stem}">{escape(item.title)}</a></h3>'
         f"{_meta_html(item, kind)}</header>{overview_html}"
         f"<details><summary>Play{' and read' if cues else ''} <span class=count>{summary}</span></summary>"
-        f"<div class=listen>{body}</div></details></article>"
+        f"<div class=listen><div class=player>{player}{gaps}<p class=files>Files: {links}</p></div>{transcript}</div>"
+        "</details></article>"
     )
+
+
+def _page_data(uid: str, kind: str, items: list[_Item]) -> dict:
+    """What the script needs, compactly: per article its audio file, the words it is
+    searched by, and its cues as [start, end, speaker number, text] (a year of
+    transcripts is tens of megabytes; repeating key names would add half as much)."""
+    speakers: dict[str, int] = {}
+    entries = []
+    for item in items:
+        cues = (item.source.get("cues") or []) if kind == "conversation" else []
+        entries.append(
+            {
+                "stem": item.stem,
+                "audio": item.audio,
+                "words": " ".join(str(item.source.get(key) or "") for key in ("title", "overview", "category"))
+                if kind == "conversation"
+                else item.title,
+                "cues": [
+                    [
+                        _seconds(cue.get("start")),
+                        _seconds(cue.get("end")),
+                        speakers.setdefault(str(cue.get("speaker") or ""), len(speakers)),
+                        str(cue.get("text") or ""),
+                    ]
+                    for cue in cues
+                ],
+            }
+        )
+    return {"uid": uid, "kind": kind, "speakers": list(speakers), "items": entries}

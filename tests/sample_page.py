@@ -1,5 +1,7 @@
 """A small real export for the page (tests, `make screenshot`) and a year of synthetic
-conversations (`bench/page_bench.py`), plus the headless Chromium they open it in."""
+conversations (`bench/page_bench.py`), plus the headless Chromium they open it in.
+
+`python tests/sample_page.py docs/page.png` writes the screenshot in the README."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import random
 import shutil
 import struct
 import tempfile
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -178,8 +181,9 @@ WORDS = (
 ).split()
 
 
-def year_of_conversations(count: int, cues_each: int, seed: int = 1) -> tuple[list[dict], list[tuple]]:
-    """`count` synthetic conversations spread over a year, `cues_each` lines each."""
+def year_of_conversations(count: int, seconds_per_cue: float, seed: int = 1) -> tuple[list[dict], list[tuple]]:
+    """`count` synthetic conversations of 2 to 60 minutes spread over a year, a line
+    every `seconds_per_cue` seconds, and the audio stored around each."""
     rng = random.Random(seed)
     start_of_year = datetime(2026, 1, 1, tzinfo=UTC)
     conversations, spans = [], []
@@ -187,6 +191,7 @@ def year_of_conversations(count: int, cues_each: int, seed: int = 1) -> tuple[li
         start = start_of_year + timedelta(seconds=n * 365 * 86400 / count + rng.uniform(0, 3600))
         seconds = rng.uniform(120, 3600)
         stem = f"{start:%Y-%m-%d_%H%M}_Conversation-{n}"
+        cues_each = max(1, round(seconds / seconds_per_cue))
         cue_length = seconds / cues_each
         cues = [
             {
@@ -270,3 +275,34 @@ class Chromium:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def screenshot(png: Path, width: int = 1200, height: int = 1000) -> None:
+    """The sample export's page as a person sees it mid-conversation: one conversation
+    open, its player paused on a line, that line highlighted."""
+    with tempfile.TemporaryDirectory(prefix="page-sample-") as folder, Chromium(width, height) as browser:
+        out = Path(folder)
+        conversations = write_sample_export(out)
+        shown = conversations[0]
+        driver = browser.driver
+        driver.get((out / "index.html").as_uri() + f"#{shown['stem']}")
+        play = "const a = document.getElementById(arguments[0]).querySelector('audio'); a.currentTime = arguments[1];"
+        driver.execute_script(play + "a.play()", shown["stem"], shown["cues"][2]["start"] + 0.5)
+        for _ in range(100):
+            if driver.execute_script("return document.querySelector('li.current') !== null"):
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("the sample page never highlighted a line")
+        driver.execute_script(play + "a.pause(); scrollTo(0, 0)", shown["stem"], shown["cues"][2]["start"] + 0.5)
+        time.sleep(0.3)  # let the player's controls settle
+        png.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(png))
+
+
+if __name__ == "__main__":
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/page.png")
+    screenshot(target)
+    print(f"wrote {target}")

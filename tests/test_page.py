@@ -67,6 +67,7 @@ def open_article(driver, stem: str):
 
     article = driver.find_element(By.ID, stem)
     article.find_element(By.TAG_NAME, "summary").click()
+    wait(driver, lambda d: article.find_elements(By.CSS_SELECTOR, "audio, ol"))  # made when opened
     return article
 
 
@@ -126,17 +127,23 @@ def test_every_conversation_is_listed_by_day_newest_first(driver):
 
 
 def test_players_load_nothing_until_played_and_each_lasts_as_long_as_its_file(driver, export):
-    states = js(driver, "return [...document.querySelectorAll('audio')].map(a => [a.preload, a.readyState])")
-    assert states == [["none", 0]] * 3
-    assert not [e for e in js(driver, "return performance.getEntriesByType('resource').map(e => e.name)")]
+    assert js(driver, "return document.querySelectorAll('audio').length") == 0  # made when opened
     for conversation in sample_conversations():
+        open_article(driver, conversation["stem"])
         if not conversation["audio"]:
             assert js(driver, "return document.getElementById(arguments[0]).querySelector('audio')", NO_AUDIO) is None
+            assert "No audio was stored" in driver.find_element("id", NO_AUDIO).text
             continue
-        load_metadata(driver, conversation["stem"])
-        with wave.open(str(export / conversation["audio"])) as file:
-            seconds = file.getnframes() / file.getframerate()
-        assert player(driver, conversation["stem"])["duration"] == pytest.approx(seconds, abs=1e-3)
+        state = js(driver, "const a = document.getElementById(arguments[0]).querySelector('audio');"
+                   "return [a.preload, a.readyState, a.controls]", conversation["stem"])  # fmt: skip
+        assert state == ["none", 0, True]
+    assert js(driver, "return performance.getEntriesByType('resource').length") == 0
+    for conversation in sample_conversations():
+        if conversation["audio"]:
+            load_metadata(driver, conversation["stem"])
+            with wave.open(str(export / conversation["audio"])) as file:
+                seconds = file.getnframes() / file.getframerate()
+            assert player(driver, conversation["stem"])["duration"] == pytest.approx(seconds, abs=1e-3)
 
 
 def test_clicking_a_line_plays_from_its_cue(driver):
@@ -294,21 +301,23 @@ def test_nothing_is_requested_outside_the_folder(driver, export):
 # --- without its script, and hostile text ----------------------------------------------
 
 
-def test_without_its_script_every_title_and_line_is_in_the_page(chromium, export):
+def test_without_its_script_the_list_reads_and_plays(chromium, export):
     from selenium.webdriver.common.by import By
 
     chromium.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
     try:
         chromium.get((export / "index.html").as_uri())
-        text = js(chromium, "return document.body.textContent")  # selenium's scripts still run
-        assert js(chromium, "return document.querySelector('form.search').hidden")  # the script never ran
+        text = js(chromium, "return document.body.innerText")  # selenium's own scripts still run
+        assert js(chromium, "return document.querySelector('form.search').hidden")  # the page's never ran
+        players = js(chromium, "return [...document.querySelectorAll('audio')].map(a => a.getAttribute('src'))")
+        transcripts = [a.get_attribute("href") for a in chromium.find_elements(By.CSS_SELECTOR, ".files a")]
     finally:
         chromium.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": False})
+    with_audio = [c for c in sample_conversations() if c["audio"]]
+    assert players == [c["audio"] for c in with_audio]
     for conversation in sample_conversations():
-        assert conversation["title"] in text
-        for cue in conversation["cues"]:
-            assert cue["text"] in text
-    assert len(chromium.find_elements(By.CSS_SELECTOR, "audio[controls][preload=none]")) == 3
+        assert conversation["title"] in text and conversation["overview"] in text
+        assert (export / f"{conversation['stem']}.vtt").as_uri() in transcripts
 
 
 def test_markup_in_titles_and_transcripts_is_shown_as_text(chromium, tmp_path):
@@ -323,8 +332,10 @@ def test_markup_in_titles_and_transcripts_is_shown_as_text(chromium, tmp_path):
     article = chromium.find_element(By.ID, "a&b <c>")
     assert nasty.replace("\u2028", "").strip() in article.find_element(By.TAG_NAME, "h3").text
     data = js(chromium, "return JSON.parse(document.getElementById('page-data').textContent)")
-    assert data["conversations"][0]["title"] == nasty
+    assert data["items"][0]["cues"][0][3] == nasty
     assert chromium.title == f"Recordings of {UID}"
+    open_article(chromium, "a&b <c>")
+    assert lines(article)[0].text == f"0:00 <i>Sam</i>: {nasty}".replace("\u2028", "").strip()
     search = chromium.find_element(By.ID, "search")
     search.send_keys("<!--")
     assert article.is_displayed()
