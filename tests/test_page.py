@@ -194,6 +194,7 @@ def test_the_line_being_spoken_is_kept_in_view(driver):
 
 def test_search_filters_by_title_overview_and_transcript(driver):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     search = driver.find_element(By.ID, "search")
 
@@ -219,6 +220,10 @@ def test_search_filters_by_title_overview_and_transcript(driver):
     assert [d.is_displayed() for d in driver.find_elements(By.CSS_SELECTOR, "section.day")] == [False, True]
     dimmed = [m.get_attribute("data-stem") for m in driver.find_elements(By.CSS_SELECTOR, ".tl-item.dim")]
     assert sorted(dimmed) == sorted([LAUNCH, "2026-11-30_0912_Coffee-with-Amira", NO_AUDIO])
+    search.send_keys("z")  # "piranesiz": nothing
+    assert shown() == []
+    search.send_keys(Keys.BACKSPACE)  # back to "piranesi": found again
+    assert shown() == [BOOK_CLUB]
     search.clear()
     search.send_keys(" ")
     assert len(shown()) == 4
