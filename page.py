@@ -80,7 +80,8 @@ def render(
     if not items:
         items = [_session_item(s, local) for s in sessions]
         kind = "session"
-    spans = [(local(_utc(start)), local(_utc(end))) for start, end in audio_spans if end > start]
+    spans = [(local(_utc(start)), local(_utc(end))) for start, end in audio_spans]
+    spans = [(start, end) for start, end in spans if end > start]
     days = _days(items, spans, local, tz)
     data = _page_data(uid, kind, items)
     fill = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import wave
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -394,3 +395,23 @@ def test_index_is_written_whole_into_the_folder(tmp_path):
     assert path == tmp_path / "index.html"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html"]
     assert path.read_text(encoding="utf-8").rstrip().endswith("</html>")
+
+
+def test_times_default_to_the_exporting_machines_zone(monkeypatch):
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        summer = {**sample_conversations()[0], "started_at": "2026-07-01T12:00:00Z", "finished_at": None}
+        winter = {**summer, "stem": "winter", "started_at": "2026-12-01T12:00:00Z"}
+        html = page.render(UID, [summer, winter], [], [(datetime(2026, 7, 1, 23, 30), datetime(2026, 7, 2, 0, 30))])
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert '<time datetime="2026-07-01T14:00:00+02:00">14:00</time>' in html  # summer time
+    assert '<time datetime="2026-12-01T13:00:00+01:00">13:00</time>' in html
+    assert 'id="day-2026-07-02"' in html  # 23:30 UTC stored audio is the next morning in Berlin
+
+
+def test_an_empty_export_says_so():
+    html = page.render(UID, [], [], [])
+    assert "Nothing was exported" in html and "<article" not in html
