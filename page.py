@@ -83,12 +83,11 @@ def render(
     spans = [(local(_utc(start)), local(_utc(end))) for start, end in audio_spans]
     spans = [(start, end) for start, end in spans if end > start]
     days = _days(items, spans, local, tz)
-    data = _page_data(uid, kind, items)
     fill = {
         "title": escape(f"Recordings of {uid}"),
         "heading": _heading(uid, items, kind, days),
         "days": _legend(kind) + "".join(_day_html(day, kind) for day in days) if days else _nothing_html(),
-        "data": json_for_script(data),
+        "data": json_for_script({"uid": uid, "kind": kind}),
     }
     page = TEMPLATE.read_text(encoding="utf-8")
     for key, value in fill.items():
@@ -394,34 +393,28 @@ def _article_html(item: _Item, kind: str) -> str:
         f"{_meta_html(item, kind)}</header>{overview_html}"
         f"<details><summary>Play{' and read' if cues else ''} <span class=count>{summary}</span></summary>"
         f"<div class=listen><div class=player>{player}{gaps}<p class=files>Files: {links}</p></div>{transcript}</div>"
-        "</details></article>"
+        f'</details><script type="application/json">{json_for_script(_item_data(item, kind))}</script></article>'
     )
 
 
-def _page_data(uid: str, kind: str, items: list[_Item]) -> dict:
-    """What the script needs, compactly: per article its audio file, the words it is
+def _item_data(item: _Item, kind: str) -> dict:
+    """What the script needs of one article, compactly: its audio file, the words it is
     searched by, and its cues as [start, end, speaker number, text] (a year of
     transcripts is tens of megabytes; repeating key names would add half as much)."""
     speakers: dict[str, int] = {}
-    entries = []
-    for item in items:
-        cues = (item.source.get("cues") or []) if kind == "conversation" else []
-        entries.append(
-            {
-                "stem": item.stem,
-                "audio": item.audio,
-                "words": " ".join(str(item.source.get(key) or "") for key in ("title", "overview", "category"))
-                if kind == "conversation"
-                else item.title,
-                "cues": [
-                    [
-                        _seconds(cue.get("start")),
-                        _seconds(cue.get("end")),
-                        speakers.setdefault(str(cue.get("speaker") or ""), len(speakers)),
-                        str(cue.get("text") or ""),
-                    ]
-                    for cue in cues
-                ],
-            }
-        )
-    return {"uid": uid, "kind": kind, "speakers": list(speakers), "items": entries}
+    cues = [
+        [
+            _seconds(cue.get("start")),
+            _seconds(cue.get("end")),
+            speakers.setdefault(str(cue.get("speaker") or ""), len(speakers)),
+            str(cue.get("text") or ""),
+        ]
+        for cue in ((item.source.get("cues") or []) if kind == "conversation" else [])
+    ]
+    words = [str(item.source.get(key) or "") for key in ("title", "overview", "category")]
+    return {
+        "audio": item.audio,
+        "words": " ".join(words) if kind == "conversation" else item.title,
+        "speakers": list(speakers),
+        "cues": cues,
+    }

@@ -12,8 +12,9 @@ headless Debian Chromium on this machine, as the tests open it.
   size, as the file must be read from disk.
 * search: typing into the search box, from the input event until the filtered
   list is laid out and the next frame painted, for queries that keep most, some
-  and none of the conversations.  Goal: the slowest under 100 ms.  Also shown: the
-  time the page's data takes to read (once, on the first open or search).
+  and none of the conversations.  Goal: the slowest under 100 ms.
+* opening the longest conversation right after the page loaded: until its player
+  and transcript are made and painted (reported).
 
 Exit status 1 when a goal is missed.
 """
@@ -68,10 +69,21 @@ return {
 };
 """
 
-PARSE_DATA = """
+# Open the conversation with the longest transcript: from setting it open until its
+# player and lines are made and the next frame painted.
+OPEN_LONGEST = """
+const done = arguments[0];
+let longest = null, size = -1;
+for (const article of document.querySelectorAll("article")) {
+  const length = article.querySelector(":scope > script").textContent.length;
+  if (length > size) { longest = article; size = length; }
+}
+const details = longest.querySelector("details");
 const start = performance.now();
-JSON.parse(document.getElementById("page-data").textContent);
-return performance.now() - start;
+details.addEventListener("toggle", () => requestAnimationFrame(() => setTimeout(() => done({
+  ms: performance.now() - start, lines: longest.querySelectorAll("li").length,
+}))), {once: true});
+details.open = true;
 """
 
 # One search as a person types it: the input event, then layout, then the next frame.
@@ -132,7 +144,7 @@ def main() -> int:
         with Chromium(1280, 900) as browser:
             driver = browser.driver
             driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": MARK_FIRST_VIEW})
-            parse_ms = None
+            opened = None
             views, readies = [], []
             for load in range(args.loads):
                 timings = first_view(driver, url)
@@ -144,8 +156,8 @@ def main() -> int:
                     f" file read {timings['received']:.0f} ms, DOMContentLoaded {timings['dcl']:.0f} ms,"
                     f" next frame {timings['frame']:.0f} ms"
                 )
-                if parse_ms is None:
-                    parse_ms = driver.execute_script(PARSE_DATA)
+                if opened is None:
+                    opened = driver.execute_async_script(OPEN_LONGEST)
             time.sleep(2.0)  # let the idle callbacks build the search index
             searches = []
             for query in QUERIES:
@@ -162,7 +174,10 @@ def main() -> int:
           f"  (report: {size / 2**20:.0f} MiB read from disk)")  # fmt: skip
     print(f"2. search (slowest of {len(searches)}): {worst_search:.1f} ms, median {statistics.median(searches):.1f} ms"
           f"  goal < {SEARCH_GOAL_MS:.0f} ms")  # fmt: skip
-    print(f"   reading the page's data (JSON.parse, once, on the first open or search): {parse_ms:.0f} ms  (report)")
+    print(
+        f"3. opening the longest conversation ({opened['lines']} lines) right after loading:"
+        f" {opened['ms']:.0f} ms  (report)"
+    )
     met = view < FIRST_VIEW_GOAL_MS and worst_search < SEARCH_GOAL_MS
     print("goals met" if met else "GOAL MISSED")
     return 0 if met else 1

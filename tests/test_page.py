@@ -337,8 +337,8 @@ def test_markup_in_titles_and_transcripts_is_shown_as_text(chromium, tmp_path):
     chromium.get((tmp_path / "index.html").as_uri())
     article = chromium.find_element(By.ID, "a&b <c>")
     assert nasty.replace("\u2028", "").strip() in article.find_element(By.TAG_NAME, "h3").text
-    data = js(chromium, "return JSON.parse(document.getElementById('page-data').textContent)")
-    assert data["items"][0]["cues"][0][3] == nasty
+    data = js(chromium, "return JSON.parse(arguments[0].querySelector('script').textContent)", article)
+    assert data["cues"][0][3] == nasty and data["speakers"] == ["<i>Sam</i>"]
     assert chromium.title == f"Recordings of {UID}"
     open_article(chromium, "a&b <c>")
     assert lines(article)[0].text == f"0:00 <i>Sam</i>: {nasty}".replace("\u2028", "").strip()
