@@ -2,9 +2,10 @@
 
 Pure: data in, one HTML file out; nothing here reads storage.  `export.py` calls
 `write_index` with what it exported.  The page is `page.html` (its CSS and a small
-script inline) filled with server-rendered HTML, so it reads without its script, and
-the same data as JSON in a `<script type="application/json">` block, from which the
-script builds each player's cues (Chromium refuses a `<track>` file over `file://`).
+script inline) filled with server-rendered HTML, so it reads without its script; each
+article carries its data as JSON in a `<script type="application/json">` block, from
+which the script builds its player's cues (Chromium refuses a `<track>` file over
+`file://`) and the search index.
 It opens by double-click: no server, no network, nothing outside the folder.
 
 Times are shown in the time zone of the machine that exports (the owner's), unless a
