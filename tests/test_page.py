@@ -415,3 +415,19 @@ def test_times_default_to_the_exporting_machines_zone(monkeypatch):
 def test_an_empty_export_says_so():
     html = page.render(UID, [], [], [])
     assert "Nothing was exported" in html and "<article" not in html
+
+
+def test_stems_of_any_script_and_a_bare_percent_sign_open_by_anchor(chromium, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    stems = ["2026-11-30_1403_Café-über-東京", "2026-11-30_1500_50%-off"]
+    conversations = [{**sample_conversations()[3], "stem": stem} for stem in stems]
+    conversations[1]["started_at"] = "2026-11-30T15:00:00Z"
+    page.write_index(tmp_path, UID, conversations, [], [], tz=UTC)
+    chromium.get_log("browser")
+    chromium.get("about:blank")
+    chromium.get((tmp_path / "index.html").as_uri())
+    for stem in stems:
+        chromium.find_element(By.CSS_SELECTOR, f'.tl-item[data-stem="{stem}"]').click()
+        wait(chromium, lambda d, stem=stem: driver_open(d, stem))
+    assert [e for e in chromium.get_log("browser") if e["level"] == "SEVERE"] == []
