@@ -2,10 +2,10 @@
 
 Pure: data in, one HTML file out; nothing here reads storage.  `export.py` calls
 `write_index` with what it exported.  The page is `page.html` (its CSS and a small
-script inline) filled with server-rendered HTML, so it reads without its script; each
-article carries its data as JSON in a `<script type="application/json">` block, from
-which the script builds its player's cues (Chromium refuses a `<track>` file over
-`file://`) and the search index.
+script inline) filled with server-rendered HTML, so it reads without its script, and
+the data as JSON in a `<script type="application/json">` block, one article's item a
+line, from which the script builds a player's cues when it is opened (Chromium
+refuses a `<track>` file over `file://`) and the search index.
 It opens by double-click: no server, no network, nothing outside the folder.
 
 Times are shown in the time zone of the machine that exports (the owner's), unless a
@@ -88,7 +88,8 @@ def render(
         "title": escape(f"Recordings of {uid}"),
         "heading": _heading(uid, items, kind, days),
         "days": _legend(kind) + "".join(_day_html(day, kind) for day in days) if days else _nothing_html(),
-        "data": json_for_script({"uid": uid, "kind": kind}),
+        "kind": kind,
+        "data": _data_block(uid, kind, [item for day in days for item in day.items]),
     }
     page = TEMPLATE.read_text(encoding="utf-8")
     for key, value in fill.items():
@@ -394,8 +395,18 @@ def _article_html(item: _Item, kind: str) -> str:
         f"{_meta_html(item, kind)}</header>{overview_html}"
         f"<details><summary>Play{' and read' if cues else ''} <span class=count>{summary}</span></summary>"
         f"<div class=listen><div class=player>{player}{gaps}<p class=files>Files: {links}</p></div>{transcript}</div>"
-        f'</details><script type="application/json">{json_for_script(_item_data(item, kind))}</script></article>'
+        "</details></article>"
     )
+
+
+def _data_block(uid: str, kind: str, items: list[_Item]) -> str:
+    """The page's data: one JSON object whose `items` follow the articles' order, one
+    item to a line.  The script reads a line when its article is opened or searched,
+    so a year of transcripts is never parsed at once (JSON escapes every newline
+    inside a string, so a line is always one whole item)."""
+    head = json_for_script({"uid": uid, "kind": kind})[:-1]
+    lines = [json_for_script(_item_data(item, kind)) for item in items]
+    return head + ',"items":[\n' + ",\n".join(lines) + "\n]}"
 
 
 def _item_data(item: _Item, kind: str) -> dict:
@@ -414,6 +425,7 @@ def _item_data(item: _Item, kind: str) -> dict:
     ]
     words = [str(item.source.get(key) or "") for key in ("title", "overview", "category")]
     return {
+        "stem": item.stem,
         "audio": item.audio,
         "words": " ".join(words) if kind == "conversation" else item.title,
         "speakers": list(speakers),

@@ -75,7 +75,7 @@ OPEN_LONGEST = """
 const done = arguments[0];
 let longest = null, size = -1;
 for (const article of document.querySelectorAll("article")) {
-  const length = article.querySelector(":scope > script").textContent.length;
+  const length = parseInt(article.querySelector("summary .count").textContent, 10);  // "444 lines"
   if (length > size) { longest = article; size = length; }
 }
 const details = longest.querySelector("details");
@@ -84,6 +84,13 @@ details.addEventListener("toggle", () => requestAnimationFrame(() => setTimeout(
   ms: performance.now() - start, lines: longest.querySelectorAll("li").length,
 }))), {once: true});
 details.open = true;
+"""
+
+# What the first open or search pays once: the data block's text, split into lines.
+SPLIT_DATA = """
+const start = performance.now();
+document.getElementById("page-data").textContent.split("\\n");
+return performance.now() - start;
 """
 
 # One search as a person types it: the input event, then layout, then the next frame.
@@ -158,6 +165,7 @@ def main() -> int:
                 )
                 if opened is None:
                     opened = driver.execute_async_script(OPEN_LONGEST)
+                    split_ms = driver.execute_script(SPLIT_DATA)
             time.sleep(2.0)  # let the idle callbacks build the search index
             searches = []
             for query in QUERIES:
@@ -176,7 +184,7 @@ def main() -> int:
           f"  goal < {SEARCH_GOAL_MS:.0f} ms")  # fmt: skip
     print(
         f"3. opening the longest conversation ({opened['lines']} lines) right after loading:"
-        f" {opened['ms']:.0f} ms  (report)"
+        f" {opened['ms']:.0f} ms; the data's lines read the first time: {split_ms:.0f} ms  (report)"
     )
     met = view < FIRST_VIEW_GOAL_MS and worst_search < SEARCH_GOAL_MS
     print("goals met" if met else "GOAL MISSED")

@@ -337,7 +337,7 @@ def test_markup_in_titles_and_transcripts_is_shown_as_text(chromium, tmp_path):
     chromium.get((tmp_path / "index.html").as_uri())
     article = chromium.find_element(By.ID, "a&b <c>")
     assert nasty.replace("\u2028", "").strip() in article.find_element(By.TAG_NAME, "h3").text
-    data = js(chromium, "return JSON.parse(arguments[0].querySelector('script').textContent)", article)
+    data = js(chromium, "return JSON.parse(document.getElementById('page-data').textContent).items[0]")
     assert data["cues"][0][3] == nasty and data["speakers"] == ["<i>Sam</i>"]
     assert chromium.title == f"Recordings of {UID}"
     open_article(chromium, "a&b <c>")
@@ -374,6 +374,19 @@ def test_sessions_are_listed_when_there_are_no_conversations(chromium, tmp_path)
 
 
 # --- the data, without a browser ---------------------------------------------------------
+
+
+def test_page_data_is_one_json_object_with_an_item_a_line_in_the_articles_order():
+    html = page.render(UID, sample_conversations(), [], [], tz=UTC)
+    block = html.split('id="page-data" data-kind="conversation">')[1].split("</script>")[0]
+    lines = block.split("\n")
+    items = json.loads(block)["items"]
+    assert [item["stem"] for item in items] == [LAUNCH, "2026-11-30_0912_Coffee-with-Amira", BOOK_CLUB, NO_AUDIO]
+    assert [json.loads(line.rstrip(",")) for line in lines[1:-1]] == items
+    assert items[0]["speakers"] == ["You", "Sam"] and items[0]["cues"][1][2:] == [
+        1,
+        sample_conversations()[0]["cues"][1]["text"],
+    ]
 
 
 def test_data_block_never_holds_a_less_than_sign():
