@@ -444,3 +444,23 @@ def test_stems_of_any_script_and_a_bare_percent_sign_open_by_anchor(chromium, tm
         chromium.find_element(By.CSS_SELECTOR, f'.tl-item[data-stem="{stem}"]').click()
         wait(chromium, lambda d, stem=stem: driver_open(d, stem))
     assert [e for e in chromium.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_page_bench_runs_and_prints_each_figure_with_its_goal(chromium):
+    """bench/page_bench.py works end to end; on 40 conversations its figures mean nothing."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, str(root / "bench/page_bench.py"), "--conversations", "40", "--loads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for figure, goal in [("1. first view painted", "goal < 1000 ms"), ("2. search", "goal < 100 ms")]:
+        assert any(line.startswith(figure) and goal in line for line in lines), result.stdout
+    assert any(line.startswith("3. opening the longest conversation") for line in lines), result.stdout
