@@ -86,7 +86,7 @@ def render(
     days = _days(items, spans, local, tz)
     fill = {
         "title": escape(f"Recordings of {uid}"),
-        "heading": _heading(uid, items, kind, days),
+        "heading": _heading(uid, items, kind),
         "days": _legend(kind) + "".join(_day_html(day, kind) for day in days) if days else _nothing_html(),
         "kind": kind,
         "data": _data_block(uid, kind, [item for day in days for item in day.items]),
@@ -266,14 +266,14 @@ def _src(name: str) -> str:
     return escape(quote(name, safe=""))
 
 
-def _heading(uid: str, items: list[_Item], kind: str, days: list[_Day]) -> str:
-    dated = [item.start for item in items if item.start]
+def _heading(uid: str, items: list[_Item], kind: str) -> str:
+    dated = sorted(item.start for item in items if item.start)
     noun = kind if len(items) == 1 else f"{kind}s"
     parts = [f"{len(items)} {noun}"]
     if dated:
-        first, last = min(dated), max(dated)
-        parts.append(f"{_day_label(first.date())} to {_day_label(last.date())}")
-        parts.append(f"times in {_offset(last)}")
+        parts.append(f"{_day_label(dated[0].date())} to {_day_label(dated[-1].date())}")
+        offsets = sorted({moment.utcoffset(): moment for moment in dated}.items())  # two across a DST change
+        parts.append(f"times in {' / '.join(_offset(moment) for _, moment in offsets)}")
     summary = escape(" · ".join(parts))
     return f"<h1>Recordings of <span class=uid>{escape(uid)}</span></h1><p class=summary>{summary}</p>"
 

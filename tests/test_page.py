@@ -423,6 +423,7 @@ def test_times_default_to_the_exporting_machines_zone(monkeypatch):
     assert '<time datetime="2026-07-01T14:00:00+02:00">14:00</time>' in html  # summer time
     assert '<time datetime="2026-12-01T13:00:00+01:00">13:00</time>' in html
     assert 'id="day-2026-07-02"' in html  # 23:30 UTC stored audio is the next morning in Berlin
+    assert "times in UTC+01:00 / UTC+02:00" in html
 
 
 def test_an_empty_export_says_so():
