@@ -72,13 +72,26 @@ export: $(VENV)/.tools
 status: $(VENV)/.tools
 	$(PY) status.py $(ARGS)
 
+# The export's index.html for a year (2,000 conversations) in headless Chromium: first
+# view goal < 1 s, search goal < 100 ms (needs chromium and chromium-driver; exit 1 when missed).
+.PHONY: bench-page
+bench-page: $(VENV)/.test
+	$(PY) bench/page_bench.py
+
 # receive_audio against its floor (echo function + bare upload), side by side:
 # latency, throughput, cold start, memory, each with its goal (about 4 minutes);
-# then export's benchmark.
+# then export's and the page's benchmarks.
 .PHONY: bench
 bench: $(VENV)/.test
 	$(PY) bench/measure.py
 	$(MAKE) --no-print-directory bench-export
+	$(MAKE) --no-print-directory bench-page
+
+# docs/page.png, the README's picture of index.html, from a small sample export
+# (headless chromium; install fonts-noto-color-emoji too, or the emoji show as boxes).
+.PHONY: screenshot
+screenshot: $(VENV)/.test
+	PYTHONPATH=. $(PY) tests/sample_page.py docs/page.png
 
 # Where the worker's CPU goes on the request path (py-spy, under 16 senders).
 .PHONY: profile
