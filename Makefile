@@ -18,8 +18,10 @@ $(VENV)/.test: requirements.txt requirements-test.txt $(VENV)/.runtime
 	touch $@
 
 # Serve receive_audio on http://$(HOST):$(PORT); chunks go to $(LOCAL_AUDIO_DIR)
-# unless GCS_BUCKET_NAME is set in the environment.
+# unless GCS_BUCKET_NAME is set in the environment.  `make run PORT=9000` changes the
+# port; `WEBHOOK_TOKEN=... make run` makes the server ask for ?token=... as deployed.
 run: $(VENV)/.runtime
+	@echo "Serving on http://$(HOST):$(PORT)/ into $${GCS_BUCKET_NAME:+gs://}$${GCS_BUCKET_NAME:-$(LOCAL_AUDIO_DIR)}$${WEBHOOK_TOKEN:+ (token required)}; Ctrl-C stops"
 	LOCAL_AUDIO_DIR="$(LOCAL_AUDIO_DIR)" $(VENV)/bin/functions-framework \
 		--source=main.py --target=receive_audio --host=$(HOST) --port=$(PORT)
 
