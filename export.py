@@ -56,6 +56,7 @@ from google.api_core import exceptions as api_exceptions
 
 import archive
 import conversation_export
+import page
 import storage
 import wav
 from archive import DEFAULT_GAP_SECONDS, Chunk, Selection, select_chunks, starts_new_session
@@ -885,10 +886,6 @@ def write_page(
     spans: list[tuple[datetime, datetime]],
 ) -> int:
     """index.html in `out_dir` (see `page.write_index`); returns the exit status."""
-    try:
-        import page
-    except ModuleNotFoundError:  # TEMPORARY until page.py is on this branch
-        return 0
     try:
         page.write_index(out_dir, uid, conversations, sessions, spans)
     except OSError as exc:

@@ -64,11 +64,14 @@ BODY_ARRIVAL_SECONDS = 30.0
 # A rejected body is read and thrown away before the answer: a client that is still
 # sending when the server closes gets a reset instead of the status (httpx then
 # retries what a clean 4xx would have stopped).  Bounded in bytes (twice what Cloud
-# Run lets through; reading it costs no memory) and in time: the backend's rejected
-# 32 KB chunk arrives in milliseconds, the phone never retries whether it reads the
-# status or a reset, and a client that trickles its body holds a thread no longer.
+# Run lets through; reading it costs no memory) and in time: 2 s, plus the time its
+# declared length takes at 4 MiB/s (a 32 KB chunk from the backend arrives in
+# milliseconds; 32 MiB gets 10 s), never past the sender's own 30 s.  A client that
+# trickles its body holds a thread no longer; the phone, on a slower link, never
+# retries whether it reads the status or a reset.
 DISCARD_MAX_BYTES = 2 * HARD_MAX_CHUNK_BYTES
-DISCARD_MAX_SECONDS = 2.0
+DISCARD_MIN_SECONDS = 2.0
+DISCARD_BYTES_PER_SECOND = 4 * 1024 * 1024
 # Storage deadlines, counted from the request's arrival.  A sender with an
 # Idempotency-Key is the Omi backend: it retries after 1, 5 and 30 s, so answer 503
 # early and let it.  A sender without one is the phone (or an older backend): it
@@ -153,7 +156,7 @@ def receive_audio(request: flask.Request) -> flask.Response:
     def answer(status: int, body: dict, *, message: str, unread: bool = False, **headers: str) -> flask.Response:
         severity = "INFO" if status < 400 else "WARNING" if status < 500 else "ERROR"
         _log(severity, message, **log, status=status, latency_ms=round(elapsed(started) * 1000, 2))
-        payload = json.dumps(body)
+        payload = json.dumps(body) + "\n"  # a terminal's prompt starts on its own line after curl
         if unread:
             # The body was not read to its end: a streamed answer stops functions-framework
             # from reading the rest into memory, without a bound in time, after the function.
@@ -161,7 +164,7 @@ def receive_audio(request: flask.Request) -> flask.Response:
         return flask.Response(payload, status, headers, mimetype="application/json")
 
     def reject(status: int, error: str, **headers: str) -> flask.Response:
-        read_to_end = discard_body(request, time.monotonic() + DISCARD_MAX_SECONDS)
+        read_to_end = discard_body(request, time.monotonic() + discard_seconds(request.content_length))
         return answer(status, {"error": error}, message=f"rejected: {error}", unread=not read_to_end, **headers)
 
     def refuse_incomplete(body: Body, limit: int, limit_name: str) -> flask.Response:
@@ -189,7 +192,9 @@ def receive_audio(request: flask.Request) -> flask.Response:
         return reject(500, "WEBHOOK_TOKEN is not set: a deployed function stores nothing without one; run deploy.sh")
     log["token"] = matching_token(params.get("token", ""), tokens)
     if tokens and log["token"] is None:
-        return reject(401, "missing or wrong token: use the URL deploy.sh printed, ending in ?token=...")
+        if os.environ.get("K_SERVICE"):
+            return reject(401, "missing or wrong token: use the URL deploy.sh printed, ending in ?token=...")
+        return reject(401, "missing or wrong token: add &token=... with the WEBHOOK_TOKEN this server was started with")
 
     try:
         uid = validate_uid(params.get("uid"))
@@ -450,6 +455,11 @@ def read_body(request: flask.Request, limit: int, give_up_at: float) -> Iterator
         yield Body(end, pieces, size, detail)
     finally:
         _body_budget.release(held)
+
+
+def discard_seconds(declared: int | None) -> float:
+    """How long a rejected body of `declared` bytes (None: chunked) may take to be read and dropped."""
+    return min(DISCARD_MIN_SECONDS + (declared or 0) / DISCARD_BYTES_PER_SECOND, BODY_ARRIVAL_SECONDS)
 
 
 def discard_body(request: flask.Request, give_up_at: float) -> bool:

@@ -683,3 +683,55 @@ def test_a_cut_takes_the_rate_most_of_its_audio_has_and_leaves_the_other_out_as_
     cut = archive.plan_cut(chunks, T0, T0 + timedelta(seconds=11), pad=timedelta(0))
     assert (cut.sample_rate, cut.other_rate) == (RATE, 1)
     assert [(h.at, h.frames) for h in cut.holes] == [(10 * RATE, RATE)]
+
+
+# -- the page -----------------------------------------------------------------------------
+
+_ARTICLE_RE = re.compile(r'<article id="([^"]+)"')
+_DATA_RE = re.compile(r'<script type="application/json" id="page-data"[^>]*>(.*?)</script>', re.S)
+
+
+def articles(page: Path) -> dict[str, dict]:
+    """Each article of an exported index.html by its anchor: the data its script plays and searches by."""
+    text = page.read_text("utf-8")
+    anchors = [html.unescape(anchor) for anchor in _ARTICLE_RE.findall(text)]
+    [data] = _DATA_RE.findall(text)
+    items = json.loads(data)["items"]
+    assert [item["stem"] for item in items] == anchors  # one item per article, in the articles' order
+    return {item["stem"]: item for item in items}
+
+
+def test_a_conversation_export_writes_the_page_with_every_conversation_and_the_vtt_cues(source, tmp_path, capsys):
+    store, args = source
+    store_audio(store, T0, 45)
+    later = T0 + timedelta(hours=3)
+    put_conversation(store, conversation("c-1", STARTED, FINISHED, "Heard <loud> & clear"))
+    put_conversation(store, conversation("c-2", later, later + timedelta(minutes=1), "Unheard"))
+
+    code, _, _ = run(capsys, *args, "--out", str(tmp_path / "out"))
+
+    assert code == 0
+    found = articles(tmp_path / "out" / "index.html")
+    stems = sorted(p.stem for p in (tmp_path / "out").glob("*.json"))
+    assert sorted(found) == stems == ["2026-11-30_1403_Heard-loud-clear", "2026-11-30_1703_Unheard"]
+    heard, unheard = (found[stem] for stem in stems)
+    assert (heard["audio"], unheard["audio"]) == (f"{stems[0]}.wav", None)
+    for stem, data in found.items():
+        cues = parse_vtt((tmp_path / "out" / f"{stem}.vtt").read_text(encoding="utf-8"))
+        assert [(round(s, 3), round(e, 3), text) for s, e, _, text in cues] == [
+            (round(s, 3), round(e, 3), text) for s, e, _, text in data["cues"]
+        ]
+        assert [data["speakers"][n] for *_, n, _ in data["cues"]] == [speaker for _, _, speaker, _ in cues]
+
+
+def test_a_session_export_writes_the_page_with_its_sessions(tmp_path, local_dir, capsys):
+    store = storage.LocalStore(local_dir)
+    store_audio(store, T0, 5)
+    store_audio(store, T0 + timedelta(hours=1), 5, seed=1)
+
+    code = export.main(["--uid", UID, "--local-dir", str(local_dir), "--out", str(tmp_path / "out"), "--quiet"])
+
+    assert code == 0
+    found = articles(tmp_path / "out" / "index.html")
+    assert sorted(data["audio"] for data in found.values()) == sorted(p.name for p in (tmp_path / "out").glob("*.wav"))
+    assert len(found) == 2
