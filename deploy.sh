@@ -37,7 +37,8 @@ Settings (environment variables; on a re-run, unset means "keep as deployed"):
   SERVICE_ACCOUNT       default: the function's, else omi-audio-writer
   ALLOWED_UIDS          comma-separated uids (device names allowed); others get 403
   RETENTION_DAYS        delete the function's audio older than N days; 'forever'
-                        removes that rule
+                        removes that rule (in a bucket deploy.sh did not create,
+                        it needs ALLOWED_UIDS: the rule covers their folders)
   REQUEST_LOG           'exclude' (first-deploy default): Cloud Run's request log,
                         which records each URL with its token, is not stored;
                         'keep': store it anyway
@@ -661,7 +662,7 @@ REMOVE_VARS=WEBHOOK_TOKEN # where an earlier deploy.sh kept the token in plain t
 #   backend, 27 s for the phone); 60 s is only a backstop, past their 30 s timeout.
 # --update-*/--remove-*: only the settings named here change; anything else
 #   already on the function (ALLOWED_UIDS when not given) stays as it is.
-echo "Uploading ${FUNCTION_FILES[*]} (a copy of them, from $SOURCE_DIR)" >&2
+echo "The upload: ${FUNCTION_FILES[*]} (copied from $SOURCE_DIR, nothing else)" >&2
 if ! run gcloud functions deploy "$FUNCTION_NAME" \
   --gen2 \
   --project="$PROJECT" \
