@@ -101,3 +101,27 @@ screenshot: $(VENV)/.test
 .PHONY: profile
 profile: $(VENV)/.test
 	$(PY) bench/profile_request.py
+
+# The locks: requirements*.in name what each use needs; `make lock` resolves them
+# into requirements*.txt, every package pinned with its hashes, so pip installs
+# exactly the files resolved here (Cloud Functions installs requirements.txt).
+# Resolved for every platform and Python >= 3.11, so one lock serves this machine
+# and the function's python312 alike. A pin already in a lock is kept while it still
+# fits; `make lock LOCK_UPGRADE=--upgrade` moves everything to the newest that fits.
+# `make check-lock` (run by CI) fails when a lock no longer matches its .in file.
+LOCKS := requirements.txt requirements-test.txt requirements-tools.txt
+LOCK_DIR ?= .
+LOCK_UPGRADE ?=
+.PHONY: lock check-lock
+lock: $(VENV)/.test
+	for lock in $(LOCKS); do \
+		$(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+			--custom-compile-command "make lock" $(LOCK_UPGRADE) "$${lock%.txt}.in" -o "$(LOCK_DIR)/$$lock" || exit 1; \
+	done
+
+check-lock: $(VENV)/.test
+	tmp="$$(mktemp -d)" && trap 'rm -rf "$$tmp"' EXIT && cp $(LOCKS) "$$tmp"/ && \
+		$(MAKE) --no-print-directory lock LOCK_DIR="$$tmp" && \
+		for lock in $(LOCKS); do \
+			diff -u "$$lock" "$$tmp/$$lock" >&2 || { echo "$$lock is stale: run make lock and commit it" >&2; exit 1; }; \
+		done

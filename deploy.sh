@@ -4,6 +4,19 @@
 # Run it again at any time: it keeps the token and every setting you do not change.
 set -euo pipefail
 
+# A trace (bash -x, SHELLOPTS=xtrace) would print the webhook token on the lines that
+# handle it, so tracing stops here, before anything reads a token.
+if [[ $- == *x* ]]; then
+  set +x
+  echo "deploy.sh: tracing is off for this run: it would print the webhook token. The commands that change something are printed anyway ('+ gcloud ...'); --dry-run prints them without running them." >&2
+fi
+# The token given for a first deploy or a rotation moves to a variable no child
+# process (gcloud, curl, python3) inherits. Every variable that ever holds a token
+# starts unset, so none carries an export from the caller's environment.
+unset GIVEN_TOKEN ADD_TOKEN MIGRATED_TOKEN OUT
+GIVEN_TOKEN="${WEBHOOK_TOKEN:-}"
+unset WEBHOOK_TOKEN
+
 usage() {
   cat <<'EOF'
 Usage: GCS_BUCKET_NAME=my-omi-audio ./deploy.sh [option]
@@ -24,7 +37,8 @@ Settings (environment variables; on a re-run, unset means "keep as deployed"):
   SERVICE_ACCOUNT       default: the function's, else omi-audio-writer
   ALLOWED_UIDS          comma-separated uids (device names allowed); others get 403
   RETENTION_DAYS        delete the function's audio older than N days; 'forever'
-                        removes that rule
+                        removes that rule (in a bucket deploy.sh did not create,
+                        it needs ALLOWED_UIDS: the rule covers their folders)
   REQUEST_LOG           'exclude' (first-deploy default): Cloud Run's request log,
                         which records each URL with its token, is not stored;
                         'keep': store it anyway
@@ -54,16 +68,46 @@ for arg in "$@"; do
 done
 ((ROTATE + FINISH < 2)) || die "--rotate-token and --finish-rotation are separate steps: paste the new URL into the app in between"
 
-# The source is always this script's own folder, wherever it is run from;
-# .gcloudignore there limits the upload to the function's own files.
+# The source is always this script's own folder, wherever it is run from.
 SOURCE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-for f in main.py requirements.txt .gcloudignore; do
+for f in main.py requirements.txt; do
   [[ -f "$SOURCE_DIR/$f" ]] || die "$SOURCE_DIR/$f is missing: run the deploy.sh that sits beside the function's code"
 done
 command -v gcloud >/dev/null || die "the Google Cloud CLI (gcloud) is not installed: https://cloud.google.com/sdk/docs/install"
 command -v curl >/dev/null || die "curl is needed to test the deployed URL"
 
 WORK="$(mktemp -d)"
+
+# The upload is a staged copy holding exactly the function's files: main.py, the
+# modules beside it that it imports (and those they import), and requirements.txt.
+# Nothing else in this folder (recordings, exports, keys, .venv, .git) can leave the
+# machine, whatever gcloud's ignore settings say.
+imported_names() { # the top-level module names a Python file imports
+  local line item items
+  while IFS= read -r line; do
+    if [[ "$line" =~ ^[[:space:]]*from[[:space:]]+([A-Za-z_][A-Za-z0-9_]*)[[:space:]]+import[[:space:]] ]]; then
+      echo "${BASH_REMATCH[1]}"
+    elif [[ "$line" =~ ^[[:space:]]*import[[:space:]]+([^#]*) ]]; then
+      IFS=, read -ra items <<<"${BASH_REMATCH[1]}"
+      for item in "${items[@]}"; do
+        item="${item#"${item%%[![:space:]]*}"}"
+        echo "${item%%[!A-Za-z0-9_]*}"
+      done
+    fi
+  done <"$1"
+}
+FUNCTION_FILES=(main.py)
+for ((i = 0; i < ${#FUNCTION_FILES[@]}; i++)); do
+  while read -r name; do
+    if [[ -n "$name" && -f "$SOURCE_DIR/$name.py" && " ${FUNCTION_FILES[*]} " != *" $name.py "* ]]; then
+      FUNCTION_FILES+=("$name.py")
+    fi
+  done < <(imported_names "$SOURCE_DIR/${FUNCTION_FILES[i]}")
+done
+FUNCTION_FILES+=(requirements.txt)
+STAGE="$WORK/source"
+mkdir "$STAGE"
+for f in "${FUNCTION_FILES[@]}"; do cp "$SOURCE_DIR/$f" "$STAGE/"; done
 DONE=() # what is in place (found or made by this run), for the message if it stops midway
 
 on_exit() {
@@ -146,7 +190,7 @@ done
 # The token travels in the URL, so it must be URL-safe, and the Omi app splits
 # its setting on the first comma, so it must have none.
 TOKEN_RE='^[A-Za-z0-9._~-]{16,}$'
-if [[ -n "${WEBHOOK_TOKEN:-}" && ! "$WEBHOOK_TOKEN" =~ $TOKEN_RE ]]; then
+if [[ -n "$GIVEN_TOKEN" && ! "$GIVEN_TOKEN" =~ $TOKEN_RE ]]; then
   die "WEBHOOK_TOKEN must be at least 16 characters of A-Z a-z 0-9 . _ ~ - (no comma)"
 fi
 
@@ -286,20 +330,25 @@ fi
 # An earlier deploy.sh kept the token as a plain environment variable: carry it
 # over so the URL in the app stays valid (unless WEBHOOK_TOKEN names a new one).
 MIGRATED_TOKEN=""
-if ((FUNCTION_EXISTS && ${#VERSIONS[@]} == 0)) && [[ -z "${WEBHOOK_TOKEN:-}" ]]; then
+if ((FUNCTION_EXISTS && ${#VERSIONS[@]} == 0)) && [[ -z "$GIVEN_TOKEN" ]]; then
   describe_function 'value(serviceConfig.environmentVariables.WEBHOOK_TOKEN)'
   MIGRATED_TOKEN="$OUT"
+  : >"$WORK/out"
   if [[ -n "$MIGRATED_TOKEN" && ! "$MIGRATED_TOKEN" =~ $TOKEN_RE ]]; then
     die "the deployed WEBHOOK_TOKEN is not URL-safe; set a new one with WEBHOOK_TOKEN=... ./deploy.sh and paste the new URL"
   fi
 fi
 
 BUCKET_EXISTS=0
-BUCKET_STATE=""
+BUCKET_LABEL=""
+echo '{}' >"$WORK/lifecycle-now.json"
 if api_on storage && probe gcloud storage buckets describe "gs://$BUCKET" --project="$PROJECT" \
-  --format='value[separator="|"](uniform_bucket_level_access,public_access_prevention,location)'; then
+  --format='value[separator="|"](uniform_bucket_level_access,public_access_prevention,location,labels.omi_audio_only)'; then
   BUCKET_EXISTS=1
-  BUCKET_STATE="$OUT"
+  IFS='|' read -r UBLA PAP LOCATION BUCKET_LABEL <<<"$OUT"
+  probe gcloud storage buckets describe "gs://$BUCKET" --project="$PROJECT" --format='json(lifecycle_config)' ||
+    die "bucket gs://$BUCKET vanished while being read; run deploy.sh again"
+  printf '%s' "$OUT" >"$WORK/lifecycle-now.json"
 fi
 
 SA_EXISTS=0
@@ -337,17 +386,17 @@ if [[ -z "$CURRENT" ]]; then
     ADD_TOKEN="$MIGRATED_TOKEN"
     NEW_TOKEN_KIND="migrated"
   else
-    ADD_TOKEN="${WEBHOOK_TOKEN:-$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')}"
+    ADD_TOKEN="${GIVEN_TOKEN:-$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')}"
     NEW_TOKEN_KIND="new"
   fi
 elif ((ROTATE)); then
   if [[ -n "$PREVIOUS" ]]; then
     echo "A rotation is already in progress (token version $CURRENT is the new one); completing it rather than adding another." >&2
   else
-    ADD_TOKEN="${WEBHOOK_TOKEN:-$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')}"
+    ADD_TOKEN="${GIVEN_TOKEN:-$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')}"
     NEW_TOKEN_KIND="rotated"
   fi
-elif [[ -n "${WEBHOOK_TOKEN:-}" ]]; then
+elif [[ -n "$GIVEN_TOKEN" ]]; then
   die "WEBHOOK_TOKEN is only used by a first deploy or --rotate-token; to change the token without losing audio, run: ./deploy.sh --rotate-token"
 fi
 if ((FINISH)) && [[ -z "$PREVIOUS" ]]; then
@@ -368,6 +417,116 @@ elif ((CLEAR_UIDS)); then
   UIDS_FOR_FUNCTION=""
 else
   UIDS_FOR_FUNCTION="$DEPLOYED_UIDS"
+fi
+
+# Retention: one Delete rule for the function's audio, decided here (before any
+# change) and applied in step 4; the bucket's other lifecycle rules are kept as they
+# are. Cloud Storage can match a name only by prefixes and suffixes, so:
+#   - a bucket deploy.sh created (labelled omi_audio_only=true) holds only the
+#     function's objects: the rule matches every audio name anywhere in it;
+#   - in any other bucket it matches only inside the folders of the ALLOWED_UIDS, the
+#     function's own; with no allow-list there is no such rule, and RETENTION_DAYS is
+#     refused rather than guessed.
+# A folder once in the rule stays in it, so a uid taken off the list still has its old
+# audio deleted. Conversations (.json) are never matched.
+DEDICATED=0
+if ((!BUCKET_EXISTS)) || [[ "$BUCKET_LABEL" == true ]]; then DEDICATED=1; fi
+LIFECYCLE_CHANGE="" # "update" (to $WORK/lifecycle.json) or "clear"
+if [[ -n "$RETENTION_DAYS" ]] || grep -q '\.wav"' "$WORK/lifecycle-now.json"; then
+  command -v python3 >/dev/null ||
+    die "RETENTION_DAYS and the bucket's retention rule need python3 (to merge the rule into the bucket's other lifecycle rules)"
+  printf '%s' "$UIDS_FOR_FUNCTION" >"$WORK/uids"
+  status=0
+  python3 - "$WORK/lifecycle-now.json" "$WORK/uids" "$RETENTION_DAYS" "$DEDICATED" "$BUCKET" "$WORK/retention" \
+    >"$WORK/lifecycle.json" <<'PY' || status=$?
+import json, re, sys
+
+now_path, uids_path, days_given, dedicated, bucket, summary_path = sys.argv[1:]
+rules = ((json.load(open(now_path)) or {}).get("lifecycle_config") or {}).get("rule") or []
+# Every audio name the function writes ends in "Z.wav", or in "Z-N.wav" after a name
+# clash (N up to storage.MAX_NAME_SUFFIX), which ends in a digit and ".wav".
+SUFFIXES = ["Z.wav", *(f"{d}.wav" for d in range(10))]
+EARLIER = sorted([f"{d}Z.wav" for d in range(10)] + [f"Z-{n}.wav" for n in range(1, 10)])  # an earlier deploy.sh's
+
+
+def is_ours(rule):
+    suffixes = sorted(rule.get("condition", {}).get("matchesSuffix") or [])
+    return rule.get("action", {}).get("type") == "Delete" and suffixes in (sorted(SUFFIXES), EARLIER)
+
+
+# The uid's folder, escaped exactly as storage.uid_prefix does (tests/test_deploy.py checks).
+KEEP = set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def folder(uid):
+    if re.fullmatch(r"[A-Za-z0-9._-]+", uid) and uid not in (".", ".."):
+        return uid
+    return "".join(chr(b) if b in KEEP else f"~{b:02X}" for b in uid.encode())
+
+
+def say(message):
+    print(message, file=sys.stderr)
+
+
+ours = [r for r in rules if is_ours(r)]
+kept = [r for r in rules if not is_ours(r)]
+if days_given:
+    for r in kept:
+        if r.get("action", {}).get("type") == "Delete" and set(r.get("condition", {})) == {"age"}:
+            say(f"Note: the bucket also has a rule deleting EVERY object older than {r['condition']['age']} days "
+                "(an earlier deploy.sh wrote such a rule); it is kept. Remove it in the console if unwanted.")
+days = None if days_given == "forever" else int(days_given) if days_given else (ours[0]["condition"].get("age") if ours else None)
+allowed = open(uids_path, "rb").read().decode().strip()  # the function's own reading of ALLOWED_UIDS
+uids = sorted({u.strip() for u in allowed.split(",")}) if allowed else []
+want = list(kept)
+if days is not None:
+    condition = {"age": days, "matchesSuffix": SUFFIXES}
+    where = "anywhere in the bucket (deploy.sh created it for the function's objects alone)"
+    if dedicated != "1":
+        earlier_prefixes = {p for r in ours for p in r["condition"].get("matchesPrefix") or []}
+        if not uids and (days_given or earlier_prefixes):
+            say(f"deploy.sh: retention needs ALLOWED_UIDS here. gs://{bucket} was not created by deploy.sh, so it may "
+                "hold other objects, and a lifecycle rule can tell the function's audio from them only by folder: the "
+                "folders of the allowed uids. With no allow-list (any uid may write) no rule can cover all of the "
+                "function's audio and nothing else. Either set ALLOWED_UIDS to your uid(s); or, if the bucket holds "
+                f"only this function's objects, say so with: gcloud storage buckets update gs://{bucket} "
+                "--update-labels=omi_audio_only=true; or set RETENTION_DAYS=forever to remove the rule. Nothing "
+                "was changed by this step; run deploy.sh again after.")
+            sys.exit(1)
+        if not uids:
+            say(f"Note: gs://{bucket} has the retention rule an earlier deploy.sh wrote. It deletes objects older than "
+                f"{days} days whose names end in <digit>Z.wav or Z-1.wav to Z-9.wav ANYWHERE in the bucket, not only "
+                "the function's audio, and misses the function's names ending -10.wav and up. It is kept as it is: to "
+                "replace it, set ALLOWED_UIDS, or label the bucket (gcloud storage buckets update "
+                f"gs://{bucket} --update-labels=omi_audio_only=true) if it holds only this function's objects, "
+                "or set RETENTION_DAYS=forever to remove it.")
+            sys.exit(0)
+        condition["matchesPrefix"] = sorted(earlier_prefixes | {folder(u) + "/" for u in uids})
+        where = "in the folders " + ", ".join(condition["matchesPrefix"])
+    want.append({"action": {"type": "Delete"}, "condition": condition})
+
+
+def canonical(rs):
+    return sorted(json.dumps(r, sort_keys=True) for r in rs)
+
+
+if canonical(want) == canonical(rules):
+    sys.exit(0)
+with open(summary_path, "w") as summary:  # said when the change is made
+    if days is None:
+        print("Retention: rule removed; the function's audio is kept until you delete it.", file=summary)
+    else:
+        print(f"Retention: audio older than {days} days is deleted: objects whose names end in Z.wav or in a "
+              f"digit and .wav, {where}. Conversations (.json) are kept.", file=summary)
+json.dump({"rule": want}, sys.stdout)
+sys.exit(3 if want else 4)
+PY
+  case "$status" in
+    0) ;;
+    3) LIFECYCLE_CHANGE=update ;;
+    4) LIFECYCLE_CHANGE=clear ;;
+    *) exit 1 ;;
+  esac
 fi
 
 # ---------------------------------------------------------------------------
@@ -412,7 +571,6 @@ if ((FINISH)); then PREVIOUS=""; fi
 # The bucket: private by construction. Uniform bucket-level access means IAM
 # alone decides who reads it; public access prevention refuses any public grant.
 if ((BUCKET_EXISTS)); then
-  IFS='|' read -r UBLA PAP LOCATION <<<"$BUCKET_STATE"
   if [[ "$UBLA" != True || "$PAP" != enforced ]]; then
     echo "Existing bucket gs://$BUCKET: turning on uniform bucket-level access and public access prevention (object ACLs stop applying; IAM alone decides access)." >&2
     run gcloud storage buckets update "gs://$BUCKET" --project="$PROJECT" \
@@ -426,42 +584,23 @@ if ((BUCKET_EXISTS)); then
 else
   run gcloud storage buckets create "gs://$BUCKET" --project="$PROJECT" --location="$REGION" \
     --uniform-bucket-level-access --public-access-prevention
+  # The label records that deploy.sh made this bucket for the function's objects
+  # alone, so retention may match the function's names anywhere in it.
+  run gcloud storage buckets update "gs://$BUCKET" --project="$PROJECT" --update-labels=omi_audio_only=true
   DONE+=("bucket gs://$BUCKET")
 fi
 
-# Retention: one Delete rule that matches only the function's object names
-# (…<digit>Z.wav, or …Z-N.wav after a name clash); the bucket's other lifecycle
-# rules are kept as they are.
-if [[ -n "$RETENTION_DAYS" ]]; then
-  echo '{}' >"$WORK/lifecycle-now.json"
-  if ((BUCKET_EXISTS)); then
-    probe gcloud storage buckets describe "gs://$BUCKET" --project="$PROJECT" --format='json(lifecycle_config)' ||
-      die "bucket gs://$BUCKET vanished; run deploy.sh again"
-    printf '%s' "$OUT" >"$WORK/lifecycle-now.json"
-  fi
-  python3 - "$WORK/lifecycle-now.json" "$RETENTION_DAYS" >"$WORK/lifecycle.json" <<'PY'
-import json, sys
-
-now = json.load(open(sys.argv[1])) or {}
-rules = (now.get("lifecycle_config") or now.get("lifecycle") or {}).get("rule") or []
-ours = sorted([f"{d}Z.wav" for d in range(10)] + [f"Z-{n}.wav" for n in range(1, 10)])
-mine = lambda r: r.get("action", {}).get("type") == "Delete" and sorted(r.get("condition", {}).get("matchesSuffix") or []) == ours
-kept = [r for r in rules if not mine(r)]
-for r in kept:
-    if r.get("action", {}).get("type") == "Delete" and set(r.get("condition", {})) == {"age"}:
-        print(f"Note: the bucket also has a rule deleting EVERY object older than {r['condition']['age']} days "
-              "(an earlier deploy.sh wrote such a rule); it is kept. Remove it in the console if unwanted.", file=sys.stderr)
-if sys.argv[2] != "forever":
-    kept.append({"action": {"type": "Delete"}, "condition": {"age": int(sys.argv[2]), "matchesSuffix": ours}})
-json.dump({"rule": kept}, sys.stdout)
-PY
-  if grep -q '"rule": \[\]' "$WORK/lifecycle.json"; then
-    run gcloud storage buckets update "gs://$BUCKET" --project="$PROJECT" --clear-lifecycle
-  else
+[[ -z "$LIFECYCLE_CHANGE" ]] || cat "$WORK/retention" >&2
+case "$LIFECYCLE_CHANGE" in
+  update)
     run gcloud storage buckets update "gs://$BUCKET" --project="$PROJECT" --lifecycle-file="$WORK/lifecycle.json"
-  fi
-  DONE+=("bucket gs://$BUCKET: retention set to $RETENTION_DAYS")
-fi
+    DONE+=("bucket gs://$BUCKET: retention rule set")
+    ;;
+  clear)
+    run gcloud storage buckets update "gs://$BUCKET" --project="$PROJECT" --clear-lifecycle
+    DONE+=("bucket gs://$BUCKET: retention rule removed")
+    ;;
+esac
 
 # The identity the function runs as, holding the custom role on this bucket only.
 if ((!SA_EXISTS)); then
@@ -523,12 +662,13 @@ REMOVE_VARS=WEBHOOK_TOKEN # where an earlier deploy.sh kept the token in plain t
 #   backend, 27 s for the phone); 60 s is only a backstop, past their 30 s timeout.
 # --update-*/--remove-*: only the settings named here change; anything else
 #   already on the function (ALLOWED_UIDS when not given) stays as it is.
+echo "The upload: ${FUNCTION_FILES[*]} (copied from $SOURCE_DIR, nothing else)" >&2
 if ! run gcloud functions deploy "$FUNCTION_NAME" \
   --gen2 \
   --project="$PROJECT" \
   --region="$REGION" \
   --runtime=python312 \
-  --source="$SOURCE_DIR" \
+  --source="$STAGE" \
   --entry-point=receive_audio \
   --trigger-http \
   --allow-unauthenticated \

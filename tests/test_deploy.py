@@ -13,11 +13,14 @@ import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import requests
 from conftest import free_port
+
+import storage
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy.sh"
@@ -33,13 +36,15 @@ DEPLOYED_ENV = {"THREADS": "16", "MALLOC_MMAP_THRESHOLD_": "131072", "NO_PROXY":
 # the first made; each call is appended to STUB_LOG; each formatted answer (resource,
 # format, output) to STUB_LOG.formats so the real gcloud can check the format.
 STUB = r'''#!PYTHON
-import json, os, re, subprocess, sys, time, urllib.error, urllib.request
+import json, os, re, sys  # the rest only where needed: each call starts a new interpreter
 from urllib.parse import quote
 
 args = sys.argv[1:]
 LOG = os.environ["STUB_LOG"]
 with open(LOG, "a") as f:
     f.write(json.dumps(args) + "\n")
+with open(LOG + ".env", "a") as f:  # what deploy.sh let its children inherit
+    f.write("== gcloud\n" + json.dumps(dict(os.environ)) + "\n")
 state_path = os.environ["STUB_STATE"]
 S = json.load(open(state_path))
 P = S.get("project_id", "proj-1")
@@ -130,6 +135,7 @@ def show(resources):
 
 
 def gcs(method, path, body=None):
+    import urllib.error, urllib.request
     host = os.environ["STORAGE_EMULATOR_HOST"]
     req = urllib.request.Request(host + path, method=method, data=json.dumps(body).encode() if body else None,
                                  headers={"Content-Type": "application/json"})
@@ -149,24 +155,35 @@ def function_key(name, region):
 
 def start_server(fn):
     """Serve the deployed configuration for real, as Cloud Run would."""
-    old = fn.get("pid")
-    if old:  # a redeploy keeps the URL: the new server takes the old one's port
-        try:
-            os.killpg(old, 15)
-            while True:
-                os.kill(old, 0)
-                time.sleep(0.02)
-        except ProcessLookupError:
-            pass
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STUB_", "WEBHOOK_", "ALLOWED_", "GCS_"))}
-    env.update(fn["serviceConfig"].get("environmentVariables", {}))
+    import hashlib, subprocess, time, urllib.error, urllib.request
+    config = {"env": fn["serviceConfig"].get("environmentVariables", {}), "break": S.get("break")}
     for ref in fn["serviceConfig"].get("secretEnvironmentVariables", []):
         versions = S["secrets"][ref["secret"]]["versions"]
         v = versions[int(ref["version"]) - 1]
         if v["state"] != "ENABLED":
             fail(f"Revision failed: secret {ref['secret']} version {ref['version']} is {v['state']}")
-        env[ref["key"]] = v["data"]
+        config["env"] = {**config["env"], ref["key"]: v["data"]}
+    for name in sorted(os.listdir(fn["source"])):
+        with open(os.path.join(fn["source"], name), "rb") as f:
+            config[name] = hashlib.sha256(f.read()).hexdigest()
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    old = fn.get("pid")
+    if old:
+        try:
+            os.kill(old, 0)
+            if fn.get("digest") == digest:  # the same function, configured the same: the server serves on
+                return
+            os.killpg(old, 15)  # a redeploy keeps the URL: the new server takes the old one's port
+            while True:
+                os.kill(old, 0)
+                time.sleep(0.02)
+        except ProcessLookupError:
+            pass
+    fn["digest"] = digest
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STUB_", "WEBHOOK_", "ALLOWED_", "GCS_"))}
+    env.update(config["env"])
     env["K_SERVICE"] = fn["name"].rsplit("/", 1)[-1]
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # the upload stays as gcloud sent it
     if S.get("break") == "wrong-token":
         env["WEBHOOK_TOKEN"] = "someone-else-entirely-0123456789"
     if S.get("break") == "storage-down":
@@ -228,7 +245,7 @@ elif pos[:2] == ["functions", "describe"]:
     fn = S.setdefault("functions", {}).get(function_key(pos[2], flags["region"]))
     if fn is None:
         not_found(f"Resource 'projects/{P}/locations/{flags['region']}/functions/{pos[2]}'")
-    show([{k: v for k, v in fn.items() if k not in ("pid", "source", "port")}])
+    show([{k: v for k, v in fn.items() if k not in ("pid", "source", "port", "digest")}])
 elif pos[:2] == ["functions", "list"]:
     show([{"name": fn["name"]} for fn in S.setdefault("functions", {}).values()])
 elif pos[:2] == ["functions", "deploy"]:
@@ -256,7 +273,13 @@ elif pos[:2] == ["functions", "deploy"]:
     ]
     for f in ("memory", "cpu", "concurrency", "max-instances", "timeout"):
         sc[f] = flags[f]
-    fn["source"] = flags["source"]
+    # Cloud Build gets what gcloud uploads: with ignore files off, the whole folder.
+    import shutil
+    uploads = S.setdefault("uploads", [])
+    copy = os.path.join(os.path.dirname(state_path), "uploads", str(len(uploads)))
+    shutil.copytree(flags["source"], copy, symlinks=True)
+    uploads.append(sorted(os.path.relpath(os.path.join(d, f), copy) for d, _, fs in os.walk(copy) for f in fs))
+    fn["source"] = copy
     start_server(fn)
 elif pos[:2] == ["secrets", "describe"]:
     if pos[2] not in S.setdefault("secrets", {}):
@@ -303,6 +326,8 @@ elif pos[:3] == ["storage", "buckets", "update"]:
         b["uniform_bucket_level_access"] = True
     if "public-access-prevention" in flags:
         b["public_access_prevention"] = "enforced"
+    if "update-labels" in flags:
+        b.setdefault("labels", {}).update(kv.split("=", 1) for kv in flags["update-labels"].split(","))
     if "lifecycle-file" in flags:
         b["lifecycle_config"] = json.load(open(flags["lifecycle-file"]))
     if "clear-lifecycle" in flags:
@@ -312,9 +337,9 @@ elif pos[:3] == ["storage", "buckets", "add-iam-policy-binding"]:
 elif pos[:3] == ["storage", "objects", "describe"]:
     bucket, name = pos[3][5:].split("/", 1)
     meta = gcs("GET", f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}")
-    if meta is None:
+    if meta is None or S.get("break") == "object-missing":
         fail(f"{pos[3]} not found: 404.")
-    show([{"name": name, "size": int(meta["size"])}])
+    show([{"name": name, "size": int(meta["size"]) - (1000 if S.get("break") == "object-cut" else 0)}])
 elif pos[:2] == ["storage", "rm"]:
     bucket, name = pos[2][5:].split("/", 1)
     gcs("DELETE", f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}")
@@ -360,9 +385,13 @@ class Cloud:
         self.fake_gcs = fake_gcs
         self.bin = tmp / "bin"
         self.bin.mkdir()
-        (self.bin / "gcloud").write_text(STUB.replace("PYTHON", sys.executable))
+        (self.bin / "gcloud").write_text(STUB.replace("#!PYTHON", f"#!{sys.executable} -S", 1))
         (self.bin / "sleep").write_text(SLEEP)
-        for f in ("gcloud", "sleep"):
+        # The other programs deploy.sh starts record the environment they inherit, as gcloud does.
+        for tool in ("curl", "python3"):
+            record = f'{{ echo "== {tool}"; env; }} >> "$STUB_LOG.env"'
+            (self.bin / tool).write_text(f'#!/bin/sh\n{record}\nexec {shutil.which(tool)} "$@"\n')
+        for f in ("gcloud", "sleep", "curl", "python3"):
             (self.bin / f).chmod(0o755)
         self.state_path = tmp / "state.json"
         self.log = tmp / "calls.jsonl"
@@ -379,7 +408,9 @@ class Cloud:
     def edit(self, **changes) -> None:
         self.save(self.state | changes)
 
-    def deploy(self, *args: str, cwd: Path = ROOT, **env: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    def deploy(
+        self, *args: str, cwd: Path = ROOT, script: Path = DEPLOY, bash: tuple[str, ...] = (), **env: str
+    ) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
         self.log.unlink(missing_ok=True)
         environ = {
             "PATH": f"{self.bin}:{os.environ['PATH']}",
@@ -390,11 +421,20 @@ class Cloud:
             **env,
         }
         result = subprocess.run(
-            ["bash", str(DEPLOY), *args], capture_output=True, text=True, env=environ, cwd=cwd, timeout=180
+            ["bash", *bash, str(script), *args], capture_output=True, text=True, env=environ, cwd=cwd, timeout=180
         )
         calls = [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
         self.all_calls += calls
         return result, calls
+
+    def inherited(self) -> str:
+        """Every environment deploy.sh's children (gcloud, curl, python3) started with, as text."""
+        path = self.tmp / "calls.jsonl.env"
+        return path.read_text() if path.exists() else ""
+
+    def uploaded(self) -> list[str]:
+        """The files of the last upload, as Cloud Build would receive them (relative paths)."""
+        return self.state["uploads"][-1]
 
     def function(self, region: str = "us-central1", name: str = "omi-audio") -> dict:
         return self.state["functions"][f"{region}/{name}"]
@@ -501,6 +541,7 @@ def test_first_deploy_creates_everything_and_proves_the_url(cloud, tmp_path):
 
     bucket = state["buckets"]["my-omi-audio"]
     assert bucket["uniform_bucket_level_access"] is True and bucket["public_access_prevention"] == "enforced"
+    assert bucket["labels"] == {"omi_audio_only": "true"}  # made for the function alone (see retention)
     assert bucket["bindings"] == [[f"serviceAccount:{SA}", f"projects/{PROJECT}/roles/omiAudioWriter"]]
     assert state["roles"]["omiAudioWriter"]["includedPermissions"] == ["storage.objects.create", "storage.objects.get"]
     assert not find(calls, "projects", "add-iam-policy-binding")
@@ -512,7 +553,9 @@ def test_first_deploy_creates_everything_and_proves_the_url(cloud, tmp_path):
     assert (sc["concurrency"], sc["memory"], sc["serviceAccountEmail"]) == ("16", "1Gi", SA)
     (deploy_call,) = find(calls, "functions", "deploy")
     f = flags(deploy_call)
-    assert f["source"] == str(ROOT)  # the script's folder, not the caller's
+    # A staged copy of the script's folder (not the caller's): the function's files alone.
+    assert f["source"] != str(ROOT)
+    assert cloud.uploaded() == sorted({"main.py", "requirements.txt"} | local_modules(ROOT / "main.py", set()))
     assert {"gen2", "trigger-http", "allow-unauthenticated", "quiet"} <= f.keys()
     assert f["entry-point"] == "receive_audio" and re.fullmatch(r"python3\d+", f["runtime"])
 
@@ -690,41 +733,178 @@ def test_a_failed_token_lookup_on_a_new_project_does_not_count_as_a_first_deploy
 # --- existing resources -----------------------------------------------------------------
 
 
-def test_existing_bucket_is_made_private_and_retention_keeps_other_rules(cloud):
-    other = {"action": {"type": "SetStorageClass", "storageClass": "NEARLINE"}, "condition": {"age": 7}}
-    cloud.edit(
-        buckets={
-            "my-omi-audio": {
-                "location": "US-CENTRAL1",
-                "uniform_bucket_level_access": False,
-                "public_access_prevention": "inherited",
-                "lifecycle_config": {"rule": [other]},
-            }
-        }
-    )
-    requests.post(f"{cloud.fake_gcs}/storage/v1/b?project={PROJECT}", json={"name": "my-omi-audio"}, timeout=10)
-    result = fresh(cloud, RETENTION_DAYS="30")
-    assert "turning on uniform bucket-level access and public access prevention" in result.stderr
-    bucket = cloud.state["buckets"]["my-omi-audio"]
-    assert bucket["uniform_bucket_level_access"] is True and bucket["public_access_prevention"] == "enforced"
-    rules = bucket["lifecycle_config"]["rule"]
-    assert rules[0] == other
-    ours = rules[1]
-    assert ours["action"] == {"type": "Delete"} and ours["condition"]["age"] == 30
-    suffixes = ours["condition"]["matchesSuffix"]
-    assert "3Z.wav" in suffixes and "Z-1.wav" in suffixes
-    assert all(s.endswith(".wav") and len(s) <= 7 for s in suffixes)  # never "every object"
+# Uids as senders send them: an Omi uid, device names (escaped in their folder), and
+# uids that are one another's prefix or look like a folder name.
+RETENTION_UIDS = ["phone", "Omi DevKit 2", "Zoë's Omi", "日本語のデバイス", ".", "a.b", "x~y_z-1", "ph"]
+# Every name suffix the function gives: none, then -1 up to its last (-10 and up included).
+SEQS = range(storage.MAX_NAME_SUFFIX + 1)
+# Receipt times across the years the stamp can hold (zero-padded before year 1000).
+STAMPS = [
+    datetime(2026, 11, 28, 20, 12, 11, 123456, tzinfo=UTC),
+    datetime(999, 1, 2, 3, 4, 5, 0, tzinfo=UTC),
+    datetime(2026, 12, 1, 0, 0, 0, 10, tzinfo=UTC),
+    datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+]
 
-    result, calls = cloud.deploy(RETENTION_DAYS="60")  # replaces only its own rule
+
+def audio_names(uids: list[str]) -> list[str]:
+    return [storage.object_name(uid, at, seq) for uid in uids for at in STAMPS for seq in SEQS]
+
+
+def conversation_names(uids: list[str]) -> list[str]:
+    """Conversation events, named as the shared design lays them out (never audio)."""
+    stamp = storage.name_stamp(STAMPS[0])
+    return [f"{storage.uid_prefix(uid)}/conversations/{stamp}_conv~5Fid_{'0' * 32}.json" for uid in uids]
+
+
+def deleted_by(lifecycle: dict, name: str, age_days: int) -> bool:
+    """Whether Cloud Storage's lifecycle deletes `name` at `age_days`: a rule applies when
+    all its conditions hold (a prefix list and a suffix list each hold when any entry does)."""
+    for rule in lifecycle.get("rule", []):
+        if rule["action"]["type"] != "Delete":
+            continue
+        condition = rule["condition"]
+        assert set(condition) <= {"age", "matchesPrefix", "matchesSuffix"}, condition  # all this evaluates
+        if condition.get("age", 0) > age_days:
+            continue
+        if "matchesPrefix" in condition and not any(name.startswith(p) for p in condition["matchesPrefix"]):
+            continue
+        if "matchesSuffix" in condition and not any(name.endswith(x) for x in condition["matchesSuffix"]):
+            continue
+        return True
+    return False
+
+
+def lifecycle_of(cloud: Cloud, bucket: str = "my-omi-audio") -> dict:
+    return cloud.state["buckets"][bucket].get("lifecycle_config", {})
+
+
+def existing_bucket(cloud: Cloud, rules: list[dict], **extra) -> None:
+    """A bucket deploy.sh did not create (no label), already holding `rules`."""
+    bucket = {"location": "US-CENTRAL1", "uniform_bucket_level_access": True, "public_access_prevention": "enforced"}
+    cloud.edit(buckets={"my-omi-audio": {**bucket, "lifecycle_config": {"rule": rules}, **extra}})
+    requests.post(f"{cloud.fake_gcs}/storage/v1/b?project={PROJECT}", json={"name": "my-omi-audio"}, timeout=10)
+
+
+def test_retention_in_a_bucket_deploy_sh_made_deletes_every_audio_name_and_no_conversation(cloud):
+    fresh(cloud, RETENTION_DAYS="30")
+    lifecycle = lifecycle_of(cloud)
+    (rule,) = lifecycle["rule"]
+    assert rule["condition"]["age"] == 30 and "matchesPrefix" not in rule["condition"]
+    ours = audio_names([*RETENTION_UIDS, "deploy-check", "stranger"])  # any uid may write here
+    assert len(ours) == 10 * len(STAMPS) * len(SEQS)
+    assert all(deleted_by(lifecycle, name, 30) for name in ours)
+    assert not any(deleted_by(lifecycle, name, 29) for name in ours)  # not before its age
+    kept = [*conversation_names(RETENTION_UIDS), "phone/notes.txt", "phone/a.wav.json", "readme", "x.wav", "Track.WAV"]
+    assert not any(deleted_by(lifecycle, name, 10_000) for name in kept)
+    # What the README says it matches here: names ending in Z.wav, or in a digit and .wav.
+    for name in ours + kept + ["music/Track 2Z.wav", "music/Track 2.wav"]:
+        assert deleted_by(lifecycle, name, 30) == bool(re.search(r"(Z|\d)\.wav$", name)), name
+
+
+def test_retention_in_a_bucket_deploy_sh_did_not_make_deletes_only_the_allowed_uids_audio(cloud):
+    other = {"action": {"type": "SetStorageClass", "storageClass": "NEARLINE"}, "condition": {"age": 7}}
+    existing_bucket(cloud, [other])
+    allowed = [uid for uid in RETENTION_UIDS if uid != "ph"]
+    result = fresh(cloud, RETENTION_DAYS="30", ALLOWED_UIDS=" , ".join(allowed))
+    assert "in the folders" in result.stderr
+    lifecycle = lifecycle_of(cloud)
+    assert lifecycle["rule"][0] == other
+    ours = audio_names(allowed)
+    assert all(deleted_by(lifecycle, name, 30) for name in ours)
+    assert not any(deleted_by(lifecycle, name, 29) for name in ours)
+    stamp = storage.name_stamp(STAMPS[0])
+    foreign = [
+        "music/Track 2Z.wav",  # matched by suffix alone before
+        "music/Track 10.wav",
+        f"{stamp}.wav",  # no folder
+        f"Omi DevKit 2/{stamp}Z.wav",  # the uid unescaped: not the function's folder
+        f"Omi~20DevKit~202-old/{stamp}.wav",
+        f"phones/{stamp}.wav",
+        f"backup/phone/{stamp}.wav",
+        *audio_names(["ph", "stranger", "deploy-check"]),  # uids not allowed ("ph" is a prefix of "phone")
+        *conversation_names(allowed),
+        "phone/notes.txt",
+    ]
+    assert not any(deleted_by(lifecycle, name, 10_000) for name in foreign), [
+        n for n in foreign if deleted_by(lifecycle, n, 10_000)
+    ]
+
+    result, calls = cloud.deploy(RETENTION_DAYS="60", ALLOWED_UIDS="ph")  # replaces only its own rule
     assert result.returncode == 0, result.stderr
-    rules = cloud.state["buckets"]["my-omi-audio"]["lifecycle_config"]["rule"]
-    assert [r["condition"]["age"] for r in rules] == [7, 60]
+    lifecycle = lifecycle_of(cloud)
+    assert [r["condition"]["age"] for r in lifecycle["rule"]] == [7, 60]
+    # A uid taken off the list keeps its old audio in the rule; the new one is added.
+    assert all(deleted_by(lifecycle, name, 60) for name in audio_names([*allowed, "ph"]))
+    assert not any(deleted_by(lifecycle, name, 59) for name in audio_names([*allowed, "ph"]))
     assert not find(calls, "storage", "buckets", "create")
-    assert len(find(calls, "storage", "buckets", "update")) == 1  # already private: no second update
+
+    result, calls = cloud.deploy(ALLOWED_UIDS="ph,Ana")  # the rule follows a new allow-list
+    assert result.returncode == 0, result.stderr
+    assert all(deleted_by(lifecycle_of(cloud), name, 60) for name in audio_names(["Ana"]))
+    result, calls = cloud.deploy()  # and a plain re-run leaves it
+    assert result.returncode == 0, result.stderr
+    assert not find(calls, "storage", "buckets", "update")
 
     result, _ = cloud.deploy(RETENTION_DAYS="forever")
     assert result.returncode == 0, result.stderr
-    assert cloud.state["buckets"]["my-omi-audio"]["lifecycle_config"]["rule"] == [other]
+    assert lifecycle_of(cloud)["rule"] == [other]
+
+
+@pytest.mark.parametrize("args", [(), ("--allow-any-uid",)])
+def test_retention_without_an_allow_list_in_a_bucket_deploy_sh_did_not_make_is_refused(cloud, args):
+    existing_bucket(cloud, [])
+    if args:  # a rule for the allowed uids exists; the allow-list is then removed
+        fresh(cloud, RETENTION_DAYS="30", ALLOWED_UIDS="phone")
+        env = {}
+    else:
+        env = {"GCS_BUCKET_NAME": "my-omi-audio", "RETENTION_DAYS": "30"}
+    before = cloud.state
+    result, calls = cloud.deploy(*args, **env)
+    assert result.returncode != 0
+    assert "retention needs ALLOWED_UIDS" in result.stderr and "--update-labels=omi_audio_only=true" in result.stderr
+    assert [c[:2] for c in changing(calls)] in ([], [["services", "enable"]])  # nothing else changed
+    assert cloud.state["buckets"] == before["buckets"]
+    assert (cloud.state.get("functions") or {}) == (before.get("functions") or {})
+
+    # The owner says the bucket holds only the function's objects: the broad rule is allowed.
+    result, calls = cloud.deploy(*args, GCS_BUCKET_NAME="my-omi-audio", RETENTION_DAYS="30")
+    assert result.returncode != 0
+    state = cloud.state
+    state["buckets"]["my-omi-audio"]["labels"] = {"omi_audio_only": "true"}
+    cloud.save(state)
+    result, calls = cloud.deploy(*args, GCS_BUCKET_NAME="my-omi-audio", RETENTION_DAYS="30")
+    assert result.returncode == 0, result.stderr
+    assert "matchesPrefix" not in lifecycle_of(cloud)["rule"][0]["condition"]
+    assert all(deleted_by(lifecycle_of(cloud), name, 30) for name in audio_names(["stranger"]))
+
+
+EARLIER_RULE = {
+    "action": {"type": "Delete"},
+    "condition": {"age": 30, "matchesSuffix": [f"{d}Z.wav" for d in range(10)] + [f"Z-{n}.wav" for n in range(1, 10)]},
+}
+
+
+def test_an_earlier_deploy_sh_retention_rule_is_pointed_out_then_replaced(cloud):
+    existing_bucket(cloud, [EARLIER_RULE])
+    result = fresh(cloud)  # no allow-list: kept as it is, and said what it does
+    assert "ANYWHERE in the bucket" in result.stderr and "misses" in result.stderr
+    assert lifecycle_of(cloud)["rule"] == [EARLIER_RULE]
+    result, _ = cloud.deploy(ALLOWED_UIDS="phone")
+    assert result.returncode == 0, result.stderr
+    (rule,) = lifecycle_of(cloud)["rule"]
+    assert rule["condition"]["age"] == 30 and rule["condition"]["matchesPrefix"] == ["phone/"]
+    assert all(deleted_by(lifecycle_of(cloud), name, 30) for name in audio_names(["phone"]))
+    assert not deleted_by(lifecycle_of(cloud), "music/Track 2Z.wav", 30)
+
+
+def test_the_rule_escapes_uid_folders_exactly_as_the_function_does(cloud):
+    """Each allowed uid's folder in the rule is storage.uid_prefix's, byte for byte."""
+    existing_bucket(cloud, [])
+    uids = ["Zoë", "a b", "~7E", "..", "ÿ", "名前", "naïve café", "emoji 🎙", "-_-", "A.Z"]
+    fresh(cloud, RETENTION_DAYS="9", ALLOWED_UIDS=",".join(uids))
+    (rule,) = lifecycle_of(cloud)["rule"]
+    assert rule["condition"]["matchesPrefix"] == sorted(storage.uid_prefix(u) + "/" for u in uids)
 
 
 def test_retention_forever_clears_a_lifecycle_holding_only_its_rule(cloud):
@@ -955,6 +1135,66 @@ def test_a_5xx_from_the_test_chunk_names_iam_propagation(cloud):
     assert len((cloud.tmp / "calls.jsonl.sleeps").read_text().split()) == 3  # retried before giving up
 
 
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ("object-missing", "is not in the bucket"),  # answered 200, but nothing stored
+        ("object-cut", "not the 3244 of the test chunk"),  # stored, but not all of it
+    ],
+)
+def test_a_test_chunk_missing_from_the_bucket_or_cut_short_keeps_the_url_back(cloud, broken, message):
+    cloud.edit(**{"break": broken})
+    result, calls = cloud.deploy(GCS_BUCKET_NAME="my-omi-audio")
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Paste this URL" not in result.stdout and "?token=" not in result.stdout
+    assert cloud.token(1) not in result.stdout + result.stderr
+    assert find(calls, "storage", "objects", "describe") and not find(calls, "storage", "rm")
+
+
+# --- secrets under tracing, and in child processes ----------------------------------------
+
+
+@pytest.mark.parametrize("trace", ["bash -x", "SHELLOPTS=xtrace"])
+def test_a_traced_run_never_prints_a_token(cloud, trace):
+    """Tracing shows every expanded line; deploy.sh turns it off before any token is read."""
+    bash, env = (("-x",), {}) if trace == "bash -x" else ((), {"SHELLOPTS": "xtrace"})
+    given = "Given-Token-0123456789abcdef"
+    runs = [
+        ((), {"GCS_BUCKET_NAME": "my-omi-audio", "WEBHOOK_TOKEN": given}),  # a given token
+        (("--rotate-token",), {}),  # a made one, and both read back to prove them
+        (("--dry-run", "--finish-rotation"), {}),
+    ]
+    for args, settings in runs:
+        result, _ = cloud.deploy(*args, bash=bash, **env, **settings)
+        assert result.returncode == 0, result.stderr
+        assert "tracing is off" in result.stderr
+        tokens = [v["data"] for v in cloud.state["secrets"][SECRET]["versions"]]
+        assert tokens[0] == given
+        for token in tokens:
+            assert token not in result.stderr
+            # Only the URL the run prints for the app holds it.
+            assert all(line.strip().endswith(f"?token={token}") for line in result.stdout.splitlines() if token in line)
+    assert result.stdout.count("?token=") == 1  # the dry run's ****
+    assert cloud.post(cloud.token(2)) == 200
+
+
+def test_no_child_process_inherits_a_token(cloud):
+    """WEBHOOK_TOKEN, and variables the caller happened to export under the names deploy.sh
+    uses for tokens, reach no environment of gcloud, curl or python3."""
+    given = "Given-Token-0123456789abcdef"
+    exported = {"OUT": "x", "ADD_TOKEN": "x", "MIGRATED_TOKEN": "x", "GIVEN_TOKEN": "x"}
+    fresh(cloud, WEBHOOK_TOKEN=given, RETENTION_DAYS="3", **exported)
+    result, _ = cloud.deploy("--rotate-token", RETENTION_DAYS="4", **exported)
+    assert result.returncode == 0, result.stderr
+    inherited = cloud.inherited()
+    for tool in ("gcloud", "curl", "python3"):  # each was started and recorded what it inherited
+        assert inherited.count(f"== {tool}\n") >= 2, tool
+    assert cloud.token(1) == given and cloud.token(2) != given
+    for token in (cloud.token(1), cloud.token(2)):
+        assert token not in inherited
+
+
 # --- dry run -----------------------------------------------------------------------------
 
 
@@ -1005,17 +1245,66 @@ def gcloud_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def test_upload_is_exactly_the_function_and_its_modules(tmp_path):
-    need_gcloud()
+def files_for_upload(folder: Path, tmp_path: Path, **env: str) -> set[str]:
+    """What the real gcloud would upload from `folder`."""
     result = subprocess.run(
-        [REAL_GCLOUD, "meta", "list-files-for-upload", str(ROOT)],
+        [REAL_GCLOUD, "meta", "list-files-for-upload", str(folder)],
         capture_output=True,
         text=True,
-        env=gcloud_env(tmp_path),
+        env=gcloud_env(tmp_path) | env,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    uploaded = set(result.stdout.split())
+    return set(result.stdout.split())
+
+
+def test_the_upload_is_a_staged_copy_of_the_function_files_alone(cloud, tmp_path):
+    """Whatever else lies in the folder, and with gcloud's ignore files switched off, the
+    upload holds main.py, the modules it imports (followed from import to import) and
+    requirements.txt, and the function runs from it."""
+    checkout = tmp_path / "checkout"
+    for name in ("deploy.sh", "requirements.txt", *local_modules(ROOT / "main.py", set())):
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, checkout / name)
+    # A module main.py may come to import, which imports one more of its own.
+    main = (ROOT / "main.py").read_text()
+    assert main.count("\nimport storage\n") == 1
+    (checkout / "main.py").write_text(main.replace("\nimport storage\n", "\nimport conversation\nimport storage\n"))
+    (checkout / "conversation.py").write_text('"""A module of the function."""\n\nfrom extra import VALUE as VALUE\n')
+    (checkout / "extra.py").write_text("VALUE = 1\n")
+    for junk in (
+        "recordings/phone/20261201T000000.000000Z.wav",
+        "exports/session.wav",
+        ".venv/bin/python",
+        ".git/HEAD",
+        "service-account-key.json",
+        "export.py",
+        "status.py",
+        "tests/test_main.py",
+    ):
+        (checkout / junk).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / junk).write_text("not the function's\n")
+    (checkout / ".gcloudignore").write_text("# ignores nothing\n")
+
+    result, calls = cloud.deploy(
+        GCS_BUCKET_NAME="my-omi-audio", script=checkout / "deploy.sh", CLOUDSDK_GCLOUDIGNORE_ENABLED="false"
+    )
+    assert result.returncode == 0, result.stderr
+    function_files = {"main.py", "conversation.py", "extra.py", "storage.py", "wav.py", "requirements.txt"}
+    assert set(cloud.uploaded()) == function_files
+    assert flags(find(calls, "functions", "deploy")[0])["source"] != str(checkout)
+    assert cloud.post(cloud.token(1)) == 200  # the staged copy is the whole function
+    if REAL_GCLOUD:  # the real gcloud uploads the same from the staged copy, ignore files on or off
+        staged = Path(cloud.function()["source"])
+        assert files_for_upload(staged, tmp_path) == function_files
+        assert files_for_upload(staged, tmp_path, CLOUDSDK_GCLOUDIGNORE_ENABLED="false") == function_files
+
+
+def test_gcloudignore_lets_a_deploy_by_hand_upload_only_the_function(tmp_path):
+    """deploy.sh uploads a staged copy; .gcloudignore guards a `gcloud functions deploy
+    --source=.` run by hand from this folder."""
+    need_gcloud()
+    uploaded = files_for_upload(ROOT, tmp_path)
     assert uploaded == {"main.py", "requirements.txt"} | local_modules(ROOT / "main.py", set())
 
 
@@ -1043,8 +1332,12 @@ def all_branches(cloud: Cloud, tmp: Path) -> None:
         ("--allow-any-uid",),
     ]
     for args in runs:
-        result, _ = cloud.deploy(*args, RETENTION_DAYS="30", REQUEST_LOG="keep" if args == ("--allow-any-uid",) else "")
+        # A bucket deploy.sh did not make: retention by the allowed uids' folders, until any uid may write.
+        any_uid = args == ("--allow-any-uid",)
+        env = {"REQUEST_LOG": "keep", "RETENTION_DAYS": "forever"} if any_uid else {"ALLOWED_UIDS": "phone"}
+        result, _ = cloud.deploy(*args, **({"RETENTION_DAYS": "30"} | env))
         assert result.returncode == 0, (args, result.stderr)
+    cloud.deploy(RETENTION_DAYS="30")  # refused: no allow-list
     cloud.deploy(RETENTION_DAYS="forever", ALLOWED_UIDS="Omi DevKit 2")
     cloud.deploy(REQUEST_LOG="exclude")
     # A first deploy in another region, found again without REGION.
@@ -1091,10 +1384,15 @@ def test_real_gcloud_accepts_every_call_in_every_branch(branches, tmp_path):
         words = tuple(w for w in words.split() if not w.startswith("-"))
         assert any(s[: len(words)] == words for s in shapes), f"never exercised: gcloud {' '.join(words)}"
 
-    unique = {
-        json.dumps([f"--lifecycle-file={lifecycle}" if a.startswith("--lifecycle-file=") else a for a in call])
-        for call in calls
-    }
+    # Temporary paths (each run's lifecycle file and staged upload) are the same argument each
+    # time, and so is the test chunk's object whatever its stamp.
+    same = {"--lifecycle-file=": f"--lifecycle-file={lifecycle}", "--source=": f"--source={ROOT}"}
+
+    def shape(arg: str) -> str:
+        arg = next((v for k, v in same.items() if arg.startswith(k)), arg)
+        return re.sub(r"\d{8}T\d{6}\.\d{6}Z", "20261201T000000.000000Z", arg) if arg.startswith("gs://") else arg
+
+    unique = {json.dumps([shape(a) for a in call]) for call in calls}
 
     def replay(key: str) -> tuple[list[str], subprocess.CompletedProcess]:
         call = json.loads(key)
@@ -1118,23 +1416,26 @@ def test_real_gcloud_formats_each_answer_as_the_stand_in_did(branches, tmp_path)
     cloud = branches
     env = gcloud_env(tmp_path)
     answers = [json.loads(line) for line in (cloud.tmp / "calls.jsonl.formats").read_text().splitlines()]
-    checked: set[str] = set()
-    for i, answer in enumerate(answers):
+    checked: dict[str, dict] = {}
+    for answer in answers:
         f = flags(answer["args"])
-        key = json.dumps([answer["resources"], f.get("format"), f.get("filter")])
-        if key in checked:
-            continue
-        checked.add(key)
+        checked.setdefault(json.dumps([answer["resources"], f.get("format"), f.get("filter")]), answer)
+
+    def real_output(i: int, answer: dict) -> tuple[dict, subprocess.CompletedProcess]:
+        f = flags(answer["args"])
         resource = tmp_path / f"resource-{i}.json"
         describe = "describe" in answer["args"]  # one resource, as gcloud's describe gives it
         resource.write_text(json.dumps(answer["resources"][0] if describe else answer["resources"]))
         cmd = [REAL_GCLOUD, "meta", "list-from-json", str(resource), f"--format={f['format']}"]
         if "filter" in f:
             cmd.append(f"--filter={f['filter']}")
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-        assert result.returncode == 0, result.stderr
-        if f["format"].startswith("json("):
-            assert json.loads(result.stdout) == json.loads(answer["output"]), answer
-        else:
-            assert result.stdout.rstrip("\n") == answer["output"], answer
+        return answer, subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+    with ThreadPoolExecutor(2) as pool:
+        for answer, result in pool.map(real_output, range(len(checked)), checked.values()):
+            assert result.returncode == 0, result.stderr
+            if flags(answer["args"])["format"].startswith("json("):
+                assert json.loads(result.stdout) == json.loads(answer["output"]), answer
+            else:
+                assert result.stdout.rstrip("\n") == answer["output"], answer
     assert len(checked) >= 10
