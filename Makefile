@@ -25,8 +25,11 @@ run: $(VENV)/.runtime
 	LOCAL_AUDIO_DIR="$(LOCAL_AUDIO_DIR)" $(VENV)/bin/functions-framework \
 		--source=main.py --target=receive_audio --host=$(HOST) --port=$(PORT)
 
+# Most of the suite's time is waiting (storage outages, deadlines, servers starting),
+# not computing, so four workers overlap those waits even on two cores.
+TEST_WORKERS ?= 4
 test: $(VENV)/.test
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .

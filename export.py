@@ -556,6 +556,35 @@ def uid_arg(text: str) -> str:
     return text
 
 
+class NothingFound(Exception):
+    """Nothing to export for the uid asked for (its message says what was looked for, and where)."""
+
+
+class UnknownUid(Exception):
+    """The store holds no folder for the uid asked for."""
+
+
+def resolve_uid(store: storage.GcsStore | storage.LocalStore, uid: str) -> str:
+    """The uid to read for `uid` as typed, when listing `uid` found nothing.
+
+    A folder name as ``gcloud storage ls`` shows it (``Omi~20DevKit~202``) stands
+    for its uid ("Omi DevKit 2"): that uid is returned, with a note.  One listing
+    of the store's top-level folders, made only when nothing was found.
+
+    Raises:
+        UnknownUid: `uid` is not in the store; the message lists the uids it holds.
+    """
+    known = store.list_uids()
+    if uid in known:
+        return uid
+    decoded = storage.uid_from_prefix(uid)
+    if decoded is not None and decoded != uid and decoded in known:
+        print(f"note: {uid!r} is the folder of the uid {decoded!r}; reading that uid", file=sys.stderr)
+        return decoded
+    shown = ", ".join(repr(name) for name in known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20 else "")
+    raise UnknownUid(f"unknown uid {uid!r} in {store.location('')}: known: {shown or 'none (nothing stored yet)'}")
+
+
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """--bucket / --local-dir, shared by export.py and status.py."""
     source = parser.add_mutually_exclusive_group()
@@ -716,6 +745,34 @@ def main(argv: list[str] | None = None) -> int:
         except (ImportError, OSError) as exc:
             parser.error(f"--format flac needs soundfile (pip install -r requirements-tools.txt): {exc}")
     store = open_store(args, parser)
+    try:
+        return export_uid(args, store, output)
+    except NothingFound as nothing:
+        try:
+            uid = resolve_uid(store, args.uid)
+        except UnknownUid as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:
+            print(f"error: could not list {store.location('')}: {exc}", file=sys.stderr)
+            return 1
+        if uid == args.uid:
+            print(nothing, file=sys.stderr)
+            return 1
+    args.uid = uid
+    try:
+        return export_uid(args, store, output)
+    except NothingFound as nothing:
+        print(nothing, file=sys.stderr)
+        return 1
+
+
+def export_uid(args: argparse.Namespace, store: storage.GcsStore | storage.LocalStore, output: OutputFormat) -> int:
+    """Export `args.uid`; returns the exit status.
+
+    Raises:
+        NothingFound: the uid has no chunk (or conversation) in the range asked for.
+    """
     where = store.location(storage.uid_prefix(args.uid) + "/")
     if args.by == "conversation":
         return export_by_conversation(args, store, output, where)
@@ -730,8 +787,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.since or args.until:
             window = f" received from {_when(args.since) if args.since else 'the start'}"
             window += f" until {_when(args.until) if args.until else 'now'} (UTC)"
-        print(f"no chunks for uid {args.uid} in {where}{window}", file=sys.stderr)
-        return 1
+        raise NothingFound(f"no chunks for uid {args.uid} in {where}{window}")
 
     if args.list:
         sessions = list(plan_sessions(args.uid, selection.chunks, args.gap, output.part_limit, output.suffix))
@@ -802,10 +858,11 @@ def export_by_conversation(
     try:
         conversations = conversation_export.read_conversations(store, args.uid, args.since, args.until, args.jobs, warn)
         if not conversations:
-            print(f"no conversations for uid {args.uid} in {where}{_window(args)}", file=sys.stderr)
-            return 1
+            raise NothingFound(f"no conversations for uid {args.uid} in {where}{_window(args)}")
         low, high = archive.chunk_range(conversations, args.since, args.until)
         selection = list_with_progress(store, args.uid, low, high, args.quiet)
+    except NothingFound:
+        raise
     except Exception as exc:
         print(f"error: could not list {where}: {exc}", file=sys.stderr)
         return 1

@@ -342,7 +342,16 @@ def main(argv: list[str] | None = None) -> int:
     statuses: list[UidStatus] = []
     for uid in uids:
         try:
-            statuses.append(report_uid(store, uid, now, args.days, args.alert_after, args.gap, args.quiet, until))
+            status = report_uid(store, uid, now, args.days, args.alert_after, args.gap, args.quiet, until)
+            if args.uid and status.last_chunk is None and status.last_conversation is None:
+                # Nothing at all: a typo, or the folder name `gcloud storage ls` shows, is not "stale".
+                known = export.resolve_uid(store, uid)
+                if known != uid:
+                    status = report_uid(store, known, now, args.days, args.alert_after, args.gap, args.quiet, until)
+            statuses.append(status)
+        except export.UnknownUid as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         except Exception as exc:
             where = store.location(storage.uid_prefix(uid) + "/")
             print(f"error: could not list {where}: {exc}", file=sys.stderr)

@@ -392,7 +392,7 @@ def test_nothing_matching_is_a_clear_message_and_exit_1(source, tmp_path, capsys
     assert f"no chunks for uid {UID}" in err and "2025-03-02" in err
 
     code, _, err = run(capsys, "--uid", "someone-else", *args, "--out", str(tmp_path / "out"))
-    assert code == 1 and "no chunks for uid someone-else" in err
+    assert code == 1 and "unknown uid 'someone-else'" in err
     assert not (tmp_path / "out").exists() or wavs(tmp_path / "out") == []
 
 
@@ -961,3 +961,19 @@ def test_the_export_bench_runs_end_to_end_and_prints_every_figure(tmp_path):
         assert line in text, text
     for bucket in ("archive", "day alone"):
         assert f"exporting the day from the {bucket}: 1 list call(s) returning 10 names, 10 downloads" in text, text
+
+
+def test_a_mistyped_uid_is_unknown_naming_the_known_ones(source, tmp_path, capsys):
+    store, args = source
+    store.put(UID, T0, wav.frame(pcm_tone(1.0), RATE), metadata(T0, pcm_tone(1.0), RATE), uuid.uuid4().hex, 10)
+    code, _, err = run(capsys, *args, "--uid", "nobody", "--out", str(tmp_path / "out"))
+    assert code == 1 and "unknown uid 'nobody'" in err and f"known: {UID!r}" in err
+
+
+def test_the_escaped_folder_name_exports_the_uid_it_stands_for(source, tmp_path, capsys):
+    store, args = source
+    pcm = pcm_tone(1.0)
+    store.put("Omi DevKit 2", T0, wav.frame(pcm, RATE), metadata(T0, pcm, RATE), uuid.uuid4().hex, 10)
+    code, _, err = run(capsys, *args, "--uid", "Omi~20DevKit~202", "--out", str(tmp_path / "out"))
+    assert code == 0 and "is the folder of the uid 'Omi DevKit 2'" in err
+    assert [path.name for path in wavs(tmp_path / "out")] == [f"Omi~20DevKit~202_{storage.name_stamp(T0)}.wav"]

@@ -166,7 +166,7 @@ def test_nothing_for_longer_than_alert_after_is_exit_3(source, capsys):
     assert code == status.EXIT_STALE == 3
     assert "[STALE: nothing for more than 4 h]" in out and "no audio arrived in the last 4 h" in err
     assert run(capsys, "--uid", UID, *args, "--at", NOW.isoformat(), "--alert-after", "301m")[0] == 0
-    assert run(capsys, "--uid", "never-sent", *args, "--at", NOW.isoformat())[0] == 3
+    assert run(capsys, "--uid", "never-sent", *args, "--at", NOW.isoformat())[0] == 1  # unknown, not stale
 
 
 def test_the_last_chunk_before_the_reported_days_is_found_without_listing_the_archive(
@@ -369,3 +369,18 @@ def test_conversations_are_counted_from_their_names_and_metadata_without_downloa
     assert [day["conversations"] for day in doc["uids"][0]["days"]] == [6, 3]  # the three before are not shown
     assert [c["title"] for c in doc["uids"][0]["conversations"]] == [f"n° {n}" for n in range(8, -1, -1)]
     assert (proxy.downloads, len(proxy.list_calls), proxy.names_listed) == (0, 2, 10)
+
+
+def test_a_mistyped_uid_is_unknown_naming_the_known_ones_not_stale(source, capsys):
+    store, args = source
+    put(store, NOW - timedelta(minutes=5))
+    code, out, err = run(capsys, *args, "--uid", UID[:-1] + "X", "--at", NOW.isoformat())
+    assert (code, out) == (1, "")
+    assert f"unknown uid {UID[:-1] + 'X'!r}" in err and f"known: {UID!r}" in err and "STALE" not in err
+
+
+def test_the_escaped_folder_name_reads_the_uid_it_stands_for(source, capsys):
+    store, args = source
+    put(store, NOW - timedelta(minutes=5), uid="Omi DevKit 2")
+    code, document = report(capsys, *args, "--uid", "Omi~20DevKit~202")
+    assert code == 0 and [entry["uid"] for entry in document["uids"]] == ["Omi DevKit 2"]
