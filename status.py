@@ -195,11 +195,17 @@ def _clock(iso: str | None) -> str:
 
 
 def human_duration(seconds: float) -> str:
-    """``45 s``, ``12 min``, ``3 h 05 min``, ``2 d 4 h``: how long ago, at a glance."""
+    """``45 s``, ``1 min 30 s``, ``12 min``, ``3 h 05 min``, ``2 d 4 h``: how long ago, at a glance.
+
+    Seconds are shown below 10 minutes, so that "1 min 30 s ago" never reads as the
+    "1 min" an alert compares it with.
+    """
     seconds = max(seconds, 0)
     if seconds < 60:
         return f"{seconds:.0f} s"
     minutes = int(seconds // 60)
+    if minutes < 10 and int(seconds) % 60:
+        return f"{minutes} min {int(seconds) % 60:02d} s"
     if minutes < 60:
         return f"{minutes} min"
     hours, minutes = divmod(minutes, 60)

@@ -384,3 +384,25 @@ def test_the_escaped_folder_name_reads_the_uid_it_stands_for(source, capsys):
     put(store, NOW - timedelta(minutes=5), uid="Omi DevKit 2")
     code, document = report(capsys, *args, "--uid", "Omi~20DevKit~202")
     assert code == 0 and [entry["uid"] for entry in document["uids"]] == ["Omi DevKit 2"]
+
+
+def test_a_stale_headline_never_shows_the_same_duration_as_its_limit(source, capsys):
+    store, args = source
+    put(store, NOW - timedelta(seconds=90))
+    code, out, _ = run(capsys, "--uid", UID, *args, "--at", NOW.isoformat(), "--alert-after", "1m")
+    assert code == 3 and "1 min 30 s ago" in out and "[STALE: nothing for more than 1 min]" in out
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (45, "45 s"),
+        (60, "1 min"),
+        (90, "1 min 30 s"),
+        (599, "9 min 59 s"),
+        (630, "10 min"),
+        (3 * 3600 + 300, "3 h 05 min"),
+    ],
+)
+def test_durations_read_at_a_glance(seconds, shown):
+    assert status.human_duration(seconds) == shown
