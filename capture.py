@@ -154,8 +154,10 @@ def _offsets(batches: Sequence[_Batch], firsts: Sequence[float]) -> list[float]:
             offsets.append(max(offsets[-1], min(expected, lowest[index])))
             index += 1
             continue
-        # Audio was lost before the first batch that sets the new level: after a cut
-        # batch's head up to there, or else where the receipts paused long enough.
+        # Audio was lost: after a cut batch's head up to the first batch that sets the
+        # new level; or, unless nothing later confirms the level and the rise is less
+        # than a lost batch (then this batch was only late), before the first batch at
+        # that level whose pause fits a loss, or else right here.
         sets_level = next(
             j for j in range(index, len(batches)) if batches[j].bound <= lowest[index] + HOLE_TOLERANCE_SECONDS
         )
@@ -165,15 +167,34 @@ def _offsets(batches: Sequence[_Batch], firsts: Sequence[float]) -> list[float]:
             offsets.extend([expected] * (cut + 1 - index))
             lost_after = batches[cut].whole - batches[cut].head
             index = cut + 1
-            continue
-        loss = next((j for j in candidates if _loss_fits(batches[j], rise)), None)
-        if loss is None:
-            offsets.append(expected)  # late, and no loss fits before it
+        elif (
+            not _level_holds(index, firsts, lowest)
+            and rise < max(batches[index].whole, SLOW_REQUEST_SECONDS) - BATCH_TOLERANCE_SECONDS
+        ):
+            offsets.append(expected)
             index += 1
-            continue
-        offsets.extend([expected] * (loss - index) + [lowest[loss]])
-        index = loss + 1
+        else:
+            same_level = index
+            while (
+                same_level + 1 < len(batches)
+                and firsts[same_level + 1] <= firsts[index] + WINDOW_SECONDS
+                and lowest[same_level + 1] <= lowest[index] + HOLE_TOLERANCE_SECONDS
+            ):
+                same_level += 1
+            loss = next((j for j in range(index, same_level + 1) if _loss_fits(batches[j], rise)), index)
+            offsets.extend([expected] * (loss - index) + [lowest[loss]])
+            index = loss + 1
     return offsets
+
+
+def _level_holds(index: int, firsts: Sequence[float], lowest: Sequence[float]) -> bool:
+    """Whether the next batch, within the window, confirms the level that batch `index` rose to."""
+    following = index + 1
+    return (
+        following < len(firsts)
+        and firsts[following] <= firsts[index] + WINDOW_SECONDS
+        and lowest[following] - lowest[index] <= HOLE_TOLERANCE_SECONDS
+    )
 
 
 def _is_cut_head(batch: _Batch, rise: float) -> bool:
@@ -188,9 +209,9 @@ def _is_cut_head(batch: _Batch, rise: float) -> bool:
 def _loss_fits(batch: _Batch, rise: float) -> bool:
     """Whether the receipts paused before `batch` long enough for `rise` seconds of audio to be lost.
 
-    A sender that retries loses audio only after a whole retry sequence; the phone,
+    A sender that retries gives up only after a whole retry sequence; the phone,
     which never retries, loses a batch and goes on with the next, so the pause holds
-    at least the lost audio.
+    at least the lost audio.  (A stream that stopped and started again pauses too.)
     """
     return batch.pause >= RETRY_SEQUENCE_SECONDS or (not batch.pieces and batch.pause >= rise - BATCH_TOLERANCE_SECONDS)
 

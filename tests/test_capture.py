@@ -33,6 +33,7 @@ TOKEN = "capture-test-token-0123"
 # its first sample: both follow from every chunk's capture start being that close.
 GOAL_SECONDS = 0.5
 ORIGIN = datetime(2026, 11, 30, 14, 0, tzinfo=UTC)
+ROUNDING = timedelta(microseconds=1)  # capture times are datetimes: whole microseconds
 # The three URL forms: merged (current backend), legacy (older backend), the phone's own.
 QUERIES = {
     "current": f"token={TOKEN}&sample_rate=16000&uid={UID}",
@@ -155,6 +156,9 @@ def test_every_chunk_is_placed_within_half_a_second_of_its_capture(function, loc
     # The phone's receipt comes after its whole batch is uploaded over its own link.
     uploads = max(map(len, captured_at)) / sender.bytes_per_second if not sender.pieces else 0.0
     assert worst <= GOAL_SECONDS + uploads
+    assert all(
+        starts[k + 1] - starts[k] >= timedelta(seconds=durations[k]) - ROUNDING for k in range(len(starts) - 1)
+    ), "chunks never overlap"
     # Every hole found is audio really lost, of about that length, and every loss
     # longer than the goal is found (a shorter one may be taken for latency).
     found = {hole.after: hole.seconds for hole in capture.holes(chunks, starts)}
@@ -167,3 +171,30 @@ def test_every_chunk_is_placed_within_half_a_second_of_its_capture(function, loc
     assert receipt > GOAL_SECONDS + uploads
     if sender.pieces or sender.retry_delays:
         assert receipt_less_duration > GOAL_SECONDS + uploads
+
+
+def test_no_chunks_have_no_capture_times():
+    assert capture.capture_starts([]) == []
+    assert capture.holes([], []) == []
+
+
+def test_a_lone_batch_was_captured_just_before_it_arrived():
+    received = ORIGIN + timedelta(minutes=1)
+
+    (start,) = capture.capture_starts([(received, 60.0)])
+
+    assert start == received - timedelta(seconds=60)
+
+
+def test_a_session_hours_later_is_a_hole_of_that_length_and_moves_nothing_before_it():
+    """The phone's 60 s batches, each received 0.3 s after its end; a second session 3 h later."""
+    later = 3 * 3600.0
+    truths = [60.0 * k for k in range(10)] + [later + 60.0 * k for k in range(10)]
+    chunks = [(ORIGIN + timedelta(seconds=t + 60.3), 60.0) for t in truths]
+
+    starts = capture.capture_starts(chunks)
+
+    assert worst_error(starts, [ORIGIN + timedelta(seconds=t) for t in truths]) <= GOAL_SECONDS
+    (hole,) = capture.holes(chunks, starts)
+    assert hole.after == 9
+    assert abs(hole.seconds - (later - 600.0)) <= GOAL_SECONDS
