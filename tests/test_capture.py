@@ -80,7 +80,9 @@ def function(local_dir, monkeypatch):
 
     monkeypatch.setattr(main, "datetime", VirtualDatetime)
     yield app.test_client(), clock
-    if others is not None:
+    if others is None:
+        del sys.modules["main"]
+    else:
         sys.modules["main"] = others
 
 
