@@ -27,7 +27,9 @@ The model:
   after the head of a batch whose rest was dropped (it ends on a whole piece, and
   with the rise it is one batch long), or else before the first batch that follows
   a pause long enough for a loss (a retry sequence, or the lost audio itself from a
-  sender that never retries).  Batches before that place were merely late.
+  sender that never retries).  Batches before that place were merely late, and so
+  is a batch whose rise nothing after it confirms, when the rise is less than a
+  lost batch.
 
 Known limits: a backlog still draining when the chunks end leaves the last batches
 late by what is left of it; two losses inside one backlog, or chunks that begin with
@@ -171,7 +173,7 @@ def _offsets(batches: Sequence[_Batch], firsts: Sequence[float]) -> list[float]:
             not _level_holds(index, firsts, lowest)
             and rise < max(batches[index].whole, SLOW_REQUEST_SECONDS) - BATCH_TOLERANCE_SECONDS
         ):
-            offsets.append(expected)
+            offsets.append(expected)  # this batch alone was late
             index += 1
         else:
             same_level = index
