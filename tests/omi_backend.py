@@ -164,7 +164,7 @@ def run(
                 if rng.random() < SLOW_SHARE:
                     t += rng.uniform(*SLOW_EXTRA_SECONDS)
                 clock.seconds = t
-                down = any(start <= t < end for start, end in outages)
+                down = any(down_from <= t < back_at for down_from, back_at in outages)
                 chunk.statuses.append(receiver(chunk.body, headers, attempt < to_fail or down))
                 t += rng.uniform(*ONE_WAY_SECONDS)
                 if chunk.stored or not retried(chunk.statuses[-1]):

@@ -33,6 +33,7 @@ TOKEN = "capture-test-token-0123"
 # its first sample: both follow from every chunk's capture start being that close.
 GOAL_SECONDS = 0.5
 ORIGIN = datetime(2026, 11, 30, 14, 0, tzinfo=UTC)
+ROUNDING = timedelta(microseconds=1)  # capture times are datetimes: whole microseconds
 # The three URL forms: merged (current backend), legacy (older backend), the phone's own.
 QUERIES = {
     "current": f"token={TOKEN}&sample_rate=16000&uid={UID}",
@@ -61,8 +62,13 @@ SEEDS = range(int(FIRST_SEED), int(LAST_SEED or FIRST_SEED) + 1)
 
 @pytest.fixture
 def function(local_dir, monkeypatch):
-    """The real function on the test client, its clock the simulation's; returns (client, clock)."""
+    """A fresh instance of the real function on the test client, its clock the simulation's.
+
+    Returns (client, clock).  create_app loads main.py as a new module "main"; the one
+    other tests import is put back afterwards.
+    """
     monkeypatch.setenv("WEBHOOK_TOKEN", TOKEN)
+    others = sys.modules.get("main")
     app = functions_framework.create_app("receive_audio", str(ROOT / "main.py"))
     main = sys.modules["main"]  # the module create_app just loaded: the one serving `app`
     clock = omi_backend.VirtualClock(ORIGIN)
@@ -73,7 +79,11 @@ def function(local_dir, monkeypatch):
             return clock.now().astimezone(tz)
 
     monkeypatch.setattr(main, "datetime", VirtualDatetime)
-    return app.test_client(), clock
+    yield app.test_client(), clock
+    if others is None:
+        del sys.modules["main"]
+    else:
+        sys.modules["main"] = others
 
 
 @contextmanager
@@ -131,6 +141,7 @@ def true_holes(truths: list[datetime], durations: list[float]) -> dict[int, floa
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_every_chunk_is_placed_within_half_a_second_of_its_capture(function, local_dir, scenario, seed):
+    """Within GOAL_SECONDS of its capture; a sender of whole batches also has its upload time."""
     sender, stream_seconds, form, failures, outages = SCENARIOS[scenario]
     client, clock = function
 
@@ -155,6 +166,9 @@ def test_every_chunk_is_placed_within_half_a_second_of_its_capture(function, loc
     # The phone's receipt comes after its whole batch is uploaded over its own link.
     uploads = max(map(len, captured_at)) / sender.bytes_per_second if not sender.pieces else 0.0
     assert worst <= GOAL_SECONDS + uploads
+    assert all(
+        starts[k + 1] - starts[k] >= timedelta(seconds=durations[k]) - ROUNDING for k in range(len(starts) - 1)
+    ), "chunks never overlap"
     # Every hole found is audio really lost, of about that length, and every loss
     # longer than the goal is found (a shorter one may be taken for latency).
     found = {hole.after: hole.seconds for hole in capture.holes(chunks, starts)}
@@ -167,3 +181,57 @@ def test_every_chunk_is_placed_within_half_a_second_of_its_capture(function, loc
     assert receipt > GOAL_SECONDS + uploads
     if sender.pieces or sender.retry_delays:
         assert receipt_less_duration > GOAL_SECONDS + uploads
+
+
+def test_no_chunks_have_no_capture_times():
+    assert capture.capture_starts([]) == []
+    assert capture.holes([], []) == []
+
+
+def test_a_lone_batch_was_captured_just_before_it_arrived():
+    received = ORIGIN + timedelta(minutes=1)
+
+    (start,) = capture.capture_starts([(received, 60.0)])
+
+    assert start == received - timedelta(seconds=60)
+
+
+def test_a_session_hours_later_is_a_hole_of_that_length_and_moves_nothing_before_it():
+    """The phone's 60 s batches, each received 0.3 s after its end; a second session 3 h later."""
+    later = 3 * 3600.0
+    truths = [60.0 * k for k in range(10)] + [later + 60.0 * k for k in range(10)]
+    chunks = [(ORIGIN + timedelta(seconds=t + 60.3), 60.0) for t in truths]
+
+    starts = capture.capture_starts(chunks)
+
+    assert worst_error(starts, [ORIGIN + timedelta(seconds=t) for t in truths]) <= GOAL_SECONDS
+    (hole,) = capture.holes(chunks, starts)
+    assert hole.after == 9
+    assert abs(hole.seconds - (later - 600.0)) <= GOAL_SECONDS
+
+
+def test_a_batch_late_by_as_much_as_the_loss_after_it_stays_with_the_audio_before_it():
+    """N = 2: batch 30 is one batch late (a slow request), batch 31 is lost (36 s of retries).
+
+    Batch 30's own bound sits at the level the loss sets, so either place fits the
+    bounds; only the pause says where a loss can be: after the retry sequence.
+    """
+    batch_seconds = 2.02  # a 2-second batch: two pieces and a remainder
+    chunks, truths, free_at = [], [], 0.0
+    for batch in range(60):
+        ready = (batch + 1) * batch_seconds
+        if batch == 31:
+            free_at = ready + 37.0  # four failed attempts of its first piece, then the rest dropped
+            continue
+        sent = max(ready, free_at) + (batch_seconds if batch == 30 else 0.0)
+        for piece, seconds in enumerate((1.0, 1.0, 0.02)):
+            chunks.append((ORIGIN + timedelta(seconds=sent + 0.05 + 0.1 * piece), seconds))
+            truths.append(ORIGIN + timedelta(seconds=ready - batch_seconds + piece))
+        free_at = sent + 0.3
+
+    starts = capture.capture_starts(chunks)
+
+    assert worst_error(starts, truths) <= GOAL_SECONDS
+    (hole,) = capture.holes(chunks, starts)
+    assert hole.after == 3 * 31 - 1  # after batch 30's remainder
+    assert abs(hole.seconds - batch_seconds) <= GOAL_SECONDS
