@@ -47,6 +47,13 @@ clean:
 .PHONY: soak
 soak: $(VENV)/.test
 	LOAD_CHUNKS=5000 $(PY) -m pytest -m load tests/test_load.py
+	$(MAKE) --no-print-directory outages
+
+# The storage outages at their real lengths (25 and 35 s, against the 20 s and 27 s
+# deadlines); `make test` runs the same tests with the deadlines and outages scaled down.
+.PHONY: outages
+outages: $(VENV)/.test
+	$(PY) -m pytest -n 3 -m full_outage tests/test_faults.py
 
 # Every rejection status at every body size, 20 tries each, with httpx 0.27 (the Omi
 # backend's client), requests, urllib and curl through the real server (about 6 minutes).
