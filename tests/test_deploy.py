@@ -1364,12 +1364,18 @@ def branches(tmp_path_factory, fake_gcs):
         cloud.stop()
 
 
-def test_real_gcloud_accepts_every_call_in_every_branch(branches, tmp_path):
+def test_real_gcloud_accepts_every_call_and_formats_every_answer_as_the_stand_in_did(branches, tmp_path):
+    """Both checks read the same recorded run of every branch, which takes a minute
+    of CPU to make: one test makes it once, whichever worker runs it."""
+    need_gcloud()
+    real_gcloud_accepts_every_call(branches, tmp_path)
+    real_gcloud_formats_each_answer_as_the_stand_in_did(branches, tmp_path)
+
+
+def real_gcloud_accepts_every_call(cloud: Cloud, tmp_path: Path) -> None:
     """Each call deploy.sh made, in every branch, handed to the real gcloud offline
     with an empty config, must get past argument parsing and stop only for lack of
     credentials; every gcloud command in deploy.sh must have been among them."""
-    need_gcloud()
-    cloud = branches
     env = gcloud_env(tmp_path)
     lifecycle = tmp_path / "lifecycle.json"
     lifecycle.write_text('{"rule": []}')
@@ -1409,11 +1415,9 @@ def test_real_gcloud_accepts_every_call_in_every_branch(branches, tmp_path):
     assert len(unique) >= 30
 
 
-def test_real_gcloud_formats_each_answer_as_the_stand_in_did(branches, tmp_path):
+def real_gcloud_formats_each_answer_as_the_stand_in_did(cloud: Cloud, tmp_path: Path) -> None:
     """The stand-in answers describe/list calls with a small formatter; the real
     gcloud's formatter, given the same resource, must print the same."""
-    need_gcloud()
-    cloud = branches
     env = gcloud_env(tmp_path)
     answers = [json.loads(line) for line in (cloud.tmp / "calls.jsonl.formats").read_text().splitlines()]
     checked: dict[str, dict] = {}
