@@ -56,7 +56,7 @@ outages: $(VENV)/.test
 	$(PY) -m pytest -n 3 -m full_outage tests/test_faults.py
 
 # Every rejection status at every body size, 20 tries each, with httpx 0.27 (the Omi
-# backend's client), requests, urllib and curl through the real server (about 6 minutes).
+# backend's client), requests, urllib and curl through the real server.
 .PHONY: senders
 senders: $(VENV)/.test
 	SENDER_TRIES=20 $(PY) -m pytest -q -s tests/test_senders.py
@@ -93,7 +93,7 @@ bench-page: $(VENV)/.test
 	$(PY) bench/page_bench.py
 
 # receive_audio against its floor (echo function + bare upload), side by side:
-# latency, throughput, cold start, memory, each with its goal (about 4 minutes);
+# latency, throughput, cold start, memory, each with its goal;
 # then export's and the page's benchmarks.
 .PHONY: bench
 bench: $(VENV)/.test

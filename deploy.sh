@@ -692,7 +692,7 @@ deploy.sh: the function did not deploy. Likely causes, most common first:
         --member=serviceAccount:${PROJECT_NUMBER}-compute@developer.gserviceaccount.com \\
         --role=roles/cloudbuild.builds.builder
   - APIs enabled moments ago are still starting: wait a minute and run it again.
-  - An organisation policy forbids public functions (allUsers): see README, Troubleshooting.
+  - An organisation policy forbids public functions (allUsers): see docs/operations.md, Troubleshooting.
 EOF
   exit 1
 fi
@@ -779,7 +779,7 @@ prove() { # $1: token version, $2: which token, for messages
       401) echo "  Likely cause: the function does not hold token version $1 (another deploy ran meanwhile). Run deploy.sh again." >&2 ;;
       403) echo "  Likely cause: the uid '$CHECK_UID' is not in ALLOWED_UIDS, or an organisation policy blocks public access (allUsers) to the function." >&2 ;;
       404) echo "  Likely cause: wrong REGION or FUNCTION_NAME, or the function is still rolling out. Run deploy.sh again in a minute." >&2 ;;
-      5*) echo "  Likely cause: IAM still propagating the new service account's access to the bucket or the secret (wait 1-2 minutes and run deploy.sh again), or the role binding is missing. The function's log says which: see README, Troubleshooting." >&2 ;;
+      5*) echo "  Likely cause: IAM still propagating the new service account's access to the bucket or the secret (wait 1-2 minutes and run deploy.sh again), or the role binding is missing. The function's log says which: see docs/operations.md, Troubleshooting." >&2 ;;
     esac
     die "the URL was not printed because it does not work yet. Nothing is lost: run deploy.sh again (it resumes)."
   fi

@@ -55,7 +55,7 @@ HARD_MAX_CHUNK_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_CHUNK_BYTES = HARD_MAX_CHUNK_BYTES
 # Body bytes one instance holds at once.  Each body is held about twice while it is
 # framed and uploaded; 256 MiB takes 16 concurrent 11.5 MB batches with room to
-# spare, and deploy.sh's memory is sized from it (see the README's Performance).
+# spare, and deploy.sh's memory is sized from it (see docs/performance.md).
 DEFAULT_BODY_BUDGET_BYTES = 256 * 1024 * 1024
 # A body must arrive whole within the sender's own 30 s timeout, counted from the
 # request's arrival: later, the sender has given up and nobody reads the answer, so a

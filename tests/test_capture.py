@@ -55,7 +55,7 @@ SCENARIOS = {
     "phone 60 s": (omi_backend.phone(60), 1800, "phone", {(8, 0): 1}, ()),
 }
 # Each scenario runs once per seed (the audio, the network's latency and its slow
-# requests): CAPTURE_SEEDS=0-9 for the README's figures.
+# requests): CAPTURE_SEEDS=0-9 for the figures in docs/export.md.
 FIRST_SEED, _, LAST_SEED = os.environ.get("CAPTURE_SEEDS", "0").partition("-")
 SEEDS = range(int(FIRST_SEED), int(LAST_SEED or FIRST_SEED) + 1)
 

@@ -797,7 +797,7 @@ def test_retention_in_a_bucket_deploy_sh_made_deletes_every_audio_name_and_no_co
     assert not any(deleted_by(lifecycle, name, 29) for name in ours)  # not before its age
     kept = [*conversation_names(RETENTION_UIDS), "phone/notes.txt", "phone/a.wav.json", "readme", "x.wav", "Track.WAV"]
     assert not any(deleted_by(lifecycle, name, 10_000) for name in kept)
-    # What the README says it matches here: names ending in Z.wav, or in a digit and .wav.
+    # What docs/deploy.md says it matches here: names ending in Z.wav, or in a digit and .wav.
     for name in ours + kept + ["music/Track 2Z.wav", "music/Track 2.wav"]:
         assert deleted_by(lifecycle, name, 30) == bool(re.search(r"(Z|\d)\.wav$", name)), name
 

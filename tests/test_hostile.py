@@ -180,7 +180,7 @@ def assert_everything_stored_is_valid_and_reported(bucket, reported: dict[str, b
 
 
 def report(capsys, what: str, statuses: dict[int, int]) -> None:
-    """Print how many inputs were tried and what they got (for the README's figures)."""
+    """Print how many inputs were tried and what they got (for the figures in docs/reliability.md)."""
     with capsys.disabled():
         print(f"\nhostile {what}: {sum(statuses.values())} requests, statuses {dict(sorted(statuses.items()))}")
 
