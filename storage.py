@@ -492,57 +492,14 @@ class GcsStore:
             StorageUnavailable: not stored by the deadline (a retry may succeed).
             StorageRefused: storage refused for good (bucket or permission missing).
         """
-        give_up_at = time.monotonic() + deadline_seconds
-        backoff = FIRST_BACKOFF_SECONDS
-        seq = 0
-        last_error: BaseException | None = None
-        while seq <= MAX_NAME_SUFFIX:
-            remaining = give_up_at - time.monotonic()
-            if remaining <= 0:
-                break
-            name = object_name(uid, received_at, seq)
-            timeout = (min(CONNECT_TIMEOUT_SECONDS, remaining), remaining)
-            try:
-                blob = self.bucket.blob(name)
-                blob.metadata = {**metadata, "write_id": write_id}
-                _within(
-                    remaining,
-                    blob.upload_from_string,
-                    wav_bytes,
-                    content_type="audio/wav",
-                    if_generation_match=0,
-                    timeout=timeout,
-                    retry=None,  # the library's own retry runs 120 s: we retry here instead
-                )
-                return Stored(name, self.location(name))
-            except (api_exceptions.PreconditionFailed, api_exceptions.Forbidden) as refusal:
-                # The name is taken.  Cloud Storage answers 412, or 403 to a caller that
-                # may not delete (replacing an object needs storage.objects.delete):
-                # look at the holder to tell which, and whether it is our own write.
-                try:
-                    holder = _within(remaining, self.bucket.get_blob, name, timeout=timeout, retry=None)
-                except Exception as exc:
-                    if not _is_transient(exc):
-                        raise StorageRefused(f"reading back {name} after {refusal.code}: {exc}") from exc
-                    last_error = exc
-                    continue  # same name again: the check will run again
-                if holder is None:
-                    if isinstance(refusal, api_exceptions.Forbidden):
-                        raise StorageRefused(f"upload of {name}: {refusal}") from refusal
-                    continue  # deleted in between: the name is free again
-                if (holder.metadata or {}).get("write_id") == write_id:
-                    return Stored(name, self.location(name), existed=True)
-                seq += 1
-                continue
-            except Exception as exc:
-                if not _is_transient(exc):
-                    raise StorageRefused(f"upload of {name}: {exc}") from exc
-                last_error = exc
-            pause = min(backoff, give_up_at - time.monotonic())
-            if pause > 0:
-                time.sleep(pause)
-            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-        raise StorageUnavailable(f"not stored within {deadline_seconds:.3g} s: {last_error or 'no free name'}")
+        return self._create(
+            lambda seq: object_name(uid, received_at, seq),
+            wav_bytes,
+            "audio/wav",
+            {**metadata, "write_id": write_id},
+            deadline_seconds,
+            is_ours=lambda holder: (holder.metadata or {}).get("write_id") == write_id,
+        )
 
     def list_chunks(
         self,
@@ -598,10 +555,34 @@ class GcsStore:
             StorageRefused: storage refused for good (bucket or permission missing).
         """
         name = conversation_name(uid, starts_at, conversation_id, body)
+        # Whoever holds the name holds these very bytes: the name is made from them.
+        return self._create(lambda seq: name, body, "application/json", metadata, deadline_seconds, lambda _: True)
+
+    def _create(
+        self,
+        name_for: Callable[[int], str],
+        data: bytes,
+        content_type: str,
+        metadata: dict[str, str],
+        deadline_seconds: float,
+        is_ours: Callable[[gcs.Blob], bool],
+    ) -> Stored:
+        """Create a new object, never replacing one, under the first free ``name_for(seq)``.
+
+        Transient failures are retried with backoff until the deadline; each HTTP
+        attempt is itself bounded by what is left of it.  A 412 means the name is
+        taken: if `is_ours` says the holder is this write's own earlier attempt
+        (whose response was lost), that is success; otherwise the next seq is tried.
+        """
         give_up_at = time.monotonic() + deadline_seconds
         backoff = FIRST_BACKOFF_SECONDS
+        seq = 0
         last_error: BaseException | None = None
-        while (remaining := give_up_at - time.monotonic()) > 0:
+        while seq <= MAX_NAME_SUFFIX:
+            remaining = give_up_at - time.monotonic()
+            if remaining <= 0:
+                break
+            name = name_for(seq)
             timeout = (min(CONNECT_TIMEOUT_SECONDS, remaining), remaining)
             try:
                 blob = self.bucket.blob(name)
@@ -609,27 +590,32 @@ class GcsStore:
                 _within(
                     remaining,
                     blob.upload_from_string,
-                    body,
-                    content_type="application/json",
+                    data,
+                    content_type=content_type,
                     if_generation_match=0,
                     timeout=timeout,
-                    retry=None,
+                    retry=None,  # the library's own retry runs 120 s: we retry here instead
                 )
                 return Stored(name, self.location(name))
             except (api_exceptions.PreconditionFailed, api_exceptions.Forbidden) as refusal:
-                # Taken (412, or 403 to a caller that may not delete, as in `put`): look.
+                # The name is taken.  Cloud Storage answers 412, or 403 to a caller that
+                # may not delete (replacing an object needs storage.objects.delete):
+                # look at the holder to tell which, and whether it is our own write.
                 try:
                     holder = _within(remaining, self.bucket.get_blob, name, timeout=timeout, retry=None)
                 except Exception as exc:
                     if not _is_transient(exc):
                         raise StorageRefused(f"reading back {name} after {refusal.code}: {exc}") from exc
                     last_error = exc
-                    continue
-                if holder is not None:
+                    continue  # same name again: the check will run again
+                if holder is None:
+                    if isinstance(refusal, api_exceptions.Forbidden):
+                        raise StorageRefused(f"upload of {name}: {refusal}") from refusal
+                    continue  # deleted in between: the name is free again
+                if is_ours(holder):
                     return Stored(name, self.location(name), existed=True)
-                if isinstance(refusal, api_exceptions.Forbidden):
-                    raise StorageRefused(f"upload of {name}: {refusal}") from refusal
-                continue  # deleted in between: the name is free again
+                seq += 1
+                continue
             except Exception as exc:
                 if not _is_transient(exc):
                     raise StorageRefused(f"upload of {name}: {exc}") from exc
@@ -638,7 +624,7 @@ class GcsStore:
             if pause > 0:
                 time.sleep(pause)
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-        raise StorageUnavailable(f"not stored within {deadline_seconds:.3g} s: {last_error}")
+        raise StorageUnavailable(f"not stored within {deadline_seconds:.3g} s: {last_error or 'no free name'}")
 
     def list_conversations(
         self, uid: str, since: datetime | None = None, until: datetime | None = None
