@@ -50,7 +50,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import BinaryIO, TextIO, TypeVar
 
 from google.api_core import exceptions as api_exceptions
 
@@ -60,6 +60,8 @@ import page
 import storage
 import wav
 from archive import DEFAULT_GAP_SECONDS, Chunk, Selection, select_chunks, starts_new_session
+
+_T = TypeVar("_T")
 
 # Concurrent downloads.  One small object costs tens of milliseconds on real GCS.
 DEFAULT_JOBS = 16
@@ -806,9 +808,8 @@ def export_uid(args: argparse.Namespace, store: storage.GcsStore | storage.Local
     def warn(message: str) -> None:
         (bar.write if bar is not None else print)(f"warning: {message}", file=sys.stderr)
 
-    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _in_main_thread() else None
-    try:
-        summary = export_sessions(
+    summary, failed = run_export(
+        lambda: export_sessions(
             store,
             args.uid,
             selection,
@@ -820,21 +821,13 @@ def export_uid(args: argparse.Namespace, store: storage.GcsStore | storage.Local
             output=output,
             starts=starts,
             taken=taken,
-        )
-    except KeyboardInterrupt:
-        print("interrupted: finished sessions are kept, the unfinished one was removed", file=sys.stderr)
-        return 130
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:
-        print(f"error: could not read from {where}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if bar is not None:
-            bar.close()
-        if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
+        ),
+        "sessions",
+        where,
+        bar,
+    )
+    if failed is not None:
+        return failed
 
     format_table(summary.sessions, sys.stdout)
     _print_summary(summary.sessions, summary.duplicates, summary.skipped, listed=False, kept=kept)
@@ -886,9 +879,8 @@ def export_by_conversation(
             print(f"error: {item.stem} is too long for one WAV file: use --format flac", file=sys.stderr)
             return 1
     bar = progress_bar(sum(len(item.cut.pieces) for item in todo if item.cut), args.quiet)
-    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _in_main_thread() else None
-    try:
-        conversation_export.export(
+    _, failed = run_export(
+        lambda: conversation_export.export(
             todo,
             args.out,
             output,
@@ -896,25 +888,43 @@ def export_by_conversation(
             lambda data: check_chunk(data, output.max_sample_rate),
             bar.update if bar is not None else None,
             warn,
-        )
+        ),
+        "conversations",
+        where,
+        bar,
+    )
+    if failed is not None:
+        return failed
+    conversation_export.format_table(items, sys.stdout, _duration)
+    _print_conversation_summary(items, listed=False)
+    entries = [conversation_export.page_conversation(item, output.suffix) for item in items]
+    return write_page(args.out, args.uid, entries, [], archive.audio_spans(chunks))
+
+
+def run_export(work: Callable[[], _T], what: str, where: str, bar) -> tuple[_T | None, int | None]:
+    """Run `work` with SIGTERM taken as Ctrl-C, then close `bar`.
+
+    Returns:
+        (what `work` returned, None), or (None, the exit status) once it failed
+        or was interrupted, with the reason printed: finished `what` are kept.
+    """
+    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _in_main_thread() else None
+    try:
+        return work(), None
     except KeyboardInterrupt:
-        print("interrupted: finished conversations are kept, the unfinished one was removed", file=sys.stderr)
-        return 130
+        print(f"interrupted: finished {what} are kept, the unfinished one was removed", file=sys.stderr)
+        return None, 130
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return None, 1
     except Exception as exc:
         print(f"error: could not read from {where}: {exc}", file=sys.stderr)
-        return 1
+        return None, 1
     finally:
         if bar is not None:
             bar.close()
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
-    conversation_export.format_table(items, sys.stdout, _duration)
-    _print_conversation_summary(items, listed=False)
-    entries = [conversation_export.page_conversation(item, output.suffix) for item in items]
-    return write_page(args.out, args.uid, entries, [], archive.audio_spans(chunks))
 
 
 def page_sessions(sessions: Iterable[Session], part_limit: int = MAX_PART_BYTES) -> list[dict]:
