@@ -271,7 +271,8 @@ def _heading(uid: str, items: list[_Item], kind: str) -> str:
     noun = kind if len(items) == 1 else f"{kind}s"
     parts = [f"{len(items)} {noun}"]
     if dated:
-        parts.append(f"{_day_label(dated[0].date())} to {_day_label(dated[-1].date())}")
+        first, last = _day_label(dated[0].date()), _day_label(dated[-1].date())
+        parts.append(first if first == last else f"{first} to {last}")
         offsets = sorted({moment.utcoffset(): moment for moment in dated}.items())  # two across a DST change
         parts.append(f"times in {' / '.join(_offset(moment) for _, moment in offsets)}")
     summary = escape(" · ".join(parts))

@@ -465,3 +465,10 @@ def test_page_bench_runs_and_prints_each_figure_with_its_goal(chromium):
     for figure, goal in [("1. first view painted", "goal < 1000 ms"), ("2. search", "goal < 100 ms")]:
         assert any(line.startswith(figure) and goal in line for line in lines), result.stdout
     assert any(line.startswith("3. opening the longest conversation") for line in lines), result.stdout
+
+
+def test_the_heading_names_one_day_once(tmp_path):
+    start = "2026-12-01T09:59:03+00:00"
+    one = {"stem": "a", "started_at": start, "seconds": 5.0, "audio": "a.wav"}
+    html = page.write_index(tmp_path, "u", [], [one], [], tz=UTC).read_text()
+    assert "Tuesday 1 December 2026 ·" in html and " to Tuesday" not in html
