@@ -16,7 +16,6 @@ but no ``sample_rate``, is stored as received beside the audio
 from __future__ import annotations
 
 import enum
-import hashlib
 import heapq
 import hmac
 import json
@@ -319,7 +318,6 @@ def receive_conversation(
             metadata = {
                 "conversation_id": event.conversation_id,
                 "received_at": received_at.isoformat(timespec="microseconds").replace("+00:00", "Z"),
-                "sha256": hashlib.sha256(raw).hexdigest(),
             }
             sent = {"started_at": event.started_at, "finished_at": event.finished_at, "title": event.title}
             metadata |= {name: value for name, value in sent.items() if value is not None}

@@ -242,8 +242,8 @@ def is_valid_conversation_id(conversation_id: object) -> bool:
         return False
 
 
-def conversation_name(uid: str, starts_at: datetime, conversation_id: str, body: bytes) -> str:
-    """The object name of the version `body` of conversation `conversation_id`, started at `starts_at`.
+def conversation_name(uid: str, starts_at: datetime, conversation_id: str, sha256: str) -> str:
+    """The object name of conversation `conversation_id`'s version whose body has digest `sha256` (hex).
 
     The same id and bytes always make the same name (a retried delivery finds
     its first attempt's object); changed bytes make another (a new version).
@@ -251,7 +251,7 @@ def conversation_name(uid: str, starts_at: datetime, conversation_id: str, body:
     Raises:
         ValueError: the uid or the id is not valid.
     """
-    digest = hashlib.sha256(body).hexdigest()[:CONVERSATION_DIGEST_HEX]
+    digest = sha256[:CONVERSATION_DIGEST_HEX]
     return f"{conversation_prefix(uid)}{name_stamp(starts_at)}_{_escape_id(conversation_id)}_{digest}.json"
 
 
@@ -554,8 +554,10 @@ class GcsStore:
             StorageUnavailable: not stored by the deadline (a retry may succeed).
             StorageRefused: storage refused for good (bucket or permission missing).
         """
-        name = conversation_name(uid, starts_at, conversation_id, body)
+        digest = hashlib.sha256(body).hexdigest()
+        name = conversation_name(uid, starts_at, conversation_id, digest)
         # Whoever holds the name holds these very bytes: the name is made from them.
+        metadata = {**metadata, "sha256": digest}
         return self._create(lambda seq: name, body, "application/json", metadata, deadline_seconds, lambda _: True)
 
     def _create(
@@ -702,42 +704,55 @@ class LocalStore:
         The WAV is written and flushed under a temporary name, then claimed with a
         hard link, which fails instead of replacing an existing file.
         """
-        directory = self.root / uid_prefix(uid)
+        return self._create(
+            lambda seq: object_name(uid, received_at, seq),
+            wav_bytes,
+            {**metadata, "write_id": write_id},
+            _metadata_path,
+            is_ours=lambda held: held.get("write_id") == write_id,
+        )
+
+    def _create(
+        self,
+        name_for: Callable[[int], str],
+        data: bytes,
+        metadata: dict[str, str],
+        metadata_path: Callable[[Path], Path],
+        is_ours: Callable[[dict[str, str]], bool],
+    ) -> Stored:
+        """Write `data` under the first free ``name_for(seq)``, never replacing a file.
+
+        The data is written and flushed under a temporary name, then claimed with a
+        hard link, which fails instead of replacing; a name already held by this
+        write's own earlier attempt (`is_ours` of its metadata) is success.  The
+        metadata goes beside it, at ``metadata_path(path)``.
+        """
+        directory = (self.root / name_for(0)).parent
         try:
             directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=".tmp", dir=directory)
             try:
                 with os.fdopen(fd, "wb") as out:
                     os.fchmod(out.fileno(), 0o644)  # mkstemp's 0600 would hide recordings from players
-                    out.write(wav_bytes)
+                    out.write(data)
                     out.flush()
                     os.fsync(out.fileno())
-                return self._claim(uid, received_at, Path(tmp), {**metadata, "write_id": write_id}, write_id)
+                for seq in range(MAX_NAME_SUFFIX + 1):
+                    name = name_for(seq)
+                    path = self.root / name
+                    try:
+                        os.link(tmp, path)
+                    except FileExistsError:
+                        if is_ours(_read_metadata(metadata_path(path))):
+                            return Stored(name, str(path), existed=True)
+                        continue
+                    _write_atomically(metadata_path(path), json.dumps(metadata, sort_keys=True).encode())
+                    return Stored(name, str(path))
+                raise StorageUnavailable("no free name")
             finally:
                 Path(tmp).unlink(missing_ok=True)
         except OSError as exc:
             raise StorageUnavailable(f"could not write to {self.root}: {exc.strerror or exc}") from exc
-
-    def _claim(self, uid: str, received_at: datetime, tmp: Path, metadata: dict[str, str], write_id: str) -> Stored:
-        for seq in range(MAX_NAME_SUFFIX + 1):
-            name = object_name(uid, received_at, seq)
-            path = self.root / name
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                if self._metadata(path).get("write_id") == write_id:
-                    return Stored(name, str(path), existed=True)
-                continue
-            _write_atomically(_metadata_path(path), json.dumps(metadata, sort_keys=True).encode())
-            return Stored(name, str(path))
-        raise StorageUnavailable("no free name for the chunk")
-
-    @staticmethod
-    def _metadata(path: Path) -> dict[str, str]:
-        try:
-            return json.loads(_metadata_path(path).read_text())
-        except (OSError, ValueError):
-            return {}
 
     def list_chunks(
         self,
@@ -767,7 +782,7 @@ class LocalStore:
             path = self.root / name
             if (parts := parse_object_name(name)) and path.is_file():
                 listed += 1
-                yield ChunkInfo(name, path.stat().st_size, self._metadata(path), parts)
+                yield ChunkInfo(name, path.stat().st_size, _read_metadata(_metadata_path(path)), parts)
             elif unreadable and not parts and NAME_RE.fullmatch(name) and path.is_file():
                 unreadable(name)
 
@@ -792,27 +807,11 @@ class LocalStore:
         The body is written and flushed under a temporary name and claimed with a
         hard link; its metadata goes beside it in ``….meta.json``.
         """
-        name = conversation_name(uid, starts_at, conversation_id, body)
-        path = self.root / name
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    os.fchmod(out.fileno(), 0o644)
-                    out.write(body)
-                    out.flush()
-                    os.fsync(out.fileno())
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    return Stored(name, str(path), existed=True)
-                _write_atomically(_conversation_metadata_path(path), json.dumps(metadata, sort_keys=True).encode())
-                return Stored(name, str(path))
-            finally:
-                Path(tmp).unlink(missing_ok=True)
-        except OSError as exc:
-            raise StorageUnavailable(f"could not write to {self.root}: {exc.strerror or exc}") from exc
+        digest = hashlib.sha256(body).hexdigest()
+        name = conversation_name(uid, starts_at, conversation_id, digest)
+        metadata = {**metadata, "sha256": digest}
+        # Whoever holds the name holds these very bytes: the name is made from them.
+        return self._create(lambda seq: name, body, metadata, _conversation_metadata_path, lambda _: True)
 
     def list_conversations(
         self, uid: str, since: datetime | None = None, until: datetime | None = None
@@ -829,14 +828,19 @@ class LocalStore:
                 continue
             path = self.root / name
             if (parts := parse_conversation_name(name)) and path.is_file():
-                try:
-                    metadata = json.loads(_conversation_metadata_path(path).read_text())
-                except (OSError, ValueError):
-                    metadata = {}
+                metadata = _read_metadata(_conversation_metadata_path(path))
                 yield ConversationInfo(name, path.stat().st_size, metadata, parts)
 
     def read(self, name: str) -> bytes:
         return (self.root / name).read_bytes()
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    """The metadata kept at `path` beside a file; {} when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

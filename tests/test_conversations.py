@@ -56,10 +56,12 @@ def listed(store, **bounds) -> list[tuple[str, str]]:
 
 # -- names ------------------------------------------------------------------------
 
+EMPTY_DIGEST = hashlib.sha256(b"{}").hexdigest()
+
 
 @pytest.mark.parametrize("conversation_id", [CONVERSATION_ID, *STRANGE_IDS, "é" * 64])
 def test_a_conversation_name_reads_back_as_its_uid_start_id_and_digest(conversation_id):
-    name = storage.conversation_name("Zoë's Omi", STARTED, conversation_id, b"{}")
+    name = storage.conversation_name("Zoë's Omi", STARTED, conversation_id, EMPTY_DIGEST)
     parts = storage.parse_conversation_name(name)
     assert parts == storage.ConversationName("Zoë's Omi", STARTED, conversation_id, parts.digest)
     assert len(parts.digest) == 32 and name.endswith(f"_{parts.digest}.json")
@@ -68,17 +70,20 @@ def test_a_conversation_name_reads_back_as_its_uid_start_id_and_digest(conversat
     assert len(stamp_id_digest.split("_")) == 3  # "_" only separates the stamp, the id and the digest
 
 
-def test_the_digest_follows_the_exact_bytes():
-    first = storage.conversation_name(UID, STARTED, CONVERSATION_ID, b'{"id": "x"}')
-    assert storage.conversation_name(UID, STARTED, CONVERSATION_ID, b'{"id": "x"}') == first
-    assert storage.conversation_name(UID, STARTED, CONVERSATION_ID, b'{"id":"x"}') != first
+def test_the_digest_follows_the_exact_bytes(tmp_path):
+    store = storage.LocalStore(tmp_path)
+    first = store.put_conversation(UID, STARTED, CONVERSATION_ID, b'{"id": "x"}', {}, 10)
+    again = store.put_conversation(UID, STARTED, CONVERSATION_ID, b'{"id": "x"}', {}, 10)
+    changed = store.put_conversation(UID, STARTED, CONVERSATION_ID, b'{"id":"x"}', {}, 10)
+    assert (again.name, again.existed) == (first.name, True) and changed.name != first.name
+    assert storage.parse_conversation_name(first.name).digest == hashlib.sha256(b'{"id": "x"}').hexdigest()[:32]
 
 
 @pytest.mark.parametrize("conversation_id", ["", "x" * 129, "é" * 65, "\ud800", 7, None])
 def test_an_id_a_name_cannot_hold_is_refused(conversation_id):
     assert not storage.is_valid_conversation_id(conversation_id)
     with pytest.raises(ValueError, match="id must be a string of 1 to 128 bytes"):
-        storage.conversation_name(UID, STARTED, conversation_id, b"{}")
+        storage.conversation_name(UID, STARTED, conversation_id, EMPTY_DIGEST)
 
 
 @pytest.mark.parametrize(
@@ -98,7 +103,7 @@ def test_names_conversation_name_never_makes_do_not_parse(name):
 
 
 def test_conversation_names_and_chunk_names_never_parse_as_each_other():
-    conversation = storage.conversation_name(UID, STARTED, CONVERSATION_ID, b"{}")
+    conversation = storage.conversation_name(UID, STARTED, CONVERSATION_ID, EMPTY_DIGEST)
     chunk = storage.object_name(UID, STARTED)
     assert storage.parse_object_name(conversation) is None
     assert storage.parse_conversation_name(chunk) is None
@@ -114,7 +119,8 @@ def test_a_conversation_is_stored_as_its_exact_bytes_with_its_metadata(store):
     assert not stored.existed
     assert store.read(stored.name) == body.encode()
     (info,) = store.list_conversations(UID)
-    assert (info.name, info.size, info.metadata) == (stored.name, len(body.encode()), metadata)
+    sha256 = hashlib.sha256(body.encode()).hexdigest()  # the store adds the body's digest
+    assert (info.name, info.size, info.metadata) == (stored.name, len(body.encode()), {**metadata, "sha256": sha256})
     assert info.parts == storage.parse_conversation_name(stored.name)
 
 
@@ -131,7 +137,7 @@ def test_the_same_bytes_again_are_already_stored_and_keep_the_first_metadata(sto
     again = store.put_conversation(UID, STARTED, CONVERSATION_ID, b"{}", received(STARTED + timedelta(1)), 10)
     assert (again.name, again.existed) == (first.name, True)
     (info,) = store.list_conversations(UID)
-    assert info.metadata == received(STARTED)
+    assert info.metadata == {**received(STARTED), "sha256": EMPTY_DIGEST}
 
 
 def test_a_changed_version_is_stored_beside_the_old_and_readers_take_the_newest(store):

@@ -84,3 +84,14 @@ def test_a_403_for_a_name_that_is_free_is_a_refusal_not_a_retry_loop(bucket, fak
         with pytest.raises(storage.StorageRefused):
             missing.put("u1", AT, audio(SMALL, 1), {}, "w1", 20)
         assert store.put("u1", AT, audio(SMALL, 1), {}, "w1", 20).existed is False
+
+
+def test_the_local_store_takes_the_next_name_and_recognises_its_own_earlier_write(tmp_path):
+    store = storage.LocalStore(tmp_path)
+    audio = wav.frame([b"\1\0" * 100], 16000)
+    first = store.put("u", AT, audio, {}, "write-1", 10)
+    retried = store.put("u", AT, audio, {}, "write-1", 10)  # the same write again, its answer lost
+    other = store.put("u", AT, audio, {}, "write-2", 10)  # another write at the same instant
+    assert (retried.name, retried.existed) == (first.name, True)
+    assert other.name == storage.object_name("u", AT, 1) and not other.existed
+    assert sorted(p.name for p in (tmp_path / "u").glob("*.wav")) == sorted([first.name[2:], other.name[2:]])
