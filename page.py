@@ -52,7 +52,11 @@ def write_index(
     Args:
         out_dir: the export folder; audio, .vtt and .json files are named relative to it.
         uid: whose recordings these are (shown in the heading).
-        conversations: one dict per exported conversation (DESIGN.md section 2).
+        conversations: one dict per exported conversation (`conversation_export.page_conversation`
+            makes them): stem (file stem and #anchor), id, title, emoji, overview, category,
+            started_at and finished_at (ISO or None), audio (file name or None),
+            audio_start, audio_seconds, coverage (0 to 1), gaps ([{start, seconds}]) and
+            cues ([{start, end, speaker, text}], seconds from the file's first sample).
         sessions: recording sessions, listed when there are no conversations.
         audio_spans: when audio was stored (UTC), drawn on each day's timeline.
         tz: the zone to show times in; None means the exporting machine's local zone.

@@ -1,8 +1,8 @@
 """The Omi senders, simulated on a virtual clock, with the truth of when each chunk was captured.
 
 The Omi backend receives the wearable's audio live (its clock is the capture clock),
-buffers it, and once the buffer holds more than N seconds sends that batch
-(``OMI_SENDER.md``, "Timing and chunking", "Failure handling by the sender"):
+buffers it, and once the buffer holds more than N seconds sends that batch, as the
+Omi backend's webhook code does:
 
 * the current backend as back-to-back 1-second pieces plus a shorter remainder, one
   request at a time per uid, each piece with its own Idempotency-Key, a failed piece
@@ -20,10 +20,13 @@ on the status it answers, as the sender does.  Nothing sleeps: an hour runs in s
 from __future__ import annotations
 
 import random
+import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 SAMPLE_RATE = 16000
 SAMPLE_BYTES = 2
@@ -51,6 +54,35 @@ class VirtualClock:
 
     def now(self) -> datetime:
         return self.origin + timedelta(seconds=self.seconds)
+
+
+@contextmanager
+def function_on_virtual_clock(source: Path, origin: datetime) -> Iterator[tuple[object, VirtualClock]]:
+    """The real function on functions-framework's test client, its clock a `VirtualClock`.
+
+    Yields (client, clock).  create_app loads `source` as a new module "main", whose
+    `datetime` is made the clock's; the module other tests import is put back afterwards.
+    """
+    import functions_framework
+
+    others = sys.modules.get("main")
+    app = functions_framework.create_app("receive_audio", str(source))
+    main = sys.modules["main"]  # the module create_app just loaded: the one serving `app`
+    clock = VirtualClock(origin)
+
+    class VirtualDatetime(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return clock.now().astimezone(tz)
+
+    main.datetime = VirtualDatetime
+    try:
+        yield app.test_client(), clock
+    finally:
+        if others is None:
+            del sys.modules["main"]
+        else:
+            sys.modules["main"] = others
 
 
 @dataclass

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 import wave
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import functions_framework
 import omi_backend
 import pytest
 from conftest import ROOT
@@ -62,28 +60,10 @@ SEEDS = range(int(FIRST_SEED), int(LAST_SEED or FIRST_SEED) + 1)
 
 @pytest.fixture
 def function(local_dir, monkeypatch):
-    """A fresh instance of the real function on the test client, its clock the simulation's.
-
-    Returns (client, clock).  create_app loads main.py as a new module "main"; the one
-    other tests import is put back afterwards.
-    """
+    """A fresh instance of the real function on the test client, its clock the simulation's: (client, clock)."""
     monkeypatch.setenv("WEBHOOK_TOKEN", TOKEN)
-    others = sys.modules.get("main")
-    app = functions_framework.create_app("receive_audio", str(ROOT / "main.py"))
-    main = sys.modules["main"]  # the module create_app just loaded: the one serving `app`
-    clock = omi_backend.VirtualClock(ORIGIN)
-
-    class VirtualDatetime(datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return clock.now().astimezone(tz)
-
-    monkeypatch.setattr(main, "datetime", VirtualDatetime)
-    yield app.test_client(), clock
-    if others is None:
-        del sys.modules["main"]
-    else:
-        sys.modules["main"] = others
+    with omi_backend.function_on_virtual_clock(ROOT / "main.py", ORIGIN) as served:
+        yield served
 
 
 @contextmanager

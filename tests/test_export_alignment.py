@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import wave
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import functions_framework
 import omi_backend
 import pytest
 from conftest import ROOT
@@ -48,19 +46,10 @@ SCENARIOS = {
 
 @pytest.fixture
 def function(local_dir, monkeypatch):
-    """The real function on the test client, its clock the simulation's; returns (client, clock)."""
+    """The real function on the test client, its clock the simulation's: (client, clock)."""
     monkeypatch.setenv("WEBHOOK_TOKEN", TOKEN)
-    app = functions_framework.create_app("receive_audio", str(ROOT / "main.py"))
-    main = sys.modules["main"]  # the module create_app just loaded: the one serving `app`
-    clock = omi_backend.VirtualClock(ORIGIN)
-
-    class VirtualDatetime(datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return clock.now().astimezone(tz)
-
-    monkeypatch.setattr(main, "datetime", VirtualDatetime)
-    return app.test_client(), clock
+    with omi_backend.function_on_virtual_clock(ROOT / "main.py", ORIGIN) as served:
+        yield served
 
 
 def receiver(client, local_dir: Path):
