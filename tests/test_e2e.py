@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
-from conftest import assert_decodes, pcm_tone, serve_function
+from conftest import CONFIG_VARS, ROOT, assert_decodes, free_port, pcm_tone, serve_function, wait_http
 
 import wav
 
@@ -114,3 +120,31 @@ def test_server_logs_one_json_line_per_request(server):
     requests.post(f"{url}/?token={TOKEN}&sample_rate=16000&uid={uid}", data=b"\1\0" * 160, timeout=30)
     lines = [json.loads(x) for x in log.read_text().splitlines()[before:] if x.startswith("{")]
     assert [(x["uid"], x["status"]) for x in lines] == [(uid, 200)]
+
+
+def test_make_run_says_where_it_serves_and_then_serves(tmp_path):
+    """The README's first command: a ready line naming the URL and the folder, then a working server."""
+    venv = Path(sys.executable).parent.parent
+    if not (ROOT / ".venv").exists() or (ROOT / ".venv").resolve() != venv.resolve():
+        pytest.skip("make run uses the checkout's .venv, which is not the one running the tests")
+    port, out = free_port(), tmp_path / "run.log"
+    env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
+    with open(out, "wb") as log:
+        run = subprocess.Popen(
+            [shutil.which("make"), "--no-print-directory", "run", f"PORT={port}", f"LOCAL_AUDIO_DIR={tmp_path}/rec"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        answer = requests.post(f"http://127.0.0.1:{port}/?sample_rate=16000&uid=test-user", data=b"\1\0" * 160)
+        assert answer.status_code == 200
+    finally:
+        os.killpg(run.pid, signal.SIGTERM)
+        run.wait(10)
+    first = out.read_text().splitlines()[0]
+    assert first == f"Serving on http://127.0.0.1:{port}/ into {tmp_path}/rec; Ctrl-C stops"

@@ -646,3 +646,18 @@ class _Iter:
 
     def note_answer(self) -> None:
         self.read_when_answered = self.read_total
+
+
+@pytest.mark.parametrize("query", [f"sample_rate=16000&uid={UID}", f"sample_rate=bad&uid={UID}"])
+def test_every_answer_is_one_line_of_json_ending_in_a_newline(client, local_dir, query):
+    text = post(client, query).get_data(as_text=True)
+    assert text.endswith("\n") and text.count("\n") == 1 and json.loads(text)
+
+
+def test_a_wrong_token_names_what_to_do_locally_and_deployed(client, bucket, monkeypatch):
+    monkeypatch.setenv("WEBHOOK_TOKEN", "s3cret-Token_xyz")
+    local = post(client, f"token=wrong&sample_rate=16000&uid={UID}").get_json()["error"]
+    monkeypatch.setenv("K_SERVICE", "omi-audio")
+    deployed = post(client, f"token=wrong&sample_rate=16000&uid={UID}").get_json()["error"]
+    assert "WEBHOOK_TOKEN this server was started with" in local and "deploy.sh" not in local
+    assert "the URL deploy.sh printed" in deployed
