@@ -94,12 +94,15 @@ bench-page: $(VENV)/.test
 
 # receive_audio against its floor (echo function + bare upload), side by side:
 # latency, throughput, cold start, memory, each with its goal;
-# then export's and the page's benchmarks.
+# then export's and the page's benchmarks: all three run, and make bench fails if the
+# export's or the page's does.
 .PHONY: bench
 bench: $(VENV)/.test
 	$(PY) bench/measure.py
-	$(MAKE) --no-print-directory bench-export
-	$(MAKE) --no-print-directory bench-page
+	status=0; \
+	$(MAKE) --no-print-directory bench-export || status=1; \
+	$(MAKE) --no-print-directory bench-page || status=1; \
+	exit $$status
 
 # docs/page.png, the README's picture of index.html, from a small sample export
 # (headless chromium; install fonts-noto-color-emoji too, or the emoji show as boxes).
