@@ -37,6 +37,9 @@ import wav
 
 UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"
 T0 = datetime(2026, 11, 30, 14, 3, tzinfo=UTC)
+# When the function received a conversation, unless a test says otherwise: a fixed
+# moment, so that "a later version" means the same on any day the suite runs.
+RECEIVED = T0 + timedelta(hours=1)
 RATE = 16000
 PAD = archive.CONVERSATION_PAD.total_seconds()
 
@@ -154,7 +157,7 @@ def put_conversation(store, body: dict, received_at: datetime | None = None) -> 
     starts_at = archive.parse_time(body.get("started_at")) or archive.parse_time(body.get("created_at"))
     metadata = {
         "conversation_id": body["id"],
-        "received_at": conversation_export.iso(received_at or datetime.now(UTC)),
+        "received_at": conversation_export.iso(received_at or RECEIVED),
         "title": body["structured"]["title"][:200],
         "sha256": hashlib.sha256(raw).hexdigest(),
     }
