@@ -2,6 +2,15 @@
 # Deploy receive_audio as a Cloud Function (gen2) that writes Omi audio into your
 # own Cloud Storage bucket, prove the URL works, then print it for the Omi app.
 # Run it again at any time: it keeps the token and every setting you do not change.
+
+# Nothing this script sets may reach the programs it starts (gcloud, curl, python3)
+# unless it exports it on purpose. allexport (bash -a, SHELLOPTS=allexport, set -a in
+# a BASH_ENV file, which runs before this line) would export every token variable:
+# off. A SHELLOPTS given in the environment stays exported and carries this shell's
+# options (errexit, nounset, ...) into every bash child, /bin/sh on macOS included:
+# unexported, so each child starts with its own defaults.
+set +a
+export -n SHELLOPTS
 set -euo pipefail
 
 # A trace (bash -x, SHELLOPTS=xtrace) would print the webhook token on the lines that
@@ -305,8 +314,9 @@ fi
 SA_NAME="${SA_NAME:-omi-audio-writer}"
 SA_EMAIL="${SA_NAME}@${PROJECT}.iam.gserviceaccount.com"
 # A custom role with exactly what the function does: create objects, and read one
-# back when a retried upload meets a 412 (to tell its own earlier write from
-# another writer's). No list, no delete, no overwrite.
+# back when a write meets a name already taken (to tell its own earlier write from
+# another writer's). storage.objects.get reads an object's data too: no permission
+# reads metadata alone. No list, no delete, no overwrite.
 ROLE_ID="omiAudioWriter"
 ROLE_PERMISSIONS="storage.objects.create,storage.objects.get"
 SECRET="${FUNCTION_NAME}-webhook-token"

@@ -372,6 +372,8 @@ else:
 save()
 '''
 
+PYENV_SHIM = 'set -e\n[ -n "$PYENV_DEBUG" ] && set -x\n'
+
 SLEEP = """#!/bin/sh
 echo "$1" >> "$STUB_LOG.sleeps"
 """
@@ -387,10 +389,12 @@ class Cloud:
         self.bin.mkdir()
         (self.bin / "gcloud").write_text(STUB.replace("#!PYTHON", f"#!{sys.executable} -S", 1))
         (self.bin / "sleep").write_text(SLEEP)
-        # The other programs deploy.sh starts record the environment they inherit, as gcloud does.
-        for tool in ("curl", "python3"):
-            record = f'{{ echo "== {tool}"; env; }} >> "$STUB_LOG.env"'
-            (self.bin / tool).write_text(f'#!/bin/sh\n{record}\nexec {shutil.which(tool)} "$@"\n')
+        # The other programs deploy.sh starts record the environment they inherit, as gcloud
+        # does, and their command line. python3 starts through a bash shim that begins as
+        # pyenv's do, so it stops ("unbound variable") under a nounset it inherits.
+        for tool, shell, first in (("curl", "/bin/sh", ""), ("python3", "/usr/bin/env bash", PYENV_SHIM)):
+            record = f'{{ echo "== {tool}"; env; }} >> "$STUB_LOG.env"\necho "{tool} $*" >> "$STUB_LOG.argv"'
+            (self.bin / tool).write_text(f'#!{shell}\n{first}{record}\nexec {shutil.which(tool)} "$@"\n')
         for f in ("gcloud", "sleep", "curl", "python3"):
             (self.bin / f).chmod(0o755)
         self.state_path = tmp / "state.json"
@@ -430,7 +434,26 @@ class Cloud:
     def inherited(self) -> str:
         """Every environment deploy.sh's children (gcloud, curl, python3) started with, as text."""
         path = self.tmp / "calls.jsonl.env"
-        return path.read_text() if path.exists() else ""
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def environments(self) -> list[tuple[str, dict[str, str]]]:
+        """Each environment a child of deploy.sh started with: (program, variables)."""
+        found: list[tuple[str, dict[str, str]]] = []
+        for line in self.inherited().splitlines():
+            if line.startswith("== "):
+                found.append((line[3:], {}))
+            elif found[-1][0] == "gcloud":  # one line of JSON
+                found[-1][1].update(json.loads(line))
+            elif "=" in line:  # env's NAME=value (a value's later lines are left out)
+                name, value = line.split("=", 1)
+                found[-1][1][name] = value
+        return found
+
+    def command_lines(self) -> list[str]:
+        """Every command line deploy.sh started gcloud, curl or python3 with."""
+        path = self.tmp / "calls.jsonl.argv"
+        others = path.read_text(errors="replace").splitlines() if path.exists() else []
+        return [" ".join(["gcloud", *call]) for call in self.all_calls] + others
 
     def uploaded(self) -> list[str]:
         """The files of the last upload, as Cloud Build would receive them (relative paths)."""
@@ -1155,44 +1178,61 @@ def test_a_test_chunk_missing_from_the_bucket_or_cut_short_keeps_the_url_back(cl
 # --- secrets under tracing, and in child processes ----------------------------------------
 
 
-@pytest.mark.parametrize("trace", ["bash -x", "SHELLOPTS=xtrace"])
-def test_a_traced_run_never_prints_a_token(cloud, trace):
-    """Tracing shows every expanded line; deploy.sh turns it off before any token is read."""
-    bash, env = (("-x",), {}) if trace == "bash -x" else ((), {"SHELLOPTS": "xtrace"})
-    given = "Given-Token-0123456789abcdef"
+# How a caller's shell can trace every line (xtrace) or export every variable (allexport).
+CALLERS = {
+    "plain": ((), {}),
+    "bash -x": (("-x",), {}),
+    "bash -a": (("-a",), {}),
+    "SHELLOPTS=xtrace": ((), {"SHELLOPTS": "xtrace"}),
+    "SHELLOPTS=allexport": ((), {"SHELLOPTS": "allexport"}),
+    "SHELLOPTS=allexport:xtrace": ((), {"SHELLOPTS": "allexport:xtrace"}),
+    "BASH_ENV with set -a": ((), {"BASH_ENV": "set -a\n"}),  # the file's text; it runs before deploy.sh
+}
+DEPLOY_SH_OPTIONS = {"errexit", "nounset", "pipefail", "allexport"}
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+def test_no_token_reaches_a_child_a_trace_or_a_command_line_however_the_shell_is_set(cloud, tmp_path, caller):
+    """Every token deploy.sh handles (carried over from plain text, given, each read back to
+    prove the URL) stays out of every child's environment and command line and out of
+    stderr, and deploy.sh's own options reach no child, whatever options the caller set.
+    Variables the caller exported under the names deploy.sh uses for tokens are not passed on."""
+    bash, shell = CALLERS[caller]
+    if "BASH_ENV" in shell:
+        (tmp_path / "bash_env").write_text(shell["BASH_ENV"])
+        shell = {"BASH_ENV": str(tmp_path / "bash_env")}
+    traced = caller in ("bash -x", "SHELLOPTS=xtrace", "SHELLOPTS=allexport:xtrace")
+    legacy, given = "Old-Plain-Token-0123456789abcdef", "Given-Token-0123456789abcdef"
+    exported = {"OUT": "x", "ADD_TOKEN": "x", "MIGRATED_TOKEN": "x", "GIVEN_TOKEN": "x"}
+    legacy_deployment(cloud, legacy)
     runs = [
-        ((), {"GCS_BUCKET_NAME": "my-omi-audio", "WEBHOOK_TOKEN": given}),  # a given token
-        (("--rotate-token",), {}),  # a made one, and both read back to prove them
+        ((), {"RETENTION_DAYS": "3"}),  # moves the plain-text token into Secret Manager
+        (("--rotate-token",), {"WEBHOOK_TOKEN": given, "RETENTION_DAYS": "4"}),  # proves both tokens
         (("--dry-run", "--finish-rotation"), {}),
     ]
     for args, settings in runs:
-        result, _ = cloud.deploy(*args, bash=bash, **env, **settings)
+        result, _ = cloud.deploy(*args, bash=bash, **shell, **exported, **settings)
         assert result.returncode == 0, result.stderr
-        assert "tracing is off" in result.stderr
-        tokens = [v["data"] for v in cloud.state["secrets"][SECRET]["versions"]]
-        assert tokens[0] == given
-        for token in tokens:
+        assert ("tracing is off" in result.stderr) == traced
+        for token in (legacy, given):
             assert token not in result.stderr
             # Only the URL the run prints for the app holds it.
             assert all(line.strip().endswith(f"?token={token}") for line in result.stdout.splitlines() if token in line)
+    assert [cloud.token(1), cloud.token(2)] == [legacy, given]
     assert result.stdout.count("?token=") == 1  # the dry run's ****
-    assert cloud.post(cloud.token(2)) == 200
+    assert cloud.post(legacy) == 200 and cloud.post(given) == 200
 
-
-def test_no_child_process_inherits_a_token(cloud):
-    """WEBHOOK_TOKEN, and variables the caller happened to export under the names deploy.sh
-    uses for tokens, reach no environment of gcloud, curl or python3."""
-    given = "Given-Token-0123456789abcdef"
-    exported = {"OUT": "x", "ADD_TOKEN": "x", "MIGRATED_TOKEN": "x", "GIVEN_TOKEN": "x"}
-    fresh(cloud, WEBHOOK_TOKEN=given, RETENTION_DAYS="3", **exported)
-    result, _ = cloud.deploy("--rotate-token", RETENTION_DAYS="4", **exported)
-    assert result.returncode == 0, result.stderr
-    inherited = cloud.inherited()
+    environments = cloud.environments()
     for tool in ("gcloud", "curl", "python3"):  # each was started and recorded what it inherited
-        assert inherited.count(f"== {tool}\n") >= 2, tool
-    assert cloud.token(1) == given and cloud.token(2) != given
-    for token in (cloud.token(1), cloud.token(2)):
-        assert token not in inherited
+        assert sum(program == tool for program, _ in environments) >= 2, tool
+    inherited, command_lines = cloud.inherited(), cloud.command_lines()
+    for token in (legacy, given):
+        assert not {(program, name) for program, environ in environments for name in environ if token in environ[name]}
+        assert token not in inherited  # nor in a line that reading by name left out
+        assert not [line for line in command_lines if token in line]
+    for program, environ in environments:
+        assert not set(environ.get("SHELLOPTS", "").split(":")) & DEPLOY_SH_OPTIONS, (program, environ["SHELLOPTS"])
+        assert not [name for name in environ if name.startswith("BASH_FUNC_")], program  # nor its functions
 
 
 # --- dry run -----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import io
 import uuid
+from urllib.parse import quote
 
 import pytest
 from conftest import objects, pcm_tone
@@ -186,3 +187,27 @@ def test_wrong_token_is_401_before_allowed_uids_is_consulted(client, local_dir, 
         response = post(client, f"token=wrong&sample_rate=16000&uid={uid}")
         assert response.status_code == 401
         assert uid not in response.get_data(as_text=True)
+
+
+# -- what the function reads from the bucket ----------------------------------------------
+
+
+@pytest.mark.parametrize("taken_status", [412, 403])
+def test_the_function_reads_only_the_metadata_of_the_object_its_write_met(client, bucket, proxy, taken_status):
+    """Its role's storage.objects.get could read any object's data (docs/security.md); the
+    function reads only the metadata of the object holding the name its write met, to
+    recognise its own earlier attempt whose answer was lost, and never lists the bucket."""
+    bucket.blob("not-omi/private.txt").upload_from_string(b"someone else's")
+    proxy.taken_status = taken_status  # Cloud Storage's answer to a taken name, as for our role
+    proxy.arm("cut", times=1)  # the first upload lands but its answer is lost: the retry meets it
+    response = post(client, f"sample_rate=16000&uid={UID}")
+    assert response.status_code == 200, response.get_json()
+    name = response.get_json()["object"].removeprefix(f"gs://{bucket.name}/")
+    assert sorted(objects(bucket)) == sorted(["not-omi/private.txt", name])  # stored once
+    reads = [seen.path for seen in proxy.seen if seen.method == "GET"]
+    assert not [path for path in reads if path.startswith("/download/") or "alt=media" in path]  # no data
+    # Object reads only: the storage library's own background look at the bucket's metadata
+    # (GET /storage/v1/b/NAME, refused to the function's role, which it then does without) aside.
+    object_reads = [path.split("?")[0] for path in reads if path.startswith(f"/storage/v1/b/{bucket.name}/o")]
+    assert object_reads  # the check ran
+    assert set(object_reads) == {f"/storage/v1/b/{bucket.name}/o/{quote(name, safe='')}"}  # no listing
