@@ -13,7 +13,9 @@ Two backends share that naming and one small interface (`put`, `list_chunks`,
   per-write ``write_id`` in the metadata instead of creating a second one.
 * `LocalStore`: a directory (``LOCAL_AUDIO_DIR``) with the same layout, each file
   written to a temporary name and then claimed atomically; metadata sits beside
-  each WAV in a ``.json`` file.
+  each WAV in a ``.json`` file.  A uid folder or conversation name too long for a
+  file name is written in a shorter form that reads back to the same name
+  (`local_path`).
 
 Conversation events sit beside the audio, one JSON object per version, named
 ``{uid}/conversations/{YYYYMMDD}T{HHMMSS}.{ffffff}Z_{id}_{digest}.json``
@@ -24,6 +26,7 @@ Object names are built and parsed here and nowhere else.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
@@ -673,6 +676,75 @@ def _uids_of(prefixes: Iterator[str]) -> list[str]:
 # ------------------------------------------------------------------------- local
 
 
+# A file or folder name holds at most 255 bytes on the filesystems a local store sits
+# on (ext4, APFS, NTFS), but an escaped uid folder holds up to 384 and a conversation's
+# name up to 446 (Cloud Storage takes 1,024).  Locally such a folder is named by its
+# uid's UTF-8 in base64 after an "=", a file by its id's: at most 239 bytes, and "=" is
+# in no escaped name, so every local name reads back to one object name.  Shorter
+# names are their own local names, so ordinary uids' files are where they always were.
+NAME_MAX_BYTES = 255
+_SHORT_MARK = "="
+_METADATA_SUFFIX = ".meta"  # the longest a conversation's file name grows locally (``….meta.json``)
+_SHORT_CONVERSATION_RE = re.compile(
+    rf"(?P<stamp>\d{{8}}T\d{{6}}\.\d{{6}}Z)_{_SHORT_MARK}(?P<id>[A-Za-z0-9_-]+)"
+    rf"_(?P<digest>[0-9a-f]{{{CONVERSATION_DIGEST_HEX}}})\.json"
+)
+
+
+def _base64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _from_base64(text: str) -> str | None:
+    try:
+        decoded = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+    except ValueError:  # not base64, or not UTF-8
+        return None
+    return decoded if _base64(decoded) == text else None  # one spelling per name
+
+
+def local_path(name: str) -> str:
+    """Where object `name` (or a folder, ending in "/") sits under a local store's directory.
+
+    The name itself, but a uid folder longer than NAME_MAX_BYTES becomes "=" and
+    the uid in base64, and a conversation's file name that would be too long (with
+    its ``.meta.json`` beside it) holds its id in base64 the same way:
+    ``{stamp}_={id}_{digest}.json``.
+    """
+    folder, slash, rest = name.partition("/")
+    if len(folder) > NAME_MAX_BYTES and (uid := uid_from_prefix(folder)):
+        folder = _SHORT_MARK + _base64(uid)
+    head, _, file = rest.rpartition("/")
+    if head == CONVERSATIONS_FOLDER and len(file + _METADATA_SUFFIX) > NAME_MAX_BYTES:
+        if parts := parse_conversation_name(name):
+            file = f"{name_stamp(parts.starts_at)}_{_SHORT_MARK}{_base64(parts.conversation_id)}_{parts.digest}.json"
+        rest = f"{head}/{file}"
+    return folder + slash + rest
+
+
+def _prefix_of_local_folder(folder: str) -> str | None:
+    """The uid folder whose local folder is `folder` (see `local_path`), or None if none has it."""
+    if not folder.startswith(_SHORT_MARK):
+        return folder
+    uid = _from_base64(folder.removeprefix(_SHORT_MARK))
+    if uid is None or not is_valid_uid(uid):
+        return None
+    prefix = uid_prefix(uid)
+    return prefix if local_path(prefix) == folder else None
+
+
+def _conversation_file_of_local(file: str) -> str | None:
+    """The conversation file name whose local name is `file` (see `local_path`), or None if none has it."""
+    match = _SHORT_CONVERSATION_RE.fullmatch(file)
+    if match is None:
+        return file
+    conversation_id = _from_base64(match["id"])
+    if conversation_id is None or not is_valid_conversation_id(conversation_id):
+        return None
+    long = f"{match['stamp']}_{_escape_id(conversation_id)}_{match['digest']}.json"
+    return long if len(long + _METADATA_SUFFIX) > NAME_MAX_BYTES else None
+
+
 def _metadata_path(wav_path: Path) -> Path:
     return wav_path.with_suffix(".json")
 
@@ -688,7 +760,11 @@ class LocalStore:
         self.root = Path(root).resolve()
 
     def location(self, name: str) -> str:
-        return str(self.root / name)
+        return str(self.path(name))
+
+    def path(self, name: str) -> Path:
+        """The file (or folder) that holds object `name` (see `local_path`)."""
+        return self.root / local_path(name)
 
     def put(
         self,
@@ -727,7 +803,7 @@ class LocalStore:
         write's own earlier attempt (`is_ours` of its metadata) is success.  The
         metadata goes beside it, at ``metadata_path(path)``.
         """
-        directory = (self.root / name_for(0)).parent
+        directory = self.path(name_for(0)).parent
         try:
             directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=".tmp", dir=directory)
@@ -739,7 +815,7 @@ class LocalStore:
                     os.fsync(out.fileno())
                 for seq in range(MAX_NAME_SUFFIX + 1):
                     name = name_for(seq)
-                    path = self.root / name
+                    path = self.path(name)
                     try:
                         os.link(tmp, path)
                     except FileExistsError:
@@ -769,7 +845,7 @@ class LocalStore:
         """
         prefix, start, end = name_range(uid, since, until)
         try:
-            entries = sorted(os.listdir(self.root / prefix))
+            entries = sorted(os.listdir(self.path(prefix)))
         except (FileNotFoundError, NotADirectoryError):
             return
         listed = 0
@@ -779,7 +855,7 @@ class LocalStore:
                 continue
             if (end and name >= end) or (limit is not None and listed >= limit):
                 return
-            path = self.root / name
+            path = self.path(name)
             if (parts := parse_object_name(name)) and path.is_file():
                 listed += 1
                 yield ChunkInfo(name, path.stat().st_size, _read_metadata(_metadata_path(path)), parts)
@@ -789,9 +865,10 @@ class LocalStore:
     def list_uids(self) -> list[str]:
         """The uids that have a folder under the directory."""
         try:
-            return _uids_of(entry.name for entry in os.scandir(self.root) if entry.is_dir())
+            folders = [_prefix_of_local_folder(entry.name) for entry in os.scandir(self.root) if entry.is_dir()]
         except FileNotFoundError:
             return []
+        return _uids_of(folder for folder in folders if folder is not None)
 
     def put_conversation(
         self,
@@ -819,20 +896,19 @@ class LocalStore:
         """Same contract as `GcsStore.list_conversations`."""
         prefix, start, end = conversation_range(uid, since, until)
         try:
-            entries = sorted(os.listdir(self.root / prefix))
+            files = map(_conversation_file_of_local, os.listdir(self.path(prefix)))
         except (FileNotFoundError, NotADirectoryError):
             return
-        for entry in entries:
-            name = prefix + entry
+        for name in sorted(prefix + file for file in files if file is not None):
             if (start and name < start) or (end and name >= end):
                 continue
-            path = self.root / name
+            path = self.path(name)
             if (parts := parse_conversation_name(name)) and path.is_file():
                 metadata = _read_metadata(_conversation_metadata_path(path))
                 yield ConversationInfo(name, path.stat().st_size, metadata, parts)
 
     def read(self, name: str) -> bytes:
-        return (self.root / name).read_bytes()
+        return self.path(name).read_bytes()
 
 
 def _read_metadata(path: Path) -> dict[str, str]:
