@@ -104,6 +104,15 @@ DISCARD_PIECE_BYTES = 64 * 1024
 # server and test client), and gunicorn's parse errors for a malformed chunk.
 BROKEN_BODY_ERRORS = (OSError, ClientDisconnected, ParseException)
 
+# Audio arrives as the raw body (both Omi senders send application/octet-stream).  A
+# form is the commonest curl mistake: `curl -d @tone.pcm` sends the file form-encoded
+# with its line breaks stripped (12,680 of 32,000 bytes of a tone arrived), `-F` wraps
+# it in multipart parts.  Either would be stored as damaged audio.
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+FORM_POSTED = (
+    "the audio was posted as a form, which damages it (curl -d strips its line breaks): "
+    "send the raw bytes, with curl --data-binary @FILE -H 'Content-Type: application/octet-stream'"
+)
 # What a sender is told when the instance holds its BODY_BUDGET_BYTES of other bodies.
 BUSY = "this instance is busy with other large bodies: retry in a few seconds"
 # What a sender is told when storage refuses a write for good (audio or conversation).
@@ -145,7 +154,8 @@ def receive_audio(request: flask.Request) -> flask.Response:
         200 ``{"object", "bytes", "duration_seconds"}`` when stored (or already
         stored by an earlier attempt), 200 ``{"stored": null}`` for an empty body,
         4xx ``{"error"}`` for a request to fix (400 too for a body cut short, 408
-        for one still arriving at the sender's 30 s: neither is stored), 503 when
+        for one still arriving at the sender's 30 s: neither is stored; 415 for
+        audio posted as a form), 503 when
         storage is unavailable (retry), 500 when the function is misconfigured.
         Every answer comes after the whole body is read, so the sender can read it.
     """
@@ -207,6 +217,9 @@ def receive_audio(request: flask.Request) -> flask.Response:
 
     if request.mimetype == "application/json":  # the "Conversation events" webhook, not audio
         return receive_conversation(request, uid, started, log, answer, reject, refuse_incomplete)
+
+    if request.mimetype in FORM_TYPES:
+        return reject(415, FORM_POSTED)
 
     try:
         sample_rate = validate_sample_rate(params.get("sample_rate"))

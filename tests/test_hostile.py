@@ -1,7 +1,7 @@
 """Hostile input, fuzzed with hypothesis through functions-framework's own app.
 
 Whatever arrives, the answer is one the sender can act on (200, 400, 401, 403,
-405, 413, or 503 while storage fails), never a 500; and whatever is stored
+405, 413, 415, or 503 while storage fails), never a 500; and whatever is stored
 sits under a valid ``uid/`` prefix with a name of the documented pattern, its
 bytes exactly the ones received.
 """
@@ -25,7 +25,7 @@ import storage
 import wav
 
 TOKEN = "Fuzz-T0ken_secret-value"
-ANSWERS = {200, 400, 401, 403, 405, 413}
+ANSWERS = {200, 400, 401, 403, 405, 413, 415}
 EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "300"))
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -234,7 +234,11 @@ def test_lying_lengths_chunked_bodies_and_absurd_headers_never_get_a_500(client,
         ),
         chunked=st.booleans(),
         key=idempotency_keys,
-        content_type=st.one_of(st.just("application/octet-stream"), any_text.filter(lambda t: t.isprintable())),
+        content_type=st.one_of(
+            st.just("application/octet-stream"),
+            st.sampled_from(["application/x-www-form-urlencoded", "multipart/form-data"]),
+            any_text.filter(lambda t: t.isprintable()),
+        ),
         query=mostly(st.just(f"sample_rate=16000&uid={UID}"), raw_queries()),
     )
     def one(method, body, length, chunked, key, content_type, query):

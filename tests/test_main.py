@@ -276,6 +276,24 @@ def test_rejected_body_is_read_to_its_end_and_thrown_away_in_constant_memory(
     assert not local_dir.exists()
 
 
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "multipart/form-data; boundary=x"])
+def test_audio_posted_as_a_form_is_415_naming_data_binary_read_to_its_end_and_not_stored(
+    client, local_dir, content_type
+):
+    """`curl -d @tone.pcm` (or -F) instead of --data-binary: the bytes would arrive damaged."""
+    size = 1024 * 1024
+    body = _Unread(size)
+    response = client.post(
+        f"/?sample_rate=16000&uid={UID}",
+        headers={"Content-Type": content_type},
+        environ_overrides={"wsgi.input": body, "CONTENT_LENGTH": str(size)},
+    )
+    assert response.status_code == 415
+    assert "--data-binary" in response.get_json()["error"]
+    assert body.read_when_answered == size  # so the sender reads the status
+    assert not local_dir.exists()
+
+
 def test_body_too_large_to_reach_a_deployed_function_is_answered_unread(client, local_dir):
     """Streamed, so that functions-framework does not read it after the answer either."""
     size = 200 * 1024 * 1024  # Cloud Run refuses anything over 32 MiB before it reaches us

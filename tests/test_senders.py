@@ -11,9 +11,12 @@ every answer must be its status, with no transport error at all.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import time
 import urllib.error
@@ -126,6 +129,34 @@ def test_every_rejection_reaches_the_client_as_its_status_for_every_body_size(se
     assert tried == TRIES * (len(REJECTIONS) * (len(SIZES) + 1) - 1)
     assert wrong == {}
     assert not servers["recordings"].exists()  # nothing of a rejected body was stored
+
+
+def test_curl_d_gets_415_naming_data_binary_and_the_readmes_command_stores_the_tone(servers, tmp_path):
+    """The README's first post, and the commonest mistake in typing it (-d strips the file's line breaks)."""
+    if not shutil.which("curl"):
+        pytest.fail("curl is not installed (.ci/run installs it)")
+    tone = tmp_path / "tone.pcm"  # the README's one second of 440 Hz
+    tone.write_bytes(
+        b"".join(struct.pack("<h", int(12000 * math.sin(2 * math.pi * 440 * i / 16000))) for i in range(16000))
+    )
+    url = f"{servers['default']}/?token={TOKEN}&sample_rate=16000&uid={UID}"
+
+    def curl(*args: str) -> tuple[int, dict]:
+        result = subprocess.run(
+            ["curl", "-sS", "-w", "\n%{http_code}", "-X", "POST", *args, url],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        body, _, status = result.stdout.rpartition("\n")
+        return int(status), json.loads(body)
+
+    before = set(servers["recordings"].rglob("*.wav")) if servers["recordings"].exists() else set()
+    status, answer = curl("-d", f"@{tone}")
+    assert status == 415 and "--data-binary" in answer["error"]
+    assert (set(servers["recordings"].rglob("*.wav")) if servers["recordings"].exists() else set()) == before
+    status, answer = curl("--data-binary", f"@{tone}", "-H", "Content-Type: application/octet-stream")
+    assert status == 200 and answer["bytes"] == 32000 and answer["duration_seconds"] == 1.0
+    Path(answer["object"]).unlink()  # the other tests here expect nothing stored
+    Path(answer["object"]).with_suffix(".json").unlink()
 
 
 def test_the_connection_stays_usable_after_a_rejection(servers):
