@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -167,8 +167,11 @@ def receive_audio(request: flask.Request) -> flask.Response:
         _log(severity, message, **log, status=status, latency_ms=round(elapsed(started) * 1000, 2))
         payload = json.dumps(body) + "\n"  # a terminal's prompt starts on its own line after curl
         if unread:
-            # The body was not read to its end: a streamed answer stops functions-framework
-            # from reading the rest into memory, without a bound in time, after the function.
+            # The body was not read to its end, and nothing more of it will be: the
+            # connection ends with this answer (see `stop_reading`).  Streamed, so that
+            # functions-framework does not read the rest itself after the function.
+            stop_reading(request.environ)
+            headers["Connection"] = "close"
             return flask.Response(iter([payload]), status, headers, mimetype="application/json")
         return flask.Response(payload, status, headers, mimetype="application/json")
 
@@ -586,6 +589,51 @@ class BodyDeadlines:
 
 
 _body_deadlines = BodyDeadlines()
+
+
+def stop_reading(environ: dict) -> None:
+    """Shut the request's connection for reading: nothing more of its body will be read.
+
+    Otherwise gunicorn reads what is left of an unread body after the answer: before
+    the next request of a kept-alive connection, checking its time limit only between
+    1 KiB reads (a client sending a byte every half second would hold a server thread
+    for as long as it went on), and for up to 2 s as it closes a connection, on the
+    thread that accepts new ones.  Shut for reading, the connection gives every later
+    read what has already arrived, then its end, at once; the answer can still be
+    written.  Under a server that gives no socket, there is nothing to shut.
+    """
+    sock = environ.get("gunicorn.socket")
+    if sock is not None:
+        with suppress(OSError):  # the client may be gone, or a deadline shut the connection already
+            sock.shutdown(socket.SHUT_RD)
+
+
+def close_when_the_answer_says_so(wsgi_app: Callable) -> Callable:
+    """WSGI middleware: an answer with ``Connection: close`` ends its connection under gunicorn too.
+
+    WSGI leaves connections to the server, and gunicorn drops an application's
+    Connection header (hop-by-hop, PEP 3333) and keeps the connection alive.  Its
+    start_response is a method of its own response, whose force_close() is what
+    gunicorn calls itself when it will not keep a connection: the answer then says
+    ``Connection: close`` and the connection is closed after it.  Flask's
+    development server reads the header itself.
+    """
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> Callable:
+            if any(name.lower() == "connection" and value.strip().lower() == "close" for name, value in headers):
+                force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+                if force_close is not None:
+                    force_close()
+            return start_response(status, headers, exc_info)
+
+        return wsgi_app(environ, start)
+
+    return app
+
+
+if flask.has_app_context():  # functions-framework loads this module inside its app's context
+    flask.current_app.wsgi_app = close_when_the_answer_says_so(flask.current_app.wsgi_app)
 
 
 def configured_tokens() -> dict[str, str]:

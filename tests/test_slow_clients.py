@@ -179,6 +179,61 @@ def test_slow_senders_without_the_token_hold_a_thread_for_the_discard_bound_only
         )
 
 
+def read_answer(sock: socket.socket) -> tuple[bytes, str]:
+    """Everything the server sends until it ends the connection, and how it ended ("end" or "reset")."""
+    seen = b""
+    try:
+        while data := sock.recv(65536):
+            seen += data
+    except ConnectionResetError:
+        return seen, "reset"
+    return seen, "end"
+
+
+def test_tokenless_tricklers_of_a_body_never_read_hold_no_thread_after_their_401(tmp_path, capsys):
+    """Two clients without the token declare 100 MB (over what is ever read) and send a byte every 0.5 s,
+    to a server with two threads: each gets its 401 saying Connection: close, its connection ends,
+    and a real chunk sent meanwhile is stored at once."""
+    settings = {"WEBHOOK_TOKEN": TOKEN, "LOCAL_AUDIO_DIR": str(tmp_path / "recordings"), "THREADS": "2"}
+    with serve_function(tmp_path / "server.log", **settings) as (url, _):
+        socks = [start_request(url, f"sample_rate=16000&uid={UID}", 100_000_000) for _ in range(2)]
+        stop = threading.Event()
+
+        def trickle(sock: socket.socket) -> None:
+            while not stop.wait(0.5):
+                try:
+                    sock.send(b"\0")
+                except OSError:
+                    return
+
+        for sock in socks:
+            threading.Thread(target=trickle, args=(sock,), daemon=True).start()
+        time.sleep(1.0)  # both threads have taken a trickler
+        chunk_sent = time.monotonic()
+        try:
+            pcm = pcm_tone(1.0, seed=5)
+            response = httpx.post(f"{url}/?{QUERY}", content=pcm, timeout=SENDER_TIMEOUT_SECONDS)
+        finally:
+            chunk_took = time.monotonic() - chunk_sent
+            stop.set()
+        answers = [read_answer(sock) for sock in socks]
+        for sock in socks:
+            sock.close()
+    assert response.status_code == 200, response.text
+    (data,) = local_objects(tmp_path / "recordings").values()
+    assert_decodes(data, 16000, pcm)
+    assert chunk_took < MARGIN_SECONDS  # the requirement is 5 s; the threads are free at once
+    for answer, _ in answers:
+        head, _, _ = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401 ")
+        assert b"\r\nConnection: close\r\n" in head
+    with capsys.disabled():
+        print(
+            f"\n2 tokenless tricklers of 100 MB, 2 threads: a real chunk took {chunk_took:.2f} s; "
+            f"connections ended by {[how for _, how in answers]}"
+        )
+
+
 def test_slow_senders_with_the_token_are_dropped_at_the_senders_30_s(server, recordings, capsys):
     url, _, log = server
     before = len(log_lines(log))
