@@ -31,6 +31,12 @@ TEST_WORKERS ?= 4
 test: $(VENV)/.test
 	$(PY) -m pytest -n $(TEST_WORKERS)
 
+# The same suite with the wall clock a year ahead (tests/clock_ahead/sitecustomize.py):
+# a test that mixes a fixed date with today's fails here.
+.PHONY: test-clock-ahead
+test-clock-ahead: $(VENV)/.test
+	PYTHONPATH=tests/clock_ahead $(PY) -m pytest -n $(TEST_WORKERS)
+
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
