@@ -215,6 +215,13 @@ JOIN_SECONDS = 0.1
 # covers that.  The same margin before the span gives the capture model the whole
 # batch that holds the span's first sample.
 RECEIPT_MARGIN = timedelta(minutes=10)
+# A conversation's audio file holds no more silence than this in one place.  A hole
+# up to this long keeps its length, so that time in the file is true time: a lost
+# batch at the app's usual intervals (5 to 60 s), a short storage outage.  A longer
+# one (the phone offline for an hour) is cut to this length, its middle left out,
+# and the transcript after it moves with the audio: an hour of silence is no use to
+# a listener, and a crafted span around a few seconds of audio cannot fill a disk.
+MAX_HOLE = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -229,10 +236,15 @@ class Piece:
 
 @dataclass(frozen=True)
 class Hole:
-    """Frames ``[at, at + frames)`` of the file with no stored audio: silence."""
+    """Frames ``[at, at + frames)`` of the file with no stored audio: silence.
+
+    `left_out` frames more had no audio either and are not in the file (see
+    `MAX_HOLE`): they were taken out of the hole's middle, at ``at + frames // 2``.
+    """
 
     at: int
     frames: int
+    left_out: int = 0
 
 
 @dataclass
@@ -244,7 +256,7 @@ class Cut:
     frames: int
     pieces: list[Piece]
     holes: list[Hole]
-    span: tuple[int, int]  # the conversation's own span in the file, in frames (the pads outside it)
+    coverage: float  # the share of the conversation's own span (pads excluded) that holds stored audio
     other_rate: int = 0  # chunks in the window left out because their sample rate differs
 
     @property
@@ -254,16 +266,26 @@ class Cut:
     @property
     def end(self) -> datetime:
         """Capture time of the file's last sample."""
-        return self.start + timedelta(seconds=max(self.frames - 1, 0) / self.sample_rate)
+        left_out = sum(h.left_out for h in self.holes)
+        return self.start + timedelta(seconds=(max(self.frames - 1, 0) + left_out) / self.sample_rate)
 
-    @property
-    def coverage(self) -> float:
-        """The share of the conversation's own span (pads excluded) that holds stored audio."""
-        low, high = self.span
-        if high <= low:
-            return 1.0 if self.pieces else 0.0
-        inside = sum(max(0, min(p.at + p.frames, high) - max(p.at, low)) for p in self.pieces)
-        return inside / (high - low)
+    def in_file(self, seconds: float) -> float:
+        """Where the moment captured `seconds` after `start` is in the file, in seconds from its first sample.
+
+        Before a stretch left out of a long hole, that is `seconds` itself; after
+        it, less what was left out; inside it, where it was taken out.
+        """
+        shift = 0.0
+        for hole in self.holes:
+            if not hole.left_out:
+                continue
+            taken_at = (hole.at + hole.frames // 2) / self.sample_rate
+            if seconds < taken_at + shift:
+                break
+            if seconds < taken_at + shift + hole.left_out / self.sample_rate:
+                return taken_at
+            shift += hole.left_out / self.sample_rate
+        return seconds - shift
 
 
 def _frames_between(earlier: datetime, later: datetime, rate: int) -> int:
@@ -273,17 +295,24 @@ def _frames_between(earlier: datetime, later: datetime, rate: int) -> int:
 
 
 def plan_cut(
-    chunks: Sequence[CapturedChunk], started_at: datetime, finished_at: datetime, pad: timedelta = CONVERSATION_PAD
+    chunks: Sequence[CapturedChunk],
+    started_at: datetime,
+    finished_at: datetime,
+    pad: timedelta = CONVERSATION_PAD,
+    max_hole: timedelta = MAX_HOLE,
 ) -> Cut | None:
     """The audio file for a conversation spanning ``[started_at, finished_at]``, or None when no audio is stored.
 
-    The file runs from ``started_at - pad`` to ``finished_at + pad``.  Each
-    chunk's samples go where their capture time puts them, unchanged; a chunk
-    whose start is within `JOIN_SECONDS` of the previous one's end (or before
-    it) follows it directly, so no sample is ever dropped or repeated inside
-    the file; only samples outside the window are left out.  What no chunk
-    covers is a `Hole`.  The file's rate is the one most of the window's audio
-    has; chunks at another rate are left out (counted in `other_rate`).
+    The file holds the stored audio from ``started_at - pad`` to ``finished_at +
+    pad``: it starts at the first stored sample in that window and ends at the
+    last.  Each chunk's samples go where their capture time puts them,
+    unchanged; a chunk whose start is within `JOIN_SECONDS` of the previous
+    one's end (or before it) follows it directly, so no sample is ever dropped
+    or repeated inside the file; only samples outside the window are left out.
+    What no chunk covers between two chunks is a `Hole` of silence, as long as
+    it lasted up to `max_hole`; a longer one is cut to `max_hole` (its middle
+    left out).  The file's rate is the one most of the window's audio has;
+    chunks at another rate are left out (counted in `other_rate`).
     """
     window_start, window_end = started_at - pad, max(finished_at, started_at) + pad
     inside = [c for c in chunks if c.frames and c.start < window_end and c.end > window_start]
@@ -295,30 +324,45 @@ def plan_cut(
     rate = by_rate.most_common(1)[0][0]
     total = _frames_between(window_start, window_end, rate)
     join = round(JOIN_SECONDS * rate)
-    pieces: list[Piece] = []
-    holes: list[Hole] = []
+    placed: list[Piece] = []  # at: frames from window_start
     cursor = 0
     for c in inside:
         if c.sample_rate != rate:
             continue
         at = _frames_between(window_start, c.start, rate)
-        if pieces and at - cursor <= join:
+        if placed and at - cursor <= join:
             at = cursor  # back to back with the previous chunk (or overlapping it: jitter)
         skip = max(0, -at)
-        at = max(at, cursor if pieces else 0)
+        at = max(at, cursor if placed else 0)
         take = min(c.frames - skip, total - at)
         if take <= 0:
             continue
-        if at > cursor:
-            holes.append(Hole(cursor, at - cursor))
-        pieces.append(Piece(c, skip, take, at))
+        placed.append(Piece(c, skip, take, at))
         cursor = at + take
-    if not pieces:
+    if not placed:
         return None
-    if cursor < total:
-        holes.append(Hole(cursor, total - cursor))
-    span = (_frames_between(window_start, started_at, rate), _frames_between(window_start, finished_at, rate))
-    return Cut(window_start, rate, total, pieces, holes, span, sum(1 for c in inside if c.sample_rate != rate))
+    low, high = _frames_between(window_start, started_at, rate), _frames_between(window_start, finished_at, rate)
+    if high > low:
+        coverage = sum(max(0, min(p.at + p.frames, high) - max(p.at, low)) for p in placed) / (high - low)
+    else:
+        coverage = 1.0
+    # The file: from the first stored sample to the last, long holes cut short.
+    longest = round(max_hole.total_seconds() * rate)
+    shift = placed[0].at  # frames of the window not in the file, so far
+    pieces: list[Piece] = []
+    holes: list[Hole] = []
+    cursor = 0
+    for piece in placed:
+        at = piece.at - shift
+        if at > cursor:
+            left_out = max(0, at - cursor - longest)
+            holes.append(Hole(cursor, at - cursor - left_out, left_out))
+            shift += left_out
+            at -= left_out
+        pieces.append(Piece(piece.chunk, piece.skip, piece.frames, at))
+        cursor = at + piece.frames
+    start = window_start + timedelta(seconds=placed[0].at / rate) if placed[0].at else window_start
+    return Cut(start, rate, cursor, pieces, holes, coverage, sum(1 for c in inside if c.sample_rate != rate))
 
 
 # --------------------------------------------------------------- conversations
@@ -370,9 +414,15 @@ class Conversation:
     def seconds(self) -> float:
         return (self.finished_at - self.started_at).total_seconds()
 
-    def cues(self, file_start: datetime) -> list[Cue]:
-        """The transcript as cues timed from `file_start` (the audio file's first sample), in start order."""
+    def cues(self, cut: Cut | None = None) -> list[Cue]:
+        """The transcript as cues in start order, timed from the first sample of `cut`, its audio file.
+
+        Without one, from where the file would start (`CONVERSATION_PAD` before
+        `started_at`).  A cue before the file's first sample starts at 0.
+        """
+        file_start = cut.start if cut is not None else self.started_at - CONVERSATION_PAD
         offset = (self.started_at - file_start).total_seconds()
+        in_file = cut.in_file if cut is not None else (lambda seconds: seconds)
         cues = []
         for segment in self.segments:
             text = segment.get("text")
@@ -380,7 +430,14 @@ class Conversation:
             if not isinstance(text, str) or not text.strip() or start is None:
                 continue
             end = start if end is None or end < start else end
-            cues.append(Cue(max(start + offset, 0.0), max(end + offset, 0.0), speaker_of(segment), text.strip()))
+            cues.append(
+                Cue(
+                    max(in_file(start + offset), 0.0),
+                    max(in_file(end + offset), 0.0),
+                    speaker_of(segment),
+                    text.strip(),
+                )
+            )
         return sorted(cues, key=lambda cue: (cue.start, cue.end))
 
 
@@ -414,31 +471,83 @@ def parse_time(value: object) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(value.strip())
-    except ValueError:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: in UTC, before year 1 or after 9999
         return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+# A conversation Omi made lasts minutes, at most hours.  One whose span or transcript
+# reaches further than this from its start is not placed on the time line (every
+# chunk of its span would be listed): it is skipped, named in a warning.
+MAX_CONVERSATION_SPAN = timedelta(hours=48)
+# The times a conversation may hold: from 1970 (a phone whose clock was reset says
+# 1970, none says earlier) to before 9999.  Chunks are listed from minutes to a day
+# around a conversation, which the calendar's own ends (years 1 and 9999) cannot hold.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(9999, 1, 1, tzinfo=UTC)
+_LONE_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def safe_text(value: Any) -> Any:
+    """Parsed JSON with each lone surrogate in its strings (keys too) replaced by U+FFFD.
+
+    JSON may carry one (``"\\ud800"``), and no UTF-8 writer (a file, the page, a
+    terminal) can encode it: made safe once, where a conversation is read.
+    """
+    if isinstance(value, str):
+        return _LONE_SURROGATE_RE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [safe_text(item) for item in value]
+    if isinstance(value, dict):
+        return {safe_text(key): safe_text(item) for key, item in value.items()}
+    return value
 
 
 def conversation_from(info: storage.ConversationInfo, body: bytes) -> Conversation:
-    """The conversation stored as `info` with body `body`.
+    """The conversation stored as `info` with body `body`, its text made safe (`safe_text`).
 
     Its span: `started_at`, else the time its name was stored under; to
     `finished_at`, else the end of its last transcript segment.
 
     Raises:
-        ValueError: the body is not a JSON object.
+        ValueError: it cannot be read or placed; the message says why: the body
+            is not a JSON object, a time is outside `EARLIEST_TIME` to
+            `LATEST_TIME`, or its span or a transcript time reaches more than
+            `MAX_CONVERSATION_SPAN` from its start.
     """
-    document = json.loads(body)
+    try:
+        document = safe_text(json.loads(body))
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
+    except ValueError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
     if not isinstance(document, dict):
         raise ValueError("not a JSON object")
     raw_segments = document.get("transcript_segments")
     segments = [s for s in raw_segments if isinstance(s, dict)] if isinstance(raw_segments, list) else []
+    limit = MAX_CONVERSATION_SPAN.total_seconds()
+    for n, segment in enumerate(segments, 1):
+        for key in ("start", "end"):
+            value = segment.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > limit:
+                raise ValueError(f"transcript segment {n}'s {key} is more than {_hours(limit)} from the start")
     started_at = parse_time(document.get("started_at")) or info.parts.starts_at.astimezone(UTC)
     finished_at = parse_time(document.get("finished_at"))
+    for key, moment in (("started_at", started_at), ("finished_at", finished_at)):
+        if moment is not None and not EARLIEST_TIME <= moment < LATEST_TIME:
+            years = f"{EARLIEST_TIME.year} to {LATEST_TIME.year - 1}"
+            raise ValueError(f"{key} {moment.isoformat()} is out of range ({years})")
     if finished_at is None or finished_at < started_at:
         last = max((end for s in segments if (end := _seconds(s.get("end"))) is not None), default=0.0)
         finished_at = started_at + timedelta(seconds=max(last, 0.0))
+    if finished_at - started_at > MAX_CONVERSATION_SPAN:
+        span = (finished_at - started_at).total_seconds()
+        raise ValueError(f"it spans {_hours(span)}, more than {_hours(limit)}")
     return Conversation(info, document, started_at, finished_at, segments)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.3g} h"
 
 
 def overlaps(conversation: Conversation, since: datetime | None, until: datetime | None) -> bool:

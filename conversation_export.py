@@ -2,16 +2,20 @@
 
 For every conversation (its newest version) whose span overlaps the range:
 
-* ``<stem>.wav`` (or ``.flac``): its audio from `archive.CONVERSATION_PAD` before
-  ``started_at`` to that long after ``finished_at``, cut from the stored chunks
-  by their reconstructed capture times with every sample unchanged, and
-  silence of the right length where nothing was stored (each such hole is
-  listed), so that time in the file is true time;
+* ``<stem>.wav`` (or ``.flac``): its stored audio from `archive.CONVERSATION_PAD`
+  before ``started_at`` to that long after ``finished_at``, from the first
+  stored sample to the last, cut from the stored chunks by their reconstructed
+  capture times with every sample unchanged, and silence where nothing was
+  stored between them (each such hole is listed): as long as it lasted up to
+  `archive.MAX_HOLE`, cut to that beyond (see `archive.plan_cut`);
 * ``<stem>.vtt``: the transcript, one cue per segment, the speaker as a voice
-  tag, times from the audio file's first sample;
+  tag, times from the audio file's first sample (moving with the audio past a hole cut short);
 * ``<stem>.json``: the conversation as stored, plus ``audio_start`` and
   ``audio_end`` (capture times of the file's first and last sample, UTC),
   ``audio_seconds`` and ``gaps``.
+
+A stored conversation that cannot be read or placed (see `archive.conversation_from`)
+is skipped, named in a warning; the others are exported.
 
 The stem is the start (UTC) and the title, e.g. ``2026-11-30_1403_Product-launch-planning``.
 Files appear under their final names only once whole, the ``.json`` last, so a
@@ -30,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import archive
 import storage
@@ -114,10 +118,17 @@ class Planned:
     kept: bool = False
 
     def gaps(self) -> list[dict[str, float]]:
+        """Each hole's start and length in the file, in seconds, and what was left out of a long one."""
         if self.cut is None:
             return []
         rate = self.cut.sample_rate
-        return [{"start": h.at / rate, "seconds": h.frames / rate} for h in self.holes]
+        found = []
+        for hole in self.holes:
+            gap = {"start": hole.at / rate, "seconds": hole.frames / rate}
+            if hole.left_out:
+                gap["left_out"] = hole.left_out / rate
+            found.append(gap)
+        return found
 
 
 def read_conversations(
@@ -127,26 +138,33 @@ def read_conversations(
     until: datetime | None,
     jobs: int,
     warn: Callable[[str], None],
-) -> list[archive.Conversation]:
+) -> tuple[list[archive.Conversation], list[str]]:
     """The newest version of every conversation of `uid` whose span overlaps ``[since, until)``, by start.
 
     Lists the conversations that began from `storage.CONVERSATION_LOOKBACK`
     before `since`, reads the newest version of each (small JSON documents,
-    `jobs` at a time); a body that is not a JSON object is skipped with a warning.
+    `jobs` at a time), each on its own: one that cannot be read or placed
+    (`archive.conversation_from`) is skipped, named in one call to `warn`.
+
+    Returns:
+        The conversations, and the names of the objects skipped.
     """
     infos = storage.newest_versions(store.list_conversations(uid, *archive.conversation_range(since, until)))
+    skipped: list[str] = []
 
     def read(info: storage.ConversationInfo) -> archive.Conversation | None:
+        body = store.read(info.name)  # a storage failure stops the export: a retry may succeed
         try:
-            return archive.conversation_from(info, store.read(info.name))
-        except (ValueError, UnicodeDecodeError) as exc:
-            warn(f"skipped {info.name}: not a JSON object ({exc})")
+            return archive.conversation_from(info, body)
+        except ValueError as exc:
+            warn(f"skipped {info.name}: {exc}")
+            skipped.append(info.name)
             return None
 
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="conversations") as pool:
         found = [c for c in pool.map(read, infos) if c is not None]
     found = [c for c in found if archive.overlaps(c, since, until)]
-    return sorted(found, key=lambda c: (c.started_at, c.id))
+    return sorted(found, key=lambda c: (c.started_at, c.id)), sorted(skipped)
 
 
 def plan(
@@ -194,7 +212,7 @@ def document_of(item: Planned) -> dict[str, Any]:
 
 def cues_of(item: Planned) -> list[archive.Cue]:
     """The transcript timed from the audio file's first sample (without audio: from where it would start)."""
-    return item.conversation.cues(item.conversation.started_at - archive.CONVERSATION_PAD)
+    return item.conversation.cues(item.cut)
 
 
 def already_complete(out_dir: Path, item: Planned, output: Any) -> bool:  # output: export.OutputFormat
@@ -251,11 +269,12 @@ class AudioCut:
         self.final = out_dir / f"{item.stem}{output.suffix}"
         self.written = 0  # frames
         self.holes: list[archive.Hole] = []
+        self.left_out = {hole.at: hole.left_out for hole in self.cut.holes if hole.left_out}
 
     def _silence(self, frames: int) -> None:
         if frames <= 0:
             return
-        self.holes.append(archive.Hole(self.written, frames))
+        self.holes.append(archive.Hole(self.written, frames, self.left_out.get(self.written, 0)))
         left = frames * archive.FRAME_BYTES
         block = bytes(min(left, SILENCE_BLOCK_BYTES))
         while left:
@@ -292,7 +311,8 @@ class AudioCut:
         merged: list[archive.Hole] = []
         for hole in self.holes:
             if merged and merged[-1].at + merged[-1].frames == hole.at:
-                merged[-1] = archive.Hole(merged[-1].at, merged[-1].frames + hole.frames)
+                last = merged[-1]
+                merged[-1] = archive.Hole(last.at, last.frames + hole.frames, last.left_out + hole.left_out)
             else:
                 merged.append(hole)
         self.item.holes = merged
@@ -367,21 +387,3 @@ def page_conversation(item: Planned, suffix: str) -> dict[str, Any]:
         "gaps": item.gaps(),
         "cues": [{"start": c.start, "end": c.end, "speaker": c.speaker, "text": c.text} for c in cues_of(item)],
     }
-
-
-# ------------------------------------------------------------------------ table
-
-
-def format_table(items: Sequence[Planned], out: TextIO, duration: Callable[[float | None], str]) -> None:
-    """DATE, TIME (UTC), DURATION, AUDIO (coverage of the span, or "no audio"), TITLE."""
-    rows = [("DATE", "TIME (UTC)", "DURATION", "AUDIO", "TITLE")]
-    for item in items:
-        start = item.conversation.started_at.astimezone(UTC)
-        audio = f"{item.cut.coverage:.0%}" if item.cut else "no audio"
-        title = " ".join(item.conversation.title.split()) or "(untitled)"
-        rows.append((f"{start:%Y-%m-%d}", f"{start:%H:%M:%S}", duration(item.conversation.seconds), audio, title))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        out.write(
-            f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}  {row[4]}\n"
-        )

@@ -31,8 +31,12 @@ an interrupted export.  Memory stays bounded by the download window, whatever th
 session length.
 
 Exit status: 0 when at least one session was written, kept or listed, 1 when
-nothing matches or the source cannot be read, 2 for bad arguments, 130 when
-interrupted.
+nothing matches or the source cannot be read, 2 for bad arguments, 3 when
+``--by conversation`` skipped a stored conversation it could not read or place
+(each named in a warning; the others are written), 130 when interrupted.
+
+Text from storage (titles, object names, error messages) reaches the terminal
+only through `terminal_text`, with its control characters replaced.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -81,6 +86,13 @@ MAX_UID_IN_FILE_NAME = 160
 # A cut folder name ends in "~~" and this many hex digits of the uid's SHA-256: no
 # folder name holds "~~" ("~" itself is escaped), so it never equals another uid's.
 UID_HASH_DIGITS = 16
+# Exit status of an export that skipped a stored conversation it could not read or
+# place: distinct from 1 (nothing exported), so that a script sees what was left out.
+EXIT_SKIPPED = 3
+# What a terminal acts on instead of showing: C0 controls, DEL and C1 controls.  A
+# title or an object name holding them could retitle the terminal, clear it or fake
+# a line of output.
+_TERMINAL_CONTROLS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -490,12 +502,37 @@ def export_sessions(
 # ------------------------------------------------------------------------- CLI
 
 
+def terminal_text(text: str) -> str:
+    """`text` as it may reach a terminal: each control character (C0, DEL, C1) replaced by U+FFFD."""
+    return _TERMINAL_CONTROLS_RE.sub("\ufffd", text)
+
+
+def say(message: str, bar=None) -> None:
+    """One line on stderr (above the progress bar `bar`, if any), made safe by `terminal_text`."""
+    (bar.write if bar is not None else print)(terminal_text(message), file=sys.stderr)
+
+
 def format_table(sessions: Iterable[Session], out: TextIO) -> None:
     """Print start, end, audio duration, chunk count and file of each session."""
     rows = [("START (UTC)", "END (UTC)", "DURATION", "CHUNKS", "FILE")]
     for s in sessions:
         files = s.files[0] if len(s.files) == 1 else f"{s.files[0]} .. {s.files[-1]} ({len(s.files)} parts)"
-        rows.append((_when(s.start), _when(s.end), _duration(s.seconds), str(s.chunks), files))
+        rows.append((_when(s.start), _when(s.end), _duration(s.seconds), str(s.chunks), terminal_text(files)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        out.write(
+            f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}  {row[4]}\n"
+        )
+
+
+def format_conversation_table(items: Iterable[conversation_export.Planned], out: TextIO) -> None:
+    """DATE, TIME (UTC), DURATION, AUDIO (coverage of the span, or "no audio"), TITLE."""
+    rows = [("DATE", "TIME (UTC)", "DURATION", "AUDIO", "TITLE")]
+    for item in items:
+        start = item.conversation.started_at.astimezone(UTC)
+        audio = f"{item.cut.coverage:.0%}" if item.cut else "no audio"
+        title = terminal_text(" ".join(item.conversation.title.split()) or "(untitled)")
+        rows.append((f"{start:%Y-%m-%d}", f"{start:%H:%M:%S}", _duration(item.conversation.seconds), audio, title))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         out.write(
@@ -581,7 +618,7 @@ def resolve_uid(store: storage.GcsStore | storage.LocalStore, uid: str) -> str:
         return uid
     decoded = storage.uid_from_prefix(uid)
     if decoded is not None and decoded != uid and decoded in known:
-        print(f"note: {uid!r} is the folder of the uid {decoded!r}; reading that uid", file=sys.stderr)
+        say(f"note: {uid!r} is the folder of the uid {decoded!r}; reading that uid")
         return decoded
     shown = ", ".join(repr(name) for name in known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20 else "")
     raise UnknownUid(f"unknown uid {uid!r} in {store.location('')}: known: {shown or 'none (nothing stored yet)'}")
@@ -668,10 +705,9 @@ def open_store(args: argparse.Namespace, parser: argparse.ArgumentParser) -> sto
             # The library's own text is a paragraph; its reason matters only for a key file named wrongly.
             key_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
             reason = f" ({' '.join(str(exc.__cause__).split())})" if key_file else ""
-            print(
+            say(
                 f"error: no Google Cloud credentials to read gs://{bucket}{reason}: run `gcloud auth "
-                "application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service account key",
-                file=sys.stderr,
+                "application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service account key"
             )
             sys.exit(1)
     if local_dir is None:
@@ -723,7 +759,7 @@ def list_with_progress(
     bar = progress_bar(None, quiet, unit="name", desc="listing")
 
     def warn(message: str) -> None:
-        (bar.write if bar is not None else print)(f"warning: {message}", file=sys.stderr)
+        say(f"warning: {message}", bar)
 
     try:
         return select_chunks(store, uid, since, until, progress=bar.update if bar is not None else None, warn=warn)
@@ -753,19 +789,19 @@ def main(argv: list[str] | None = None) -> int:
         try:
             uid = resolve_uid(store, args.uid)
         except UnknownUid as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            say(f"error: {exc}")
             return 1
         except Exception as exc:
-            print(f"error: could not list {store.location('')}: {exc}", file=sys.stderr)
+            say(f"error: could not list {store.location('')}: {exc}")
             return 1
         if uid == args.uid:
-            print(nothing, file=sys.stderr)
+            say(str(nothing))
             return 1
     args.uid = uid
     try:
         return export_uid(args, store, output)
     except NothingFound as nothing:
-        print(nothing, file=sys.stderr)
+        say(str(nothing))
         return 1
 
 
@@ -782,7 +818,7 @@ def export_uid(args: argparse.Namespace, store: storage.GcsStore | storage.Local
     try:
         selection = list_with_progress(store, args.uid, args.since, args.until, args.quiet)
     except Exception as exc:
-        print(f"error: could not list {where}: {exc}", file=sys.stderr)
+        say(f"error: could not list {where}: {exc}")
         return 1
     if not selection.chunks:
         window = ""
@@ -806,7 +842,7 @@ def export_uid(args: argparse.Namespace, store: storage.GcsStore | storage.Local
     bar = progress_bar(len(selection.chunks), args.quiet)
 
     def warn(message: str) -> None:
-        (bar.write if bar is not None else print)(f"warning: {message}", file=sys.stderr)
+        say(f"warning: {message}", bar)
 
     summary, failed = run_export(
         lambda: export_sessions(
@@ -832,7 +868,7 @@ def export_uid(args: argparse.Namespace, store: storage.GcsStore | storage.Local
     format_table(summary.sessions, sys.stdout)
     _print_summary(summary.sessions, summary.duplicates, summary.skipped, listed=False, kept=kept)
     if not summary.sessions and not kept:
-        print(f"nothing exported: none of the {summary.chunks} chunks is a usable WAV", file=sys.stderr)
+        say(f"nothing exported: none of the {summary.chunks} chunks is a usable WAV")
         return 1
     written = sorted([*(kept or []), *summary.sessions], key=lambda s: s.start)
     spans = archive.audio_spans(archive.captured(everything))
@@ -846,38 +882,47 @@ def export_by_conversation(
     bar = None
 
     def warn(message: str) -> None:
-        (bar.write if bar is not None else print)(f"warning: {message}", file=sys.stderr)
+        say(f"warning: {message}", bar)
 
     try:
-        conversations = conversation_export.read_conversations(store, args.uid, args.since, args.until, args.jobs, warn)
-        if not conversations:
+        conversations, skipped = conversation_export.read_conversations(
+            store, args.uid, args.since, args.until, args.jobs, warn
+        )
+        if not conversations and not skipped:
             raise NothingFound(f"no conversations for uid {args.uid} in {where}{_window(args)}")
+        if not conversations:
+            say(f"nothing exported: the {len(skipped)} conversation(s) in {where}{_window(args)} were skipped")
+            return EXIT_SKIPPED
         low, high = archive.chunk_range(conversations, args.since, args.until)
         selection = list_with_progress(store, args.uid, low, high, args.quiet)
     except NothingFound:
         raise
     except Exception as exc:
-        print(f"error: could not list {where}: {exc}", file=sys.stderr)
+        say(f"error: could not list {where}: {exc}")
         return 1
     chunks = archive.captured(selection.chunks)
-    items = conversation_export.plan(conversations, chunks, None if args.list else args.out)
-    for item in items:
+    items = []
+    for item in conversation_export.plan(conversations, chunks, None if args.list else args.out):
+        if item.cut is not None and output.part_limit < item.cut.frames * FRAME_BYTES:
+            warn(
+                f"skipped {item.conversation.info.name}: its {_duration(item.cut.seconds)} of audio"
+                f" is more than one {output.suffix[1:].upper()} file holds: use --format flac"
+            )
+            skipped.append(item.conversation.info.name)
+            continue
         if item.cut is not None and item.cut.other_rate:
             warn(f"{item.stem}: {item.cut.other_rate} chunk(s) at another sample rate left out, silence instead")
+        items.append(item)
     if args.list:
-        conversation_export.format_table(items, sys.stdout, _duration)
-        _print_conversation_summary(items, listed=True)
-        return 0
+        format_conversation_table(items, sys.stdout)
+        _print_conversation_summary(items, listed=True, skipped=len(skipped))
+        return EXIT_SKIPPED if skipped else 0
 
     todo = items
     if args.skip_existing and args.out.is_dir():
         for item in items:
             item.kept = conversation_export.already_complete(args.out, item, output)
         todo = [item for item in items if not item.kept]
-    for item in todo:
-        if item.cut is not None and output.part_limit < item.cut.frames * FRAME_BYTES:
-            print(f"error: {item.stem} is too long for one WAV file: use --format flac", file=sys.stderr)
-            return 1
     bar = progress_bar(sum(len(item.cut.pieces) for item in todo if item.cut), args.quiet)
     _, failed = run_export(
         lambda: conversation_export.export(
@@ -895,10 +940,11 @@ def export_by_conversation(
     )
     if failed is not None:
         return failed
-    conversation_export.format_table(items, sys.stdout, _duration)
-    _print_conversation_summary(items, listed=False)
+    format_conversation_table(items, sys.stdout)
+    _print_conversation_summary(items, listed=False, skipped=len(skipped))
     entries = [conversation_export.page_conversation(item, output.suffix) for item in items]
-    return write_page(args.out, args.uid, entries, [], archive.audio_spans(chunks))
+    written = write_page(args.out, args.uid, entries, [], archive.audio_spans(chunks))
+    return EXIT_SKIPPED if written == 0 and skipped else written
 
 
 def run_export(work: Callable[[], _T], what: str, where: str, bar) -> tuple[_T | None, int | None]:
@@ -912,13 +958,13 @@ def run_export(work: Callable[[], _T], what: str, where: str, bar) -> tuple[_T |
     try:
         return work(), None
     except KeyboardInterrupt:
-        print(f"interrupted: finished {what} are kept, the unfinished one was removed", file=sys.stderr)
+        say(f"interrupted: finished {what} are kept, the unfinished one was removed")
         return None, 130
     except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}")
         return None, 1
     except Exception as exc:
-        print(f"error: could not read from {where}: {exc}", file=sys.stderr)
+        say(f"error: could not read from {where}: {exc}")
         return None, 1
     finally:
         if bar is not None:
@@ -956,7 +1002,7 @@ def write_page(
     try:
         page.write_index(out_dir, uid, conversations, sessions, spans)
     except OSError as exc:
-        print(f"error: could not write {out_dir / 'index.html'}: {exc}", file=sys.stderr)
+        say(f"error: could not write {out_dir / 'index.html'}: {exc}")
         return 1
     return 0
 
@@ -970,7 +1016,7 @@ def _window(args: argparse.Namespace) -> str:
     )
 
 
-def _print_conversation_summary(items: list[conversation_export.Planned], listed: bool) -> None:
+def _print_conversation_summary(items: list[conversation_export.Planned], listed: bool, skipped: int = 0) -> None:
     with_audio = [item for item in items if item.cut is not None]
     holes = [hole for item in with_audio for hole in item.holes]
     silence = sum(h.frames / item.cut.sample_rate for item in with_audio for h in item.holes)
@@ -982,8 +1028,13 @@ def _print_conversation_summary(items: list[conversation_export.Planned], listed
         f" {len(items) - len(with_audio)} with no audio;"
         f" {len(holes)} hole(s) of {_duration(silence)} filled with silence"
     )
+    left_out = sum(h.left_out / item.cut.sample_rate for item in with_audio for h in item.holes)
+    if left_out:
+        line += f" ({_duration(left_out)} more with no audio left out)"
     if kept:
         line += f"; {kept} already complete, kept"
+    if skipped:
+        line += f"; {skipped} skipped (named above)"
     print(line)
 
 

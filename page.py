@@ -15,6 +15,7 @@ zone is given; each `<time datetime>` holds the exact instant with its offset.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
@@ -34,6 +35,9 @@ MIN_MARK_SECONDS = 60.0
 # year's 365 timelines and 2,000 articles laid out at once took the first view past 1 s.
 DAY_HEAD_REM = 6.0  # the day's heading and timeline
 ARTICLE_REM = 8.75  # a closed article (heading, times, two lines of overview) and its margin
+
+# Where page.html takes a value: {{title}}, {{heading}}, {{days}}, {{kind}}, {{data}}.
+_MARKER_RE = re.compile(r"\{\{(\w+)\}\}")
 
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _MONTHS = ("January February March April May June July August September October November December").split()
@@ -55,7 +59,7 @@ def write_index(
         conversations: one dict per exported conversation (`conversation_export.page_conversation`
             makes them): stem (file stem and #anchor), id, title, emoji, overview, category,
             started_at and finished_at (ISO or None), audio (file name or None),
-            audio_start, audio_seconds, coverage (0 to 1), gaps ([{start, seconds}]) and
+            audio_start, audio_seconds, coverage (0 to 1), gaps ([{start, seconds, left_out?}]) and
             cues ([{start, end, speaker, text}], seconds from the file's first sample).
         sessions: recording sessions, listed when there are no conversations.
         audio_spans: when audio was stored (UTC), drawn on each day's timeline.
@@ -95,13 +99,11 @@ def render(
         "kind": kind,
         "data": _data_block(uid, kind, [item for day in days for item in day.items]),
     }
-    page = TEMPLATE.read_text(encoding="utf-8")
-    for key, value in fill.items():
-        marker = "{{" + key + "}}"
-        if page.count(marker) != 1:
-            raise ValueError(f"{TEMPLATE.name} must hold {marker} exactly once")
-        page = page.replace(marker, value)
-    return page
+    template = TEMPLATE.read_text(encoding="utf-8")
+    if sorted(_MARKER_RE.findall(template)) != sorted(fill):
+        raise ValueError(f"{TEMPLATE.name} must hold each of {', '.join(sorted(fill))} exactly once, as {{{{name}}}}")
+    # One pass over the template alone: a title or transcript holding "{{data}}" is text.
+    return _MARKER_RE.sub(lambda marker: fill[marker[1]], template)
 
 
 def json_for_script(value: object) -> str:
@@ -367,11 +369,17 @@ def _gaps_html(gaps: Iterable[dict]) -> str:
     holes = [g for g in gaps if isinstance(g, dict)]
     if not holes:
         return ""
-    shown = ", ".join(
-        f"{clock_text(_seconds(g.get('start')))} ({duration_text(_seconds(g.get('seconds')))})" for g in holes
-    )
+    shown = ", ".join(f"{clock_text(_seconds(g.get('start')))} ({_hole_length(g)})" for g in holes)
     noun = "hole" if len(holes) == 1 else "holes"
     return f"<p class=gaps>Silence where no audio was stored: {len(holes)} {noun}, at {shown}</p>"
+
+
+def _hole_length(gap: dict) -> str:
+    """How long a hole lasted; for one cut short in the file (its ``left_out``), how long it is there too."""
+    seconds, left_out = _seconds(gap.get("seconds")), _seconds(gap.get("left_out"))
+    if not left_out:
+        return duration_text(seconds)
+    return f"{duration_text(seconds + left_out)}, shortened to {duration_text(seconds)}"
 
 
 def _article_html(item: _Item, kind: str) -> str:

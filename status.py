@@ -229,7 +229,7 @@ def format_report(statuses: list[UidStatus], alert_after: timedelta, out) -> Non
         if status.last_conversation is not None:
             headline += f"; last conversation {status.last_conversation.replace('T', ' ').replace('Z', ' UTC')}"
         verdict = f"STALE: nothing for more than {limit}" if status.stale else "OK"
-        out.write(f"{status.uid}: {headline}  [{verdict}]\n")
+        out.write(export.terminal_text(f"{status.uid}: {headline}  [{verdict}]") + "\n")
         rows = [("DAY (UTC)", "AUDIO", "SESSIONS", "CHUNKS", "CONVERSATIONS", "FIRST", "LAST", "LONGEST GAP")]
         for day in status.days:
             conversations = str(day.conversations) if day.conversations else "-"
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uids = [args.uid] if args.uid else store.list_uids()
     except Exception as exc:
-        print(f"error: could not list {store.location('')}: {exc}", file=sys.stderr)
+        export.say(f"error: could not list {store.location('')}: {exc}")
         return 1
     statuses: list[UidStatus] = []
     for uid in uids:
@@ -356,11 +356,11 @@ def main(argv: list[str] | None = None) -> int:
                     status = report_uid(store, known, now, args.days, args.alert_after, args.gap, args.quiet, until)
             statuses.append(status)
         except export.UnknownUid as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            export.say(f"error: {exc}")
             return 1
         except Exception as exc:
             where = store.location(storage.uid_prefix(uid) + "/")
-            print(f"error: could not list {where}: {exc}", file=sys.stderr)
+            export.say(f"error: could not list {where}: {exc}")
             return 1
     stale = all(status.stale for status in statuses)
     if args.json:
@@ -368,12 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     elif statuses:
         format_report(statuses, args.alert_after, sys.stdout)
     if not statuses:
-        print(f"no uid has any chunk in {store.location('')}", file=sys.stderr)
+        export.say(f"no uid has any chunk in {store.location('')}")
     elif stale:
-        print(
+        export.say(
             f"stale: no audio arrived in the last {human_duration(args.alert_after.total_seconds())}"
-            + (f" for uid {args.uid}" if args.uid else " for any uid"),
-            file=sys.stderr,
+            + (f" for uid {args.uid}" if args.uid else " for any uid")
         )
     return EXIT_STALE if stale else 0
 

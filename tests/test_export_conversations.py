@@ -9,6 +9,7 @@ reader written here from the format's grammar.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import html
 import json
@@ -636,7 +637,7 @@ def test_a_conversation_without_times_takes_its_span_from_its_name_and_its_trans
 
     assert found.started_at == created
     assert found.finished_at == created + timedelta(seconds=6.0)  # the last segment's end
-    assert [cue.start for cue in found.cues(created - archive.CONVERSATION_PAD)] == [1.0 + PAD, 4.0 + PAD]
+    assert [cue.start for cue in found.cues()] == [1.0 + PAD, 4.0 + PAD]  # from where its file would start
 
 
 def test_an_interrupted_export_leaves_whole_conversations_only_and_resumes(bucket, fake_gcs, tmp_path, capsys):
@@ -679,13 +680,14 @@ def test_an_interrupted_export_leaves_whole_conversations_only_and_resumes(bucke
 
 
 def test_a_cut_takes_the_rate_most_of_its_audio_has_and_leaves_the_other_out_as_a_hole():
-    chunks = [_captured(T0 + timedelta(seconds=i), 1.0, f"c{i}") for i in range(10)]
+    chunks = [_captured(T0 + timedelta(seconds=i), 1.0, f"c{i}") for i in range(11) if i != 5]
     low = round(0.5 * 8000)
-    odd = export.Chunk("low", T0 + timedelta(seconds=10), 0, wav.HEADER_SIZE + 2 * low, 8000, 2 * low)
-    chunks.append(archive.CapturedChunk(odd, T0 + timedelta(seconds=10), low, 8000))
+    odd = export.Chunk("low", T0 + timedelta(seconds=5), 0, wav.HEADER_SIZE + 2 * low, 8000, 2 * low)
+    chunks.append(archive.CapturedChunk(odd, T0 + timedelta(seconds=5), low, 8000))
+    chunks.sort(key=lambda c: c.start)
     cut = archive.plan_cut(chunks, T0, T0 + timedelta(seconds=11), pad=timedelta(0))
     assert (cut.sample_rate, cut.other_rate) == (RATE, 1)
-    assert [(h.at, h.frames) for h in cut.holes] == [(10 * RATE, RATE)]
+    assert [(h.at, h.frames) for h in cut.holes] == [(5 * RATE, RATE)]
 
 
 # -- the page -----------------------------------------------------------------------------
@@ -738,3 +740,246 @@ def test_a_session_export_writes_the_page_with_its_sessions(tmp_path, local_dir,
     found = articles(tmp_path / "out" / "index.html")
     assert sorted(data["audio"] for data in found.values()) == sorted(p.name for p in (tmp_path / "out").glob("*.wav"))
     assert len(found) == 2
+
+
+# -- crafted conversations: each read on its own, never stopping the export ------------------
+
+
+def stored_name(store, cid: str) -> str:
+    """The object name of conversation `cid`'s (only) stored version."""
+    [name] = [info.name for info in store.list_conversations(UID) if info.parts.conversation_id == cid]
+    return name
+
+
+def _finished_at_the_end_of_time(body: dict) -> None:
+    body["finished_at"] = "9999-12-31T23:59:59Z"
+
+
+def _started_in_year_one(body: dict) -> None:
+    body["started_at"] = "0001-01-01T00:00:00Z"
+
+
+def _a_segment_ending_at_1e300_and_no_finish(body: dict) -> None:
+    body["finished_at"] = None
+    body["transcript_segments"][1]["end"] = 1e300
+
+
+def _a_segment_starting_at_a_400_digit_number(body: dict) -> None:
+    body["transcript_segments"][0]["start"] = 10**400
+
+
+def _a_span_of_four_years(body: dict) -> None:
+    body["finished_at"] = (T0 + timedelta(days=4 * 365)).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("craft", "why"),
+    [
+        (_finished_at_the_end_of_time, "finished_at 9999-12-31T23:59:59+00:00 is out of range (1970 to 9998)"),
+        (_started_in_year_one, "started_at 0001-01-01T00:00:00+00:00 is out of range (1970 to 9998)"),
+        (_a_segment_ending_at_1e300_and_no_finish, "transcript segment 2's end is more than 48 h from the start"),
+        (_a_segment_starting_at_a_400_digit_number, "transcript segment 1's start is more than 48 h from the start"),
+        (_a_span_of_four_years, "it spans 3.5e+04 h, more than 48 h"),
+    ],
+)
+def test_a_conversation_that_cannot_be_placed_is_skipped_named_once_and_the_rest_exported(
+    craft, why, tmp_path, local_dir, capsys
+):
+    store = storage.LocalStore(local_dir)
+    store_audio(store, T0, 45)
+    crafted = conversation("crafted", STARTED, FINISHED, "Crafted")
+    craft(crafted)
+    put_conversation(store, crafted)
+    put_conversation(store, conversation("c-1", STARTED, FINISHED, "Ordinary"))
+    out_dir = tmp_path / "out"
+
+    code, out, err = run(capsys, "--local-dir", str(local_dir), "--out", str(out_dir))
+
+    assert code == export.EXIT_SKIPPED == 3
+    assert err.splitlines() == [f"warning: skipped {stored_name(store, 'crafted')}: {why}"]
+    stem = "2026-11-30_1403_Ordinary"
+    assert sorted(p.name for p in out_dir.iterdir()) == [f"{stem}.json", f"{stem}.vtt", f"{stem}.wav", "index.html"]
+    assert list(articles(out_dir / "index.html")) == [stem]
+    assert "1 conversation(s) written" in out and "1 skipped (named above)" in out
+
+    code, out, err = run(capsys, "--local-dir", str(local_dir), "--list")
+    assert code == 3 and len(err.splitlines()) == 1 and "Ordinary" in out and "Crafted" not in out
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"id": "broken"', "not JSON (Expecting ',' delimiter: line 1 column 16 (char 15))"),
+        (b'["a list"]', "not a JSON object"),
+        (b"[" * 100_000 + b"]" * 100_000, "JSON nested too deeply to read"),
+    ],
+)
+def test_a_stored_body_that_is_not_a_json_object_is_skipped_named_once(body, why, tmp_path, local_dir, capsys):
+    store = storage.LocalStore(local_dir)
+    put_conversation(store, conversation("c-1", STARTED, FINISHED, "Ordinary"))
+    name = store.put_conversation(UID, STARTED, "broken", body, {}, 10).name  # a bucket can hold anything
+
+    code, out, err = run(capsys, "--local-dir", str(local_dir), "--out", str(tmp_path / "out"))
+
+    assert code == 3
+    assert err.splitlines() == [f"warning: skipped {name}: {why}"]
+    assert "Ordinary" in out and (tmp_path / "out" / "index.html").is_file()
+
+
+def test_a_lone_surrogate_is_replaced_where_the_conversation_is_read_for_every_writer(tmp_path, local_dir, capsys):
+    store = storage.LocalStore(local_dir)
+    store_audio(store, T0, 45)
+    body = conversation("c-1", STARTED, FINISHED, "Plan \ud800 B")  # valid JSON: "Plan \ud800 B"
+    body["structured"]["overview"] = "Over \udfff view"
+    body["transcript_segments"][0]["text"] = "Said \ud800 this"
+    body["transcript_segments"][0]["speaker_name"] = "Ann \udc00"
+    body["notes"] = {"\ud800": ["\udc00"]}  # anywhere in the document, keys too
+    put_conversation(store, body)
+    out_dir = tmp_path / "out"
+
+    code, out, err = run(capsys, "--local-dir", str(local_dir), "--out", str(out_dir))
+
+    assert (code, err) == (0, "")
+    stem = "2026-11-30_1403_Plan-B"  # U+FFFD is a symbol: a separator in the name
+    assert (out_dir / f"{stem}.wav").is_file()
+    assert "Plan \ufffd B" in out
+    document = json.loads((out_dir / f"{stem}.json").read_bytes())
+    assert document["structured"]["title"] == "Plan \ufffd B" and document["notes"] == {"\ufffd": ["\ufffd"]}
+    assert parse_vtt((out_dir / f"{stem}.vtt").read_text(encoding="utf-8"))[0][2:] == ("Ann \ufffd", "Said \ufffd this")
+    [data] = articles(out_dir / "index.html").values()
+    assert data["cues"][0][3] == "Said \ufffd this" and data["speakers"][0] == "Ann \ufffd"
+    assert "Over \ufffd view" in (out_dir / "index.html").read_text(encoding="utf-8")
+
+    code, _, _ = run(capsys, "--local-dir", str(local_dir), "--out", str(out_dir), "--skip-existing")
+    assert code == 0  # what was written is this very version: kept
+
+
+def test_a_conversation_too_long_for_one_wav_file_is_skipped_named_and_the_rest_exported(
+    tmp_path, local_dir, monkeypatch, capsys
+):
+    store = storage.LocalStore(local_dir)
+    store_audio(store, T0, 45)
+    put_conversation(store, conversation("long", STARTED, FINISHED, "Long"))  # 34 s of audio
+    short_end = STARTED + timedelta(seconds=5)
+    put_conversation(store, conversation("short", STARTED + timedelta(seconds=1), short_end, "Short"))
+    small = dataclasses.replace(export.FORMATS["wav"], part_limit=20 * RATE * archive.FRAME_BYTES)
+    monkeypatch.setitem(export.FORMATS, "wav", small)  # as if a WAV file held 20 s
+
+    code, _, err = run(capsys, "--local-dir", str(local_dir), "--out", str(tmp_path / "out"))
+
+    assert code == 3
+    assert err.splitlines() == [
+        f"warning: skipped {stored_name(store, 'long')}: its 0:00:34.3 of audio is more than one WAV file holds:"
+        " use --format flac"
+    ]
+    assert sorted(p.suffix for p in (tmp_path / "out").glob("2026-11-30_1403_Short*")) == [".json", ".vtt", ".wav"]
+    assert not list((tmp_path / "out").glob("*Long*"))
+
+
+# -- an audio file is bounded by the audio that exists ---------------------------------------
+
+
+def test_a_long_span_around_a_few_seconds_of_audio_writes_only_those_seconds_and_moves_the_cues(
+    tmp_path, local_dir, capsys
+):
+    store = storage.LocalStore(local_dir)
+    heard = T0 + timedelta(hours=1)
+    pcms = store_audio(store, heard, 4)
+    body = conversation("c-1", T0, T0 + timedelta(hours=2), "Two hours")
+    body["transcript_segments"] = [segment(3600.5, 3602.0, "In the middle."), segment(10.0, 12.0, "Unheard.")]
+    put_conversation(store, body)
+    out_dir = tmp_path / "out"
+
+    code, out, err = run(capsys, "--local-dir", str(local_dir), "--out", str(out_dir))
+
+    assert (code, err) == (0, "")
+    stem = out_dir / "2026-11-30_1403_Two-hours"
+    data = stem.with_suffix(".wav").read_bytes()
+    print(f"a 2 h span around 4 s of audio: {len(data):,} bytes")
+    assert data == wav.frame(b"".join(pcms), RATE)  # the 4 s stored, nothing else (230 MB before)
+    document = json.loads(stem.with_suffix(".json").read_bytes())
+    start = datetime.fromisoformat(document["audio_start"])
+    assert abs((start - heard).total_seconds()) < 0.1  # the capture time of its first sample
+    assert (document["audio_seconds"], document["gaps"]) == (4.0, [])
+    cues = parse_vtt(stem.with_suffix(".vtt").read_text(encoding="utf-8"))
+    spoken = (T0 + timedelta(seconds=3600.5) - start).total_seconds()  # where the words are in the file
+    assert cues == [
+        (0.0, 0.0, "Speaker 0", "Unheard."),
+        (round(spoken, 3), round(spoken + 1.5, 3), "Speaker 0", "In the middle."),
+    ]
+    assert re.search(r"2:00:00\.0 +0%  Two hours", out)
+
+
+def test_a_40_hour_span_is_exported_with_its_long_hole_cut_to_a_minute_and_the_cues_moved(tmp_path, local_dir, capsys):
+    store = storage.LocalStore(local_dir)
+    finished = T0 + timedelta(hours=40)
+    first = store_audio(store, T0, 3)
+    last = store_audio(store, finished - timedelta(seconds=3), 3, seed=1)
+    body = conversation("c-1", T0, finished, "Forty hours")
+    late = 40 * 3600 - 2.5  # seconds after started_at: in the last stored second but two
+    body["transcript_segments"] = [segment(0.5, 1.0, "First."), segment(late, late + 0.5, "Last.")]
+    put_conversation(store, body)
+    out_dir = tmp_path / "out"
+
+    code, _, err = run(capsys, "--local-dir", str(local_dir), "--out", str(out_dir))
+
+    assert (code, err) == (0, "")
+    stem = out_dir / "2026-11-30_1403_Forty-hours"
+    data = stem.with_suffix(".wav").read_bytes()
+    minute = archive.MAX_HOLE.total_seconds()
+    assert data == wav.frame(b"".join(first) + bytes(round(minute * RATE) * 2) + b"".join(last), RATE)
+    document = json.loads(stem.with_suffix(".json").read_bytes())
+    [gap] = document["gaps"]
+    assert (gap["start"], gap["seconds"]) == (3.0, minute)
+    assert gap["left_out"] == pytest.approx(40 * 3600 - 6 - minute, abs=0.01)
+    assert document["audio_seconds"] == 6 + minute
+    assert datetime.fromisoformat(document["audio_end"]) == pytest.approx(finished, abs=timedelta(seconds=0.1))
+    (_, _, _, first_words), (start, _, _, last_words) = parse_vtt(stem.with_suffix(".vtt").read_text(encoding="utf-8"))
+    assert (first_words, last_words) == ("First.", "Last.")
+    assert start == pytest.approx(3 + minute + 0.5, abs=0.01)  # half a second into the last 3 s, as spoken
+    assert "shortened to 1 min" in (out_dir / "index.html").read_text(encoding="utf-8")
+
+
+# -- the page and the terminal take conversation text as text ---------------------------------
+
+
+def test_text_that_looks_like_the_pages_template_is_shown_as_text(tmp_path, local_dir, capsys):
+    store = storage.LocalStore(local_dir)
+    body = conversation("c-1", STARTED, FINISHED, "{{title}} {{data}}")
+    body["structured"].update(overview="About {{kind}} and {{data}}.", emoji="{{heading}}", category="{{days}}")
+    body["transcript_segments"][0]["text"] = "Say {{data}} {{kind}}"
+    put_conversation(store, body)
+    out_dir = tmp_path / "out"
+
+    code, _, err = run(capsys, "--local-dir", str(local_dir), "--out", str(out_dir))
+
+    assert (code, err) == (0, "")
+    text = (out_dir / "index.html").read_text(encoding="utf-8")
+    [data] = articles(out_dir / "index.html").values()  # one data block, one article
+    assert data["cues"][0][3] == "Say {{data}} {{kind}}"
+    assert "<p class=overview>About {{kind}} and {{data}}.</p>" in text
+    assert "{{title}} {{data}}</a></h3>" in text and "<span class=category>{{days}}</span>" in text
+    assert f"<title>Recordings of {UID}</title>" in text and 'data-kind="conversation"' in text
+
+
+_TERMINAL_CONTROLS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")  # every C0 but the line ends, DEL, C1
+
+
+def test_control_characters_in_a_title_never_reach_the_terminal(tmp_path, local_dir, capsys):
+    store = storage.LocalStore(local_dir)
+    title = "\x1b]0;owned\x07\x1b[2J\x9b31mRed\x7f\x00 ok"  # retitle, clear, C1 CSI, DEL, NUL
+    put_conversation(store, conversation("c-1", STARTED, FINISHED, title))
+
+    for extra in (["--list"], ["--out", str(tmp_path / "out")]):
+        code, out, err = run(capsys, "--local-dir", str(local_dir), *extra)
+
+        assert code == 0 and err == ""
+        assert not _TERMINAL_CONTROLS.search(out)
+        assert "\ufffd]0;owned\ufffd\ufffd[2J\ufffd31mRed\ufffd\ufffd ok" in out
+
+
+def test_terminal_text_replaces_c0_del_and_c1_and_keeps_the_rest():
+    controls = "".join(map(chr, [*range(0x20), 0x7F, *range(0x80, 0xA0)]))
+    assert export.terminal_text(controls) == "\ufffd" * 65
+    kept = "Zoë 会议 \N{ROCKET} \u00a0\u202e ~"
+    assert export.terminal_text(kept) == kept

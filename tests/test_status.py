@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -241,6 +242,17 @@ def test_a_missing_bucket_is_exit_1(fake_gcs, capsys):
     assert code == 1 and "could not list gs://no-such-bucket/" in err
 
 
+def test_control_characters_in_what_status_prints_are_replaced(tmp_path, capsys):
+    root = tmp_path / "store\x1b]0;owned\x07\x9b2J"  # a name that would retitle and clear the terminal
+    root.mkdir()
+
+    code, out, err = run(capsys, "--local-dir", str(root))
+
+    assert (code, out) == (3, "")
+    assert "store\ufffd]0;owned\ufffd\ufffd2J" in err
+    assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]", err)  # no C0 but the line ends, no DEL, no C1
+
+
 @pytest.mark.parametrize("key_file", [None, "/nonexistent/key.json"])
 def test_missing_credentials_are_one_line_naming_the_fix_and_exit_1(tmp_path, key_file):
     env = {k: v for k, v in os.environ.items() if k not in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")}
@@ -285,7 +297,7 @@ def test_runs_as_a_script_from_cron(tmp_path):
     fresh = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     stale = subprocess.run([*command, "--alert-after", "2m"], cwd=ROOT, capture_output=True, text=True)
 
-    assert fresh.returncode == 0 and "min ago  [OK]" in fresh.stdout
+    assert fresh.returncode == 0 and " ago  [OK]" in fresh.stdout  # "5 min 01 s ago" on a slow run
     assert stale.returncode == 3 and "STALE" in stale.stdout
 
 
