@@ -13,7 +13,7 @@ $(VENV)/.runtime: requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-$(VENV)/.test: requirements.txt requirements-test.txt $(VENV)/.runtime
+$(VENV)/.test: requirements.txt requirements-test.txt $(VENV)/.tools
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	touch $@
 
@@ -67,7 +67,7 @@ outages: $(VENV)/.test
 senders: $(VENV)/.test
 	SENDER_TRIES=20 $(PY) -m pytest -q -s tests/test_senders.py
 
-# export.py against a one-at-a-time download loop: 2,000 chunks in fake-gcs-server
+# omi-audio export against a one-at-a-time download loop: 2,000 chunks in fake-gcs-server
 # behind a proxy adding 20 ms per request; goal >= 8x.  Then one day exported from a
 # 30-day archive against the same day alone; goal <= 1.2x.  Then what --by conversation
 # lists and downloads for a day of an hour's audio and four conversations (exit 1 when any goal is missed).
@@ -76,21 +76,22 @@ bench-export: $(VENV)/.test
 	$(PY) bench/export_bench.py
 
 # The tools' dependencies (progress bars, FLAC): requirements-tools.txt.
-$(VENV)/.tools: requirements.txt requirements-tools.txt $(VENV)/.runtime
+$(VENV)/.tools: requirements.txt requirements-tools.txt pyproject.toml $(VENV)/.runtime
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-tools.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
 # Join chunks into one file per session: make export ARGS='--uid UID --out exported [--since 2026-11-28]'
 # (or one audio file, transcript and JSON per conversation: ARGS='--uid UID --by conversation --out exported')
 .PHONY: export
 export: $(VENV)/.tools
-	$(PY) export.py $(ARGS)
+	$(VENV)/bin/omi-audio export $(ARGS)
 
 # Is audio still arriving?  make status [ARGS='--uid "Omi DevKit 2" --days 30']; exit 3 when stale.
 # Reads GCS_BUCKET_NAME, else LOCAL_AUDIO_DIR, from the environment, or --bucket / --local-dir in ARGS.
 .PHONY: status
 status: $(VENV)/.tools
-	$(PY) status.py $(ARGS)
+	$(VENV)/bin/omi-audio status $(ARGS)
 
 # The export's index.html for a year (2,000 conversations) in headless Chromium: first
 # view goal < 1 s, search goal < 100 ms (needs chromium and chromium-driver; exit 1 when missed).

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import storage
 
-# Kept in the object's metadata so that status.py can list titles without downloads.
+# Kept in the object's metadata so that omi-audio status can list titles without downloads.
 # Cloud Storage allows 8 KiB of custom metadata in all; 200 characters (at most 800
 # bytes of UTF-8) is a long title and leaves room for the rest.
 MAX_TITLE_CHARS = 200

@@ -1,4 +1,4 @@
-"""Measure `export.py` against a one-at-a-time download loop (`make bench-export`).
+"""Measure `omi-audio export` against a one-at-a-time download loop (`make bench-export`).
 
 2,000 one-second chunks (16 kHz, as receive_audio stores them, in Omi's bursts of
 five) are written to fake-gcs-server on 127.0.0.1.  Both contenders then read
@@ -51,10 +51,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from conftest import start_fake_gcs  # noqa: E402
 from counting_proxy import CountingProxy  # noqa: E402
 
-import archive  # noqa: E402
-import export  # noqa: E402
 import storage  # noqa: E402
 import wav  # noqa: E402
+from omi_audio import archive, cli, export  # noqa: E402
 
 GOAL = 8.0
 RANGE_GOAL = 1.2
@@ -111,13 +110,26 @@ def populate_days(
 
 
 def export_day(bucket_name: str, out_dir: Path) -> tuple[float, float]:
-    """(wall, CPU) seconds of ``export.py --since DAY --until DAY`` (the whole day), in this process."""
+    """(wall, CPU) seconds of ``omi-audio export --since DAY --until DAY`` (the whole day), in this process."""
     day = DAY.date().isoformat()
     cpu = time.process_time()
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        code = export.main(
-            ["--uid", UID, "--bucket", bucket_name, "--out", str(out_dir), "--quiet", "--since", day, "--until", day]
+        code = cli.main(
+            [
+                "export",
+                "--uid",
+                UID,
+                "--bucket",
+                bucket_name,
+                "--out",
+                str(out_dir),
+                "--quiet",
+                "--since",
+                day,
+                "--until",
+                day,
+            ]
         )
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu
@@ -147,8 +159,8 @@ def with_export(bucket_name: str, out_dir: Path, jobs: int) -> float:
     """The contender: the export command itself, table printed to nowhere."""
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        code = export.main(
-            ["--uid", UID, "--bucket", bucket_name, "--out", str(out_dir), "--quiet", "--jobs", str(jobs)]
+        code = cli.main(
+            ["export", "--uid", UID, "--bucket", bucket_name, "--out", str(out_dir), "--quiet", "--jobs", str(jobs)]
         )
     elapsed = time.perf_counter() - started
     if code != 0:
@@ -295,7 +307,7 @@ def conversation_cost(args: argparse.Namespace, tmp: Path) -> tuple[int, int, in
             day = DAY.date().isoformat()
             with contextlib.redirect_stdout(io.StringIO()):
                 common = ["--uid", UID, "--bucket", bucket_name, "--quiet", "--since", day, "--until", day]
-                code = export.main([*common, "--by", "conversation", "--out", str(tmp / "out")])
+                code = cli.main(["export", *common, "--by", "conversation", "--out", str(tmp / "out")])
         if code != 0:
             raise SystemExit(f"export --by conversation failed with status {code}")
     finally:

@@ -37,7 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from sample_page import CHROMIUM, Chromium, browser_missing, year_of_conversations  # noqa: E402
 
-import page  # noqa: E402
+from omi_audio import page  # noqa: E402
 
 FIRST_VIEW_GOAL_MS = 1000.0
 SEARCH_GOAL_MS = 100.0

@@ -15,8 +15,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import page
 import wav
+from omi_audio import page
 
 UID = "demo-owner"
 RATE = 16000
@@ -124,7 +124,7 @@ def tone(seconds: float, pitch: float) -> bytes:
 
 
 def sample_conversations() -> list[dict]:
-    """The conversations as export.py hands them to `page.write_index`."""
+    """The conversations as omi-audio export hands them to `page.write_index`."""
     result = []
     for number, (stem, emoji, title, category, start, seconds, overview, gaps, lines) in enumerate(CONVERSATIONS):
         cues = [

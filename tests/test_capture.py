@@ -22,8 +22,8 @@ import omi_backend
 import pytest
 from conftest import ROOT
 
-import capture
 import storage
+from omi_audio import capture
 
 UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"
 TOKEN = "capture-test-token-0123"

@@ -1,4 +1,4 @@
-"""export.py: a user's chunks become one bit-exact WAV per recording session.
+"""omi-audio export: a user's chunks become one bit-exact WAV per recording session.
 
 Chunks are written with the real storage module into fake-gcs-server and into a
 local directory, exactly as receive_audio writes them, and the output is read
@@ -27,9 +27,9 @@ from conftest import ROOT, assert_decodes, pcm_tone, stderr_on_a_terminal
 from counting_proxy import CountingProxy
 from latency_proxy import LatencyProxy
 
-import export
 import storage
 import wav
+from omi_audio import archive, cli, export
 
 UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"  # shaped like a Firebase uid
 T0 = datetime(2025, 3, 1, 14, 0, tzinfo=UTC)
@@ -72,7 +72,7 @@ def source(request, tmp_path):
 def run(capsys, *args: str) -> tuple[int, str, str]:
     """Run the command in-process; returns (exit status, stdout, stderr)."""
     try:
-        code = export.main(list(args))
+        code = cli.main(["export", *args])
     except SystemExit as exc:
         code = exc.code
     out, err = capsys.readouterr()
@@ -284,7 +284,7 @@ def test_a_chunk_deleted_after_listing_is_skipped_and_reported(source, tmp_path)
     store, _ = source
     pcms = [pcm_tone(0.25, RATE, seed) for seed in range(3)]
     names = [put(store, T0 + timedelta(seconds=i), pcm) for i, pcm in enumerate(pcms)]
-    selection = export.select_chunks(store, UID)
+    selection = archive.select_chunks(store, UID)
     if isinstance(store, storage.GcsStore):
         store.bucket.blob(names[1]).delete()
     else:
@@ -318,7 +318,18 @@ def without_credentials(home: Path, key_file: str | None) -> dict[str, str]:
 
 @pytest.mark.parametrize("key_file", [None, "/nonexistent/key.json"])
 def test_missing_credentials_are_one_line_naming_the_fix_and_exit_1(tmp_path, key_file):
-    command = [sys.executable, "export.py", "--uid", UID, "--bucket", "my-bucket", "--out", str(tmp_path / "out")]
+    command = [
+        sys.executable,
+        "-m",
+        "omi_audio",
+        "export",
+        "--uid",
+        UID,
+        "--bucket",
+        "my-bucket",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     done = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, env=without_credentials(tmp_path, key_file), timeout=60
     )
@@ -758,7 +769,7 @@ def test_a_session_past_the_size_limit_is_split_into_numbered_parts(tmp_path):
     pcms = [pcm_tone(0.5, RATE, seed) for seed in range(7)]  # 16,000 bytes each
     for i, pcm in enumerate(pcms):
         put(store, T0 + timedelta(seconds=i), pcm)
-    selection = export.select_chunks(store, UID)
+    selection = archive.select_chunks(store, UID)
 
     summary = export.export_sessions(store, UID, selection, tmp_path / "out", part_limit=48_000)
 
@@ -806,7 +817,20 @@ def test_an_interrupted_export_leaves_no_truncated_wav_and_resumes(bucket, fake_
 
     with LatencyProxy(fake_gcs, 0.02) as proxy:
         env = {**os.environ, "STORAGE_EMULATOR_HOST": proxy.url}
-        command = [sys.executable, "export.py", "--uid", UID, "--bucket", bucket.name, "--out", str(out), "--jobs", "1"]
+        command = [
+            sys.executable,
+            "-m",
+            "omi_audio",
+            "export",
+            "--uid",
+            UID,
+            "--bucket",
+            bucket.name,
+            "--out",
+            str(out),
+            "--jobs",
+            "1",
+        ]
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         give_up = time.monotonic() + 30
         while not (out.is_dir() and wavs(out) and list(out.glob(".export-*"))) and time.monotonic() < give_up:
@@ -838,7 +862,17 @@ def test_progress_bar_shows_on_a_terminal_and_quiet_silences_it(tmp_path):
         put(store, T0 + timedelta(seconds=i), pcm_tone(0.1, RATE, i))
 
     def shown(*extra: str) -> str:
-        command = [sys.executable, "export.py", "--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out"]
+        command = [
+            sys.executable,
+            "-m",
+            "omi_audio",
+            "export",
+            "--uid",
+            UID,
+            "--local-dir",
+            str(tmp_path / "rec"),
+            "--out",
+        ]
         return stderr_on_a_terminal([*command, str(tmp_path / "out"), *extra])
 
     output = shown()
@@ -852,7 +886,7 @@ def test_progress_bar_shows_on_a_terminal_and_quiet_silences_it(tmp_path):
 MEMORY_PROBE = """
 import json, sys, tracemalloc
 sys.path.insert(0, {root!r})
-import export
+from omi_audio import cli
 
 def kib(field):
     with open("/proc/self/status") as status:
@@ -864,7 +898,7 @@ with open("/proc/self/clear_refs", "w") as refs:
 before = kib("VmRSS")
 if trace:
     tracemalloc.start()
-code = export.main(sys.argv[1:])
+code = cli.main(["export", *sys.argv[1:]])
 traced = tracemalloc.get_traced_memory()[1] if trace else None
 print(json.dumps({{"code": code, "traced": traced, "rss_growth": kib("VmHWM") - before}}))
 """

@@ -4,7 +4,7 @@ The backend (`omi_backend`, on a virtual clock) streams audio to the real functi
 in 1-second pieces every N seconds, one piece retried after a 503 and one whole
 batch lost inside the conversation; then it posts the conversation, through the
 same function.  The function's clock is the simulation's, so every chunk is named
-by the moment its body arrived.  ``export.py --by conversation`` then cuts the
+by the moment its body arrived.  ``omi-audio export --by conversation`` then cuts the
 conversation's file.  The simulator says when each sample was really captured:
 for every cue, the audio at the cue's start in the file must be what was captured
 within `GOAL_SECONDS` of that segment's words, and ``audio_start`` must be within
@@ -23,8 +23,8 @@ import omi_backend
 import pytest
 from conftest import ROOT
 
-import export
 import storage
+from omi_audio import cli
 
 UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"
 TOKEN = "alignment-test-token-01"
@@ -123,8 +123,19 @@ def test_every_cue_starts_within_half_a_second_of_its_words(function, local_dir,
     )
     assert posted.status_code == 200, posted.get_data(as_text=True)
 
-    code = export.main(
-        ["--uid", UID, "--by", "conversation", "--local-dir", str(local_dir), "--out", str(tmp_path), "--quiet"]
+    code = cli.main(
+        [
+            "export",
+            "--uid",
+            UID,
+            "--by",
+            "conversation",
+            "--local-dir",
+            str(local_dir),
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
     )
 
     assert code == 0, capsys.readouterr()

@@ -1,4 +1,4 @@
-"""export.py --by conversation: each conversation back as its audio, a WebVTT transcript and a JSON document.
+"""omi-audio export --by conversation: each conversation back as its audio, a WebVTT transcript and a JSON document.
 
 Conversations are stored with the real storage module (``put_conversation``)
 and audio chunks as receive_audio stores them, in fake-gcs-server and in a
@@ -29,12 +29,9 @@ from conftest import ROOT, assert_decodes, pcm_tone, stderr_on_a_terminal
 from counting_proxy import CountingProxy
 from latency_proxy import LatencyProxy
 
-import archive
-import conversation_export
-import export
 import storage
-import vtt
 import wav
+from omi_audio import archive, cli, console, conversations, export, vtt
 
 UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"
 T0 = datetime(2026, 11, 30, 14, 3, tzinfo=UTC)
@@ -92,7 +89,7 @@ def chunk_metadata(at: datetime, pcm: bytes, rate: int) -> dict[str, str]:
     """The metadata receive_audio stores with a chunk."""
     return {
         "sample_rate": str(rate),
-        "received_at": conversation_export.iso(at),
+        "received_at": conversations.iso(at),
         "duration_seconds": str(wav.duration_seconds(len(pcm), rate)),
         "pcm_bytes": str(len(pcm)),
         "idempotency_key": str(uuid.uuid4()),
@@ -158,7 +155,7 @@ def put_conversation(store, body: dict, received_at: datetime | None = None) -> 
     starts_at = archive.parse_time(body.get("started_at")) or archive.parse_time(body.get("created_at"))
     metadata = {
         "conversation_id": body["id"],
-        "received_at": conversation_export.iso(received_at or RECEIVED),
+        "received_at": conversations.iso(received_at or RECEIVED),
         "title": body["structured"]["title"][:200],
         "sha256": hashlib.sha256(raw).hexdigest(),
     }
@@ -182,7 +179,7 @@ def source(request, tmp_path):
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
     try:
-        code = export.main(["--uid", UID, "--by", "conversation", "--quiet", *args])
+        code = cli.main(["export", "--uid", UID, "--by", "conversation", "--quiet", *args])
     except SystemExit as exc:
         code = exc.code
     out, err = capsys.readouterr()
@@ -196,7 +193,7 @@ def expected_file(store, started: datetime, finished: datetime) -> tuple[bytes, 
     total = round(((finished - started).total_seconds() + 2 * PAD) * RATE)
     line = bytearray(total * 2)
     covered = bytearray(total)
-    chunks = export.select_chunks(store, UID).chunks
+    chunks = archive.select_chunks(store, UID).chunks
     for c in archive.captured(chunks):
         pcm = store.read(c.chunk.name)[wav.HEADER_SIZE :]
         at = round((c.start - window_start).total_seconds() * RATE)
@@ -240,13 +237,13 @@ def expected_file(store, started: datetime, finished: datetime) -> tuple[bytes, 
     ],
 )
 def test_titles_become_safe_name_parts_keeping_letters_of_any_script(title, part):
-    assert conversation_export.title_part(title) == part
+    assert conversations.title_part(title) == part
 
 
 def test_a_300_character_title_is_cut_at_a_character_well_under_255_bytes():
     taken: set[str] = set()
     for title in ("x" * 300, "é" * 300, "会" * 300, "\N{ROCKET}a" * 300):
-        stem = conversation_export.conversation_stem(T0, title, taken)
+        stem = conversations.conversation_stem(T0, title, taken)
         for suffix in (".flac", ".json", ".vtt"):
             assert len(f"{stem}-99{suffix}".encode()) < 128
         stem.encode("utf-8").decode("utf-8")  # whole characters only
@@ -255,10 +252,10 @@ def test_a_300_character_title_is_cut_at_a_character_well_under_255_bytes():
 
 def test_stems_sort_by_start_and_collisions_get_numbers_case_blind():
     taken: set[str] = set()
-    first = conversation_export.conversation_stem(T0, "Standup", taken)
-    second = conversation_export.conversation_stem(T0 + timedelta(seconds=30), "standup", taken)
-    third = conversation_export.conversation_stem(T0, "Standup", taken)
-    later = conversation_export.conversation_stem(T0 + timedelta(hours=1), "Standup", taken)
+    first = conversations.conversation_stem(T0, "Standup", taken)
+    second = conversations.conversation_stem(T0 + timedelta(seconds=30), "standup", taken)
+    third = conversations.conversation_stem(T0, "Standup", taken)
+    later = conversations.conversation_stem(T0 + timedelta(hours=1), "Standup", taken)
     assert first == "2026-11-30_1403_Standup"
     assert second == "2026-11-30_1403_standup-2"
     assert third == "2026-11-30_1403_Standup-3"
@@ -268,7 +265,7 @@ def test_stems_sort_by_start_and_collisions_get_numbers_case_blind():
 
 def test_the_stem_is_in_utc_whatever_the_offset_of_the_start():
     start = datetime.fromisoformat("2026-11-30T23:30:00-05:00")
-    assert conversation_export.conversation_stem(start, "Late", set()) == "2026-12-01_0430_Late"
+    assert conversations.conversation_stem(start, "Late", set()) == "2026-12-01_0430_Late"
 
 
 # -- WebVTT -------------------------------------------------------------------------------
@@ -378,11 +375,11 @@ def test_a_conversation_becomes_its_audio_cut_sample_exact_with_silence_where_a_
     assert b"".join(pcms[26:41]) in line[(hole_at + hole_frames) * 2 :]
 
     document = json.loads((tmp_path / "out" / f"{stem}.json").read_bytes())
-    added = {k: document.pop(k) for k in conversation_export.ADDED_KEYS}
+    added = {k: document.pop(k) for k in conversations.ADDED_KEYS}
     assert document == json.loads(raw)  # the conversation as stored
     assert added["audio_seconds"] == SPAN + 2 * PAD
-    assert added["audio_start"] == conversation_export.iso(STARTED - archive.CONVERSATION_PAD)
-    assert added["audio_end"] == conversation_export.iso(
+    assert added["audio_start"] == conversations.iso(STARTED - archive.CONVERSATION_PAD)
+    assert added["audio_end"] == conversations.iso(
         STARTED - archive.CONVERSATION_PAD + timedelta(seconds=(len(line) // 2 - 1) / RATE)
     )
     assert added["gaps"] == [{"start": hole_at / RATE, "seconds": hole_frames / RATE}]
@@ -599,7 +596,18 @@ def test_progress_bar_shows_on_a_terminal_and_quiet_silences_it(tmp_path, local_
     put_conversation(store, conversation("c-1", STARTED, FINISHED, "Bar"))
 
     def shown(*extra: str) -> str:
-        command = [sys.executable, "export.py", "--uid", UID, "--by", "conversation", "--local-dir", str(local_dir)]
+        command = [
+            sys.executable,
+            "-m",
+            "omi_audio",
+            "export",
+            "--uid",
+            UID,
+            "--by",
+            "conversation",
+            "--local-dir",
+            str(local_dir),
+        ]
         return stderr_on_a_terminal([*command, "--out", str(tmp_path / "out"), *extra])
 
     output = shown()
@@ -652,7 +660,18 @@ def test_an_interrupted_export_leaves_whole_conversations_only_and_resumes(bucke
 
     with LatencyProxy(fake_gcs, 0.02) as proxy:  # 20 ms a request: the long one takes seconds at one job
         env = {**os.environ, "STORAGE_EMULATOR_HOST": proxy.url}
-        command = [sys.executable, "export.py", "--uid", UID, "--by", "conversation", "--bucket", bucket.name]
+        command = [
+            sys.executable,
+            "-m",
+            "omi_audio",
+            "export",
+            "--uid",
+            UID,
+            "--by",
+            "conversation",
+            "--bucket",
+            bucket.name,
+        ]
         proc = subprocess.Popen(
             [*command, "--out", str(out), "--jobs", "1"],
             cwd=ROOT,
@@ -734,7 +753,7 @@ def test_a_session_export_writes_the_page_with_its_sessions(tmp_path, local_dir,
     store_audio(store, T0, 5)
     store_audio(store, T0 + timedelta(hours=1), 5, seed=1)
 
-    code = export.main(["--uid", UID, "--local-dir", str(local_dir), "--out", str(tmp_path / "out"), "--quiet"])
+    code = cli.main(["export", "--uid", UID, "--local-dir", str(local_dir), "--out", str(tmp_path / "out"), "--quiet"])
 
     assert code == 0
     found = articles(tmp_path / "out" / "index.html")
@@ -980,6 +999,6 @@ def test_control_characters_in_a_title_never_reach_the_terminal(tmp_path, local_
 
 def test_terminal_text_replaces_c0_del_and_c1_and_keeps_the_rest():
     controls = "".join(map(chr, [*range(0x20), 0x7F, *range(0x80, 0xA0)]))
-    assert export.terminal_text(controls) == "\ufffd" * 65
+    assert console.terminal_text(controls) == "\ufffd" * 65
     kept = "Zoë 会议 \N{ROCKET} \u00a0\u202e ~"
-    assert export.terminal_text(kept) == kept
+    assert console.terminal_text(kept) == kept

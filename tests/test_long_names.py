@@ -126,7 +126,7 @@ def test_the_function_stores_the_longest_uid_and_id_locally_and_status_reads_the
     assert Path(response.get_json()["conversation"]).read_bytes() == body
 
     report = subprocess.run(
-        [sys.executable, "status.py", "--local-dir", str(local_dir), "--json", "--quiet",
+        [sys.executable, "-m", "omi_audio", "status", "--local-dir", str(local_dir), "--json", "--quiet",
          "--at", (received_at + timedelta(minutes=1)).isoformat()],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip

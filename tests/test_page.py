@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from sample_page import UID, Chromium, browser_missing, sample_conversations, tone, write_sample_export
 
-import page
 import wav
+from omi_audio import page
 
 LAUNCH = "2026-11-30_1403_Product-launch-planning"
 BOOK_CLUB = "2026-11-29_1930_Book-club"

@@ -5,7 +5,7 @@ configured URL with ``?uid=…&sample_rate=…`` appended as text (so a configur
 ``?token=T`` arrives in the legacy form), the device's name as uid when there is no
 Omi uid, no Idempotency-Key, no retry and a 30 s timeout: a batch that does not get
 a 2xx the first time is lost.  Each batch must be stored once, bit-exact, and come
-back out of export.py as one recording.
+back out of omi-audio export as one recording.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from urllib.parse import quote, urlsplit
 import pytest
 from conftest import assert_decodes, pcm_tone, serve_function
 
-import export
 import storage
 import wav
+from omi_audio import cli
 
 TOKEN = "phone-Token_abcdefghijklmnop"
 PHONE_TIMEOUT_SECONDS = 30
@@ -71,7 +71,7 @@ def test_phone_batches_under_a_device_name_are_stored_once_bit_exact_and_exporte
         assert_decodes(blob.download_as_bytes(), 16000, pcm)
 
     out = tmp_path / "exported"
-    assert export.main(["--uid", device_name, "--bucket", bucket.name, "--out", str(out), "--quiet"]) == 0
+    assert cli.main(["export", "--uid", device_name, "--bucket", bucket.name, "--out", str(out), "--quiet"]) == 0
     (session,) = sorted(out.glob("*.wav"))
     assert session.name.startswith(prefix + "_")
     assert_decodes(session.read_bytes(), 16000, b"".join(batches))

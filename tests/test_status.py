@@ -1,4 +1,4 @@
-"""status.py: whether audio still arrives, per UTC day, listing only the days it reports.
+"""omi-audio status: whether audio still arrives, per UTC day, listing only the days it reports.
 
 Chunks are written with the real storage module into fake-gcs-server and into a
 local directory; listing costs are counted at a proxy in front of the server.
@@ -19,9 +19,9 @@ import pytest
 from conftest import ROOT, pcm_tone, stderr_on_a_terminal
 from counting_proxy import CountingProxy
 
-import status
 import storage
 import wav
+from omi_audio import cli, status
 
 UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"
 RATE = 16000
@@ -52,7 +52,7 @@ def put_many(store, times: list[datetime]) -> None:
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
     try:
-        code = status.main(list(args))
+        code = cli.main(["status", *args])
     except SystemExit as exc:
         code = exc.code
     out, err = capsys.readouterr()
@@ -263,7 +263,11 @@ def test_missing_credentials_are_one_line_naming_the_fix_and_exit_1(tmp_path, ke
         env["GOOGLE_APPLICATION_CREDENTIALS"] = key_file
 
     done = subprocess.run(
-        [sys.executable, "status.py", "--bucket", "my-bucket"], cwd=ROOT, capture_output=True, text=True, env=env
+        [sys.executable, "-m", "omi_audio", "status", "--bucket", "my-bucket"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
     )
 
     assert (done.returncode, done.stdout) == (1, "")
@@ -292,7 +296,16 @@ def test_alert_after_takes_a_duration(text, seconds):
 def test_runs_as_a_script_from_cron(tmp_path):
     store = storage.LocalStore(tmp_path / "rec")
     put(store, datetime.now(UTC) - timedelta(minutes=5), uid="Omi DevKit 2")
-    command = [sys.executable, "status.py", "--local-dir", str(tmp_path / "rec"), "--uid", "Omi DevKit 2"]
+    command = [
+        sys.executable,
+        "-m",
+        "omi_audio",
+        "status",
+        "--local-dir",
+        str(tmp_path / "rec"),
+        "--uid",
+        "Omi DevKit 2",
+    ]
 
     fresh = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     stale = subprocess.run([*command, "--alert-after", "2m"], cwd=ROOT, capture_output=True, text=True)
@@ -308,7 +321,7 @@ def test_a_progress_bar_shows_on_a_terminal_and_quiet_silences_it(tmp_path):
 
     def shown(*extra: str) -> str:
         return stderr_on_a_terminal(
-            [sys.executable, "status.py", "--local-dir", str(tmp_path / "rec"), "--uid", UID, *extra]
+            [sys.executable, "-m", "omi_audio", "status", "--local-dir", str(tmp_path / "rec"), "--uid", UID, *extra]
         )
 
     assert "listing: " in shown() and "name/s]" in shown()

@@ -1,6 +1,6 @@
 """Is my audio still arriving?  A per-day view of what the function stored.
 
-    python status.py [--uid UID] [--bucket NAME | --local-dir PATH] [--days N]
+    omi-audio status [--uid UID] [--bucket NAME | --local-dir PATH] [--days N]
                      [--alert-after DURATION] [--gap SECONDS] [--at T] [--json] [--quiet]
 
 For one uid (as the sender sends it), or with no ``--uid`` for every uid in the
@@ -34,9 +34,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-import archive
-import export
 import storage
+from omi_audio import archive, console
 
 DEFAULT_DAYS = 14
 MAX_DAYS = 3660
@@ -99,7 +98,7 @@ def report_uid(
     """`uid`'s last chunk and its last `days` UTC days up to `now`, listing only those days."""
     first_day = now.astimezone(UTC).date() - timedelta(days=days - 1)
     window_start = datetime(first_day.year, first_day.month, first_day.day, tzinfo=UTC)
-    selection = export.list_with_progress(store, uid, window_start, until, quiet)
+    selection = console.list_with_progress(store, uid, window_start, until, quiet)
     chunks = selection.chunks
     last = chunks[-1].received_at if chunks else last_chunk_before(store, uid, window_start)
     since_last = (now - last).total_seconds() if last else None
@@ -229,7 +228,7 @@ def format_report(statuses: list[UidStatus], alert_after: timedelta, out) -> Non
         if status.last_conversation is not None:
             headline += f"; last conversation {status.last_conversation.replace('T', ' ').replace('Z', ' UTC')}"
         verdict = f"STALE: nothing for more than {limit}" if status.stale else "OK"
-        out.write(export.terminal_text(f"{status.uid}: {headline}  [{verdict}]") + "\n")
+        out.write(console.terminal_text(f"{status.uid}: {headline}  [{verdict}]") + "\n")
         rows = [("DAY (UTC)", "AUDIO", "SESSIONS", "CHUNKS", "CONVERSATIONS", "FIRST", "LAST", "LONGEST GAP")]
         for day in status.days:
             conversations = str(day.conversations) if day.conversations else "-"
@@ -238,11 +237,11 @@ def format_report(statuses: list[UidStatus], alert_after: timedelta, out) -> Non
                 continue
             gap = "-"
             if day.longest_gap_seconds is not None:
-                gap = f"{export._duration(day.longest_gap_seconds)} after {_clock(day.longest_gap_from)}"
+                gap = f"{console.duration(day.longest_gap_seconds)} after {_clock(day.longest_gap_from)}"
             rows.append(
                 (
                     day.date,
-                    export._duration(day.audio_seconds),
+                    console.duration(day.audio_seconds),
                     str(day.sessions),
                     str(day.chunks),
                     conversations,
@@ -296,15 +295,16 @@ def _days(text: str) -> int:
     return int(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="status.py",
-        description="Show whether audio is still arriving: last chunk, and per UTC day audio, sessions and gaps.",
-    )
+SUMMARY = "Is audio still arriving? Last chunk, and per day audio, sessions and gaps"
+DESCRIPTION = "Show whether audio is still arriving: last chunk, and per UTC day audio, sessions and gaps."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `omi-audio status`."""
     parser.add_argument(
-        "--uid", type=export.uid_arg, help="one uid, as the sender sends it (default: every uid in the store)"
+        "--uid", type=console.uid_arg, help="one uid, as the sender sends it (default: every uid in the store)"
     )
-    export.add_source_arguments(parser)
+    console.add_source_arguments(parser)
     parser.add_argument(
         "--days", type=_days, default=DEFAULT_DAYS, metavar="N", help=f"UTC days to show (default {DEFAULT_DAYS})"
     )
@@ -317,33 +317,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--gap",
-        type=export._positive_float,
+        type=console.positive_float,
         default=archive.DEFAULT_GAP_SECONDS,
         metavar="SECONDS",
-        help=f"a longer pause starts a new session (default {archive.DEFAULT_GAP_SECONDS:g}, as export.py)",
+        help=f"a longer pause starts a new session (default {archive.DEFAULT_GAP_SECONDS:g}, as omi-audio export)",
     )
     parser.add_argument(
         "--at",
-        type=export._time_arg(False),
+        type=console.time_arg(False),
         metavar="T",
         help="report as of this time instead of now (ISO 8601, UTC default); chunks after it are ignored",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    store = export.open_store(args, parser)
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run `omi-audio status`; returns the exit status."""
+    store = console.open_store(args, parser)
     now = args.at or datetime.now(UTC)
     until = args.at + timedelta(microseconds=1) if args.at else None  # --at T includes a chunk received at T
     try:
         uids = [args.uid] if args.uid else store.list_uids()
     except Exception as exc:
-        export.say(f"error: could not list {store.location('')}: {exc}")
+        console.say(f"error: could not list {store.location('')}: {exc}")
         return 1
     statuses: list[UidStatus] = []
     for uid in uids:
@@ -351,16 +348,16 @@ def main(argv: list[str] | None = None) -> int:
             status = report_uid(store, uid, now, args.days, args.alert_after, args.gap, args.quiet, until)
             if args.uid and status.last_chunk is None and status.last_conversation is None:
                 # Nothing at all: a typo, or the folder name `gcloud storage ls` shows, is not "stale".
-                known = export.resolve_uid(store, uid)
+                known = console.resolve_uid(store, uid)
                 if known != uid:
                     status = report_uid(store, known, now, args.days, args.alert_after, args.gap, args.quiet, until)
             statuses.append(status)
-        except export.UnknownUid as exc:
-            export.say(f"error: {exc}")
+        except console.UnknownUid as exc:
+            console.say(f"error: {exc}")
             return 1
         except Exception as exc:
             where = store.location(storage.uid_prefix(uid) + "/")
-            export.say(f"error: could not list {where}: {exc}")
+            console.say(f"error: could not list {where}: {exc}")
             return 1
     stale = all(status.stale for status in statuses)
     if args.json:
@@ -368,14 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     elif statuses:
         format_report(statuses, args.alert_after, sys.stdout)
     if not statuses:
-        export.say(f"no uid has any chunk in {store.location('')}")
+        console.say(f"no uid has any chunk in {store.location('')}")
     elif stale:
-        export.say(
+        console.say(
             f"stale: no audio arrived in the last {human_duration(args.alert_after.total_seconds())}"
             + (f" for uid {args.uid}" if args.uid else " for any uid")
         )
     return EXIT_STALE if stale else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """The export folder's `index.html`: every conversation, playable, with its words.
 
-Pure: data in, one HTML file out; nothing here reads storage.  `export.py` calls
+Pure: data in, one HTML file out; nothing here reads storage.  `omi-audio export` calls
 `write_index` with what it exported.  The page is `page.html` (its CSS and a small
 script inline) filled with server-rendered HTML, so it reads without its script, and
 the data as JSON in a `<script type="application/json">` block, one article's item a
@@ -56,7 +56,7 @@ def write_index(
     Args:
         out_dir: the export folder; audio, .vtt and .json files are named relative to it.
         uid: whose recordings these are (shown in the heading).
-        conversations: one dict per exported conversation (`conversation_export.page_conversation`
+        conversations: one dict per exported conversation (`conversations.page_conversation`
             makes them): stem (file stem and #anchor), id, title, emoji, overview, category,
             started_at and finished_at (ISO or None), audio (file name or None),
             audio_start, audio_seconds, coverage (0 to 1), gaps ([{start, seconds, left_out?}]) and

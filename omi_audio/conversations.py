@@ -1,4 +1,4 @@
-"""``export.py --by conversation``: each stored conversation back as audio, WebVTT and JSON.
+"""``omi-audio export --by conversation``: each stored conversation back as audio, WebVTT and JSON.
 
 For every conversation (its newest version) whose span overlaps the range:
 
@@ -36,9 +36,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import archive
 import storage
-import vtt
+from omi_audio import archive, vtt
 
 # A stem holds at most this many bytes (UTF-8) of the title: with the 15-byte date, a
 # collision suffix and ".flac" a name stays near 110 bytes, far below the 255 bytes

@@ -1,11 +1,11 @@
 """Turn a user's one-second chunks back into one WAV file per recording session.
 
-    python export.py --uid UID --out DIR [--bucket NAME | --local-dir PATH]
+    omi-audio export --uid UID --out DIR [--bucket NAME | --local-dir PATH]
                      [--since T] [--until T] [--gap SECONDS] [--format wav|flac]
                      [--by session|conversation] [--skip-existing] [--list] [--quiet] [--jobs N]
 
 ``--by conversation`` writes one audio file, WebVTT transcript and JSON document
-per stored conversation instead (see `conversation_export`).  Either way an
+per stored conversation instead (see `omi_audio.conversations`).  Either way an
 ``index.html`` to browse and play them is written beside the files (`page`).
 
 The chunks are the objects ``receive_audio`` stored (see `storage`); only the
@@ -36,7 +36,7 @@ nothing matches or the source cannot be read, 2 for bad arguments, 3 when
 (each named in a warning; the others are written), 130 when interrupted.
 
 Text from storage (titles, object names, error messages) reaches the terminal
-only through `terminal_text`, with its control characters replaced.
+only through `console.terminal_text`, with its control characters replaced.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -53,18 +52,16 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, TextIO, TypeVar
 
 from google.api_core import exceptions as api_exceptions
 
-import archive
-import conversation_export
-import page
 import storage
 import wav
-from archive import DEFAULT_GAP_SECONDS, Chunk, Selection, select_chunks, starts_new_session
+from omi_audio import archive, console, conversations, page
+from omi_audio.archive import DEFAULT_GAP_SECONDS, Chunk, Selection, starts_new_session
 
 _T = TypeVar("_T")
 
@@ -89,10 +86,6 @@ UID_HASH_DIGITS = 16
 # Exit status of an export that skipped a stored conversation it could not read or
 # place: distinct from 1 (nothing exported), so that a script sees what was left out.
 EXIT_SKIPPED = 3
-# What a terminal acts on instead of showing: C0 controls, DEL and C1 controls.  A
-# title or an object name holding them could retitle the terminal, clear it or fake
-# a line of output.
-_TERMINAL_CONTROLS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -502,22 +495,20 @@ def export_sessions(
 # ------------------------------------------------------------------------- CLI
 
 
-def terminal_text(text: str) -> str:
-    """`text` as it may reach a terminal: each control character (C0, DEL, C1) replaced by U+FFFD."""
-    return _TERMINAL_CONTROLS_RE.sub("\ufffd", text)
-
-
-def say(message: str, bar=None) -> None:
-    """One line on stderr (above the progress bar `bar`, if any), made safe by `terminal_text`."""
-    (bar.write if bar is not None else print)(terminal_text(message), file=sys.stderr)
-
-
 def format_table(sessions: Iterable[Session], out: TextIO) -> None:
     """Print start, end, audio duration, chunk count and file of each session."""
     rows = [("START (UTC)", "END (UTC)", "DURATION", "CHUNKS", "FILE")]
     for s in sessions:
         files = s.files[0] if len(s.files) == 1 else f"{s.files[0]} .. {s.files[-1]} ({len(s.files)} parts)"
-        rows.append((_when(s.start), _when(s.end), _duration(s.seconds), str(s.chunks), terminal_text(files)))
+        rows.append(
+            (
+                console.when(s.start),
+                console.when(s.end),
+                console.duration(s.seconds),
+                str(s.chunks),
+                console.terminal_text(files),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         out.write(
@@ -525,61 +516,21 @@ def format_table(sessions: Iterable[Session], out: TextIO) -> None:
         )
 
 
-def format_conversation_table(items: Iterable[conversation_export.Planned], out: TextIO) -> None:
+def format_conversation_table(items: Iterable[conversations.Planned], out: TextIO) -> None:
     """DATE, TIME (UTC), DURATION, AUDIO (coverage of the span, or "no audio"), TITLE."""
     rows = [("DATE", "TIME (UTC)", "DURATION", "AUDIO", "TITLE")]
     for item in items:
         start = item.conversation.started_at.astimezone(UTC)
         audio = f"{item.cut.coverage:.0%}" if item.cut else "no audio"
-        title = terminal_text(" ".join(item.conversation.title.split()) or "(untitled)")
-        rows.append((f"{start:%Y-%m-%d}", f"{start:%H:%M:%S}", _duration(item.conversation.seconds), audio, title))
+        title = console.terminal_text(" ".join(item.conversation.title.split()) or "(untitled)")
+        rows.append(
+            (f"{start:%Y-%m-%d}", f"{start:%H:%M:%S}", console.duration(item.conversation.seconds), audio, title)
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         out.write(
             f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}  {row[4]}\n"
         )
-
-
-def _when(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    whole = int(seconds)
-    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}.{int((seconds - whole) * 10)}"
-
-
-def _time_arg(end_of_day: bool) -> Callable[[str], datetime]:
-    def parse(text: str) -> datetime:
-        try:
-            day = date.fromisoformat(text)
-        except ValueError:
-            day = None
-        if day is not None:
-            moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            return moment + timedelta(days=1) if end_of_day else moment
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not an ISO 8601 date or time, e.g. 2025-03-01 or 2025-03-01T14:30:00Z"
-            ) from None
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-    parse.__name__ = "time"
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
 
 
 def _jobs(text: str) -> int:
@@ -588,79 +539,39 @@ def _jobs(text: str) -> int:
     return int(text)
 
 
-def uid_arg(text: str) -> str:
-    """A uid exactly as the sender sends it (a device name may hold spaces)."""
-    if not storage.is_valid_uid(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a uid: a uid is {storage.UID_RULE}")
-    return text
-
-
 class NothingFound(Exception):
     """Nothing to export for the uid asked for (its message says what was looked for, and where)."""
 
 
-class UnknownUid(Exception):
-    """The store holds no folder for the uid asked for."""
+SUMMARY = "Join stored chunks into recordings, or cut them per conversation"
+DESCRIPTION = "Join a user's stored Omi chunks into one audio file per recording session."
 
 
-def resolve_uid(store: storage.GcsStore | storage.LocalStore, uid: str) -> str:
-    """The uid to read for `uid` as typed, when listing `uid` found nothing.
-
-    A folder name as ``gcloud storage ls`` shows it (``Omi~20DevKit~202``) stands
-    for its uid ("Omi DevKit 2"): that uid is returned, with a note.  One listing
-    of the store's top-level folders, made only when nothing was found.
-
-    Raises:
-        UnknownUid: `uid` is not in the store; the message lists the uids it holds.
-    """
-    known = store.list_uids()
-    if uid in known:
-        return uid
-    decoded = storage.uid_from_prefix(uid)
-    if decoded is not None and decoded != uid and decoded in known:
-        say(f"note: {uid!r} is the folder of the uid {decoded!r}; reading that uid")
-        return decoded
-    shown = ", ".join(repr(name) for name in known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20 else "")
-    raise UnknownUid(f"unknown uid {uid!r} in {store.location('')}: known: {shown or 'none (nothing stored yet)'}")
-
-
-def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """--bucket / --local-dir, shared by export.py and status.py."""
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument(
-        "--bucket", metavar="NAME", help="GCS bucket (default: $GCS_BUCKET_NAME; honours $STORAGE_EMULATOR_HOST)"
-    )
-    source.add_argument(
-        "--local-dir", type=Path, metavar="PATH", help="the function's LOCAL_AUDIO_DIR (default: $LOCAL_AUDIO_DIR)"
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command line; argparse exits with status 2 on bad arguments."""
-    parser = argparse.ArgumentParser(
-        prog="export.py",
-        description="Join a user's stored Omi chunks into one audio file per recording session.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `omi-audio export`."""
     parser.add_argument(
         "--uid",
-        type=uid_arg,
+        type=console.uid_arg,
         required=True,
         help="whose chunks to export, as the sender sends it (an Omi uid, or a device name such as 'Omi DevKit 2')",
     )
     parser.add_argument("--out", type=Path, metavar="DIR", help="directory for the session files (created if missing)")
-    add_source_arguments(parser)
+    console.add_source_arguments(parser)
     parser.add_argument(
-        "--since", type=_time_arg(False), metavar="T", help="first receipt time, inclusive (ISO 8601, UTC default)"
+        "--since",
+        type=console.time_arg(False),
+        metavar="T",
+        help="first receipt time, inclusive (ISO 8601, UTC default)",
     )
     parser.add_argument(
         "--until",
-        type=_time_arg(True),
+        type=console.time_arg(True),
         metavar="T",
         help="last receipt time, exclusive; a bare date includes that whole day",
     )
     parser.add_argument(
         "--gap",
-        type=_positive_float,
+        type=console.positive_float,
         metavar="SECONDS",
         default=DEFAULT_GAP_SECONDS,
         help=f"start a new session after this many seconds without a chunk (default {DEFAULT_GAP_SECONDS:g})",
@@ -688,33 +599,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--jobs", type=_jobs, default=DEFAULT_JOBS, metavar="N", help=f"concurrent downloads (default {DEFAULT_JOBS})"
     )
-    return parser
-
-
-def open_store(args: argparse.Namespace, parser: argparse.ArgumentParser) -> storage.GcsStore | storage.LocalStore:
-    """The store named by --bucket / --local-dir, else by the function's environment variables."""
-    bucket = args.bucket
-    local_dir = args.local_dir
-    if not bucket and not local_dir:
-        bucket = os.environ.get("GCS_BUCKET_NAME", "").strip()
-        local_dir = Path(os.environ["LOCAL_AUDIO_DIR"]) if os.environ.get("LOCAL_AUDIO_DIR", "").strip() else None
-    if bucket:
-        try:
-            return storage.GcsStore(bucket)
-        except storage.MissingCredentials as exc:
-            # The library's own text is a paragraph; its reason matters only for a key file named wrongly.
-            key_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-            reason = f" ({' '.join(str(exc.__cause__).split())})" if key_file else ""
-            say(
-                f"error: no Google Cloud credentials to read gs://{bucket}{reason}: run `gcloud auth "
-                "application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service account key"
-            )
-            sys.exit(1)
-    if local_dir is None:
-        parser.error("no source: give --bucket NAME or --local-dir PATH (or set GCS_BUCKET_NAME / LOCAL_AUDIO_DIR)")
-    if not local_dir.is_dir():
-        parser.error(f"--local-dir {local_dir}: no such directory")
-    return storage.LocalStore(local_dir)
 
 
 def reads_per_thread(store: storage.GcsStore | storage.LocalStore) -> Callable[[str], bytes]:
@@ -737,41 +621,8 @@ def reads_per_thread(store: storage.GcsStore | storage.LocalStore) -> Callable[[
     return read
 
 
-def progress_bar(total: int | None, quiet: bool, unit: str = "chunk", desc: str | None = None):
-    """A tqdm bar on stderr when it is a terminal, else None; with no total, a running count."""
-    if quiet or total == 0 or not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm comes with requirements-tools.txt; without it, no bar
-        return None
-    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False)
-
-
-def list_with_progress(
-    store: storage.GcsStore | storage.LocalStore,
-    uid: str,
-    since: datetime | None,
-    until: datetime | None,
-    quiet: bool,
-) -> Selection:
-    """`select_chunks` with a running count of names listed on a terminal, and warnings on stderr."""
-    bar = progress_bar(None, quiet, unit="name", desc="listing")
-
-    def warn(message: str) -> None:
-        say(f"warning: {message}", bar)
-
-    try:
-        return select_chunks(store, uid, since, until, progress=bar.update if bar is not None else None, warn=warn)
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the command; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run `omi-audio export`; returns the exit status."""
     if args.since and args.until and args.since >= args.until:
         parser.error("--since must be before --until")
     if args.out is None and not args.list:
@@ -782,26 +633,26 @@ def main(argv: list[str] | None = None) -> int:
             import soundfile  # noqa: F401
         except (ImportError, OSError) as exc:
             parser.error(f"--format flac needs soundfile (pip install -r requirements-tools.txt): {exc}")
-    store = open_store(args, parser)
+    store = console.open_store(args, parser)
     try:
         return export_uid(args, store, output)
     except NothingFound as nothing:
         try:
-            uid = resolve_uid(store, args.uid)
-        except UnknownUid as exc:
-            say(f"error: {exc}")
+            uid = console.resolve_uid(store, args.uid)
+        except console.UnknownUid as exc:
+            console.say(f"error: {exc}")
             return 1
         except Exception as exc:
-            say(f"error: could not list {store.location('')}: {exc}")
+            console.say(f"error: could not list {store.location('')}: {exc}")
             return 1
         if uid == args.uid:
-            say(str(nothing))
+            console.say(str(nothing))
             return 1
     args.uid = uid
     try:
         return export_uid(args, store, output)
     except NothingFound as nothing:
-        say(str(nothing))
+        console.say(str(nothing))
         return 1
 
 
@@ -816,15 +667,15 @@ def export_uid(args: argparse.Namespace, store: storage.GcsStore | storage.Local
         return export_by_conversation(args, store, output, where)
 
     try:
-        selection = list_with_progress(store, args.uid, args.since, args.until, args.quiet)
+        selection = console.list_with_progress(store, args.uid, args.since, args.until, args.quiet)
     except Exception as exc:
-        say(f"error: could not list {where}: {exc}")
+        console.say(f"error: could not list {where}: {exc}")
         return 1
     if not selection.chunks:
         window = ""
         if args.since or args.until:
-            window = f" received from {_when(args.since) if args.since else 'the start'}"
-            window += f" until {_when(args.until) if args.until else 'now'} (UTC)"
+            window = f" received from {console.when(args.since) if args.since else 'the start'}"
+            window += f" until {console.when(args.until) if args.until else 'now'} (UTC)"
         raise NothingFound(f"no chunks for uid {args.uid} in {where}{window}")
 
     if args.list:
@@ -839,10 +690,10 @@ def export_uid(args: argparse.Namespace, store: storage.GcsStore | storage.Local
     if args.skip_existing:
         selection, starts, kept = resume_plan(args.uid, selection, args.out, args.gap, output)
     taken = {s.files[0].removesuffix(output.suffix).removesuffix("_part01") for s in kept or []}
-    bar = progress_bar(len(selection.chunks), args.quiet)
+    bar = console.progress_bar(len(selection.chunks), args.quiet)
 
     def warn(message: str) -> None:
-        say(f"warning: {message}", bar)
+        console.say(f"warning: {message}", bar)
 
     summary, failed = run_export(
         lambda: export_sessions(
@@ -868,7 +719,7 @@ def export_uid(args: argparse.Namespace, store: storage.GcsStore | storage.Local
     format_table(summary.sessions, sys.stdout)
     _print_summary(summary.sessions, summary.duplicates, summary.skipped, listed=False, kept=kept)
     if not summary.sessions and not kept:
-        say(f"nothing exported: none of the {summary.chunks} chunks is a usable WAV")
+        console.say(f"nothing exported: none of the {summary.chunks} chunks is a usable WAV")
         return 1
     written = sorted([*(kept or []), *summary.sessions], key=lambda s: s.start)
     spans = archive.audio_spans(archive.captured(everything))
@@ -878,34 +729,32 @@ def export_uid(args: argparse.Namespace, store: storage.GcsStore | storage.Local
 def export_by_conversation(
     args: argparse.Namespace, store: storage.GcsStore | storage.LocalStore, output: OutputFormat, where: str
 ) -> int:
-    """``--by conversation``: see `conversation_export`; returns the exit status."""
+    """``--by conversation``: see `omi_audio.conversations`; returns the exit status."""
     bar = None
 
     def warn(message: str) -> None:
-        say(f"warning: {message}", bar)
+        console.say(f"warning: {message}", bar)
 
     try:
-        conversations, skipped = conversation_export.read_conversations(
-            store, args.uid, args.since, args.until, args.jobs, warn
-        )
-        if not conversations and not skipped:
+        stored, skipped = conversations.read_conversations(store, args.uid, args.since, args.until, args.jobs, warn)
+        if not stored and not skipped:
             raise NothingFound(f"no conversations for uid {args.uid} in {where}{_window(args)}")
-        if not conversations:
-            say(f"nothing exported: the {len(skipped)} conversation(s) in {where}{_window(args)} were skipped")
+        if not stored:
+            console.say(f"nothing exported: the {len(skipped)} conversation(s) in {where}{_window(args)} were skipped")
             return EXIT_SKIPPED
-        low, high = archive.chunk_range(conversations, args.since, args.until)
-        selection = list_with_progress(store, args.uid, low, high, args.quiet)
+        low, high = archive.chunk_range(stored, args.since, args.until)
+        selection = console.list_with_progress(store, args.uid, low, high, args.quiet)
     except NothingFound:
         raise
     except Exception as exc:
-        say(f"error: could not list {where}: {exc}")
+        console.say(f"error: could not list {where}: {exc}")
         return 1
     chunks = archive.captured(selection.chunks)
     items = []
-    for item in conversation_export.plan(conversations, chunks, None if args.list else args.out):
+    for item in conversations.plan(stored, chunks, None if args.list else args.out):
         if item.cut is not None and output.part_limit < item.cut.frames * FRAME_BYTES:
             warn(
-                f"skipped {item.conversation.info.name}: its {_duration(item.cut.seconds)} of audio"
+                f"skipped {item.conversation.info.name}: its {console.duration(item.cut.seconds)} of audio"
                 f" is more than one {output.suffix[1:].upper()} file holds: use --format flac"
             )
             skipped.append(item.conversation.info.name)
@@ -921,11 +770,11 @@ def export_by_conversation(
     todo = items
     if args.skip_existing and args.out.is_dir():
         for item in items:
-            item.kept = conversation_export.already_complete(args.out, item, output)
+            item.kept = conversations.already_complete(args.out, item, output)
         todo = [item for item in items if not item.kept]
-    bar = progress_bar(sum(len(item.cut.pieces) for item in todo if item.cut), args.quiet)
+    bar = console.progress_bar(sum(len(item.cut.pieces) for item in todo if item.cut), args.quiet)
     _, failed = run_export(
-        lambda: conversation_export.export(
+        lambda: conversations.export(
             todo,
             args.out,
             output,
@@ -942,7 +791,7 @@ def export_by_conversation(
         return failed
     format_conversation_table(items, sys.stdout)
     _print_conversation_summary(items, listed=False, skipped=len(skipped))
-    entries = [conversation_export.page_conversation(item, output.suffix) for item in items]
+    entries = [conversations.page_conversation(item, output.suffix) for item in items]
     written = write_page(args.out, args.uid, entries, [], archive.audio_spans(chunks))
     return EXIT_SKIPPED if written == 0 and skipped else written
 
@@ -958,13 +807,13 @@ def run_export(work: Callable[[], _T], what: str, where: str, bar) -> tuple[_T |
     try:
         return work(), None
     except KeyboardInterrupt:
-        say(f"interrupted: finished {what} are kept, the unfinished one was removed")
+        console.say(f"interrupted: finished {what} are kept, the unfinished one was removed")
         return None, 130
     except OSError as exc:
-        say(f"error: {exc}")
+        console.say(f"error: {exc}")
         return None, 1
     except Exception as exc:
-        say(f"error: could not read from {where}: {exc}")
+        console.say(f"error: could not read from {where}: {exc}")
         return None, 1
     finally:
         if bar is not None:
@@ -994,15 +843,15 @@ def _iso(moment: datetime) -> str:
 def write_page(
     out_dir: Path,
     uid: str,
-    conversations: list[dict],
+    conversation_entries: list[dict],
     sessions: list[dict],
     spans: list[tuple[datetime, datetime]],
 ) -> int:
     """index.html in `out_dir` (see `page.write_index`); returns the exit status."""
     try:
-        page.write_index(out_dir, uid, conversations, sessions, spans)
+        page.write_index(out_dir, uid, conversation_entries, sessions, spans)
     except OSError as exc:
-        say(f"error: could not write {out_dir / 'index.html'}: {exc}")
+        console.say(f"error: could not write {out_dir / 'index.html'}: {exc}")
         return 1
     return 0
 
@@ -1011,12 +860,12 @@ def _window(args: argparse.Namespace) -> str:
     if not (args.since or args.until):
         return ""
     return (
-        f" from {_when(args.since) if args.since else 'the start'}"
-        f" until {_when(args.until) if args.until else 'now'} (UTC)"
+        f" from {console.when(args.since) if args.since else 'the start'}"
+        f" until {console.when(args.until) if args.until else 'now'} (UTC)"
     )
 
 
-def _print_conversation_summary(items: list[conversation_export.Planned], listed: bool, skipped: int = 0) -> None:
+def _print_conversation_summary(items: list[conversations.Planned], listed: bool, skipped: int = 0) -> None:
     with_audio = [item for item in items if item.cut is not None]
     holes = [hole for item in with_audio for hole in item.holes]
     silence = sum(h.frames / item.cut.sample_rate for item in with_audio for h in item.holes)
@@ -1024,13 +873,13 @@ def _print_conversation_summary(items: list[conversation_export.Planned], listed
     verb = "would be written (listed from metadata; no audio downloaded)" if listed else "written"
     line = (
         f"{len(items)} conversation(s) {verb}: {len(with_audio)} with audio"
-        f" ({_duration(sum(item.cut.seconds for item in with_audio))}),"
+        f" ({console.duration(sum(item.cut.seconds for item in with_audio))}),"
         f" {len(items) - len(with_audio)} with no audio;"
-        f" {len(holes)} hole(s) of {_duration(silence)} filled with silence"
+        f" {len(holes)} hole(s) of {console.duration(silence)} filled with silence"
     )
     left_out = sum(h.left_out / item.cut.sample_rate for item in with_audio for h in item.holes)
     if left_out:
-        line += f" ({_duration(left_out)} more with no audio left out)"
+        line += f" ({console.duration(left_out)} more with no audio left out)"
     if kept:
         line += f"; {kept} already complete, kept"
     if skipped:
@@ -1046,7 +895,7 @@ def _print_summary(
     chunks = sum(s.chunks for s in sessions)
     verb = "would be written (listed from metadata; no audio downloaded)" if listed else "written"
     line = (
-        f"{len(sessions)} session(s), {files} file(s) {verb}; {chunks} chunk(s), {_duration(seconds)} of audio; "
+        f"{len(sessions)} session(s), {files} file(s) {verb}; {chunks} chunk(s), {console.duration(seconds)} of audio; "
         f"{duplicates} duplicate(s) dropped; {len(skipped)} corrupt or missing object(s) skipped"
     )
     if kept is not None:
@@ -1060,7 +909,3 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,7 @@ time line:
   where each sits in it, and where the file must hold silence because no
   audio was stored (`Hole`).
 
-Nothing here writes a file or downloads audio: `export.py` does, from a `Cut`.
+Nothing here writes a file or downloads audio: `omi-audio export` does, from a `Cut`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 import storage
 import wav
-from capture import capture_starts
+from omi_audio.capture import capture_starts
 
 FRAME_BYTES = wav.CHANNELS * wav.SAMPLE_WIDTH
 
