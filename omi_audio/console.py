@@ -7,9 +7,10 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TextIO
 
 import storage
 from omi_audio.archive import Selection, select_chunks
@@ -141,6 +142,38 @@ def progress_bar(total: int | None, quiet: bool, unit: str = "chunk", desc: str 
     return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
+class Progress:
+    """A progress bar on stderr (`progress_bar`; None when not shown) and warnings printed above it."""
+
+    def __init__(self, total: int | None = None, quiet: bool = True, unit: str = "chunk", desc: str | None = None):
+        self.bar = progress_bar(total, quiet, unit, desc)
+
+    @property
+    def update(self) -> Callable[[int], None] | None:
+        """What to call with the count of things done, or None when no bar is shown."""
+        return self.bar.update if self.bar is not None else None
+
+    def warn(self, message: str) -> None:
+        say(f"warning: {message}", self.bar)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def print_table(rows: Iterable[Sequence[str]], align: str, out: TextIO) -> None:
+    """`rows` (the first: headings) in columns two spaces apart, each line without trailing spaces.
+
+    `align` holds ``<`` (left) or ``>`` (right) for each column but the last,
+    which is written as it is.
+    """
+    rows = list(rows)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(align))]
+    for row in rows:
+        cells = [f"{cell:{side}{width}}" for cell, side, width in zip(row, align, widths, strict=False)]
+        out.write("  ".join([*cells, row[len(align)]]).rstrip() + "\n")
+
+
 def when(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -160,13 +193,8 @@ def list_with_progress(
     quiet: bool,
 ) -> Selection:
     """`select_chunks` with a running count of names listed on a terminal, and warnings on stderr."""
-    bar = progress_bar(None, quiet, unit="name", desc="listing")
-
-    def warn(message: str) -> None:
-        say(f"warning: {message}", bar)
-
+    progress = Progress(None, quiet, unit="name", desc="listing")
     try:
-        return select_chunks(store, uid, since, until, progress=bar.update if bar is not None else None, warn=warn)
+        return select_chunks(store, uid, since, until, progress=progress.update, warn=progress.warn)
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()

@@ -509,11 +509,7 @@ def format_table(sessions: Iterable[Session], out: TextIO) -> None:
                 console.terminal_text(files),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        out.write(
-            f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}  {row[4]}\n"
-        )
+    console.print_table(rows, "<<>>", out)
 
 
 def format_conversation_table(items: Iterable[conversations.Planned], out: TextIO) -> None:
@@ -526,11 +522,7 @@ def format_conversation_table(items: Iterable[conversations.Planned], out: TextI
         rows.append(
             (f"{start:%Y-%m-%d}", f"{start:%H:%M:%S}", console.duration(item.conversation.seconds), audio, title)
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        out.write(
-            f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}  {row[4]}\n"
-        )
+    console.print_table(rows, "<<>>", out)
 
 
 def _jobs(text: str) -> int:
@@ -690,11 +682,7 @@ def export_uid(args: argparse.Namespace, store: storage.GcsStore | storage.Local
     if args.skip_existing:
         selection, starts, kept = resume_plan(args.uid, selection, args.out, args.gap, output)
     taken = {s.files[0].removesuffix(output.suffix).removesuffix("_part01") for s in kept or []}
-    bar = console.progress_bar(len(selection.chunks), args.quiet)
-
-    def warn(message: str) -> None:
-        console.say(f"warning: {message}", bar)
-
+    progress = console.Progress(len(selection.chunks), args.quiet)
     summary, failed = run_export(
         lambda: export_sessions(
             store,
@@ -703,15 +691,15 @@ def export_uid(args: argparse.Namespace, store: storage.GcsStore | storage.Local
             args.out,
             args.gap,
             args.jobs,
-            progress=bar.update if bar is not None else None,
-            warn=warn,
+            progress=progress.update,
+            warn=progress.warn,
             output=output,
             starts=starts,
             taken=taken,
         ),
         "sessions",
         where,
-        bar,
+        progress,
     )
     if failed is not None:
         return failed
@@ -730,13 +718,11 @@ def export_by_conversation(
     args: argparse.Namespace, store: storage.GcsStore | storage.LocalStore, output: OutputFormat, where: str
 ) -> int:
     """``--by conversation``: see `omi_audio.conversations`; returns the exit status."""
-    bar = None
-
-    def warn(message: str) -> None:
-        console.say(f"warning: {message}", bar)
-
+    progress = console.Progress()  # warnings only, until the download's bar
     try:
-        stored, skipped = conversations.read_conversations(store, args.uid, args.since, args.until, args.jobs, warn)
+        stored, skipped = conversations.read_conversations(
+            store, args.uid, args.since, args.until, args.jobs, progress.warn
+        )
         if not stored and not skipped:
             raise NothingFound(f"no conversations for uid {args.uid} in {where}{_window(args)}")
         if not stored:
@@ -753,14 +739,16 @@ def export_by_conversation(
     items = []
     for item in conversations.plan(stored, chunks, None if args.list else args.out):
         if item.cut is not None and output.part_limit < item.cut.frames * FRAME_BYTES:
-            warn(
+            progress.warn(
                 f"skipped {item.conversation.info.name}: its {console.duration(item.cut.seconds)} of audio"
                 f" is more than one {output.suffix[1:].upper()} file holds: use --format flac"
             )
             skipped.append(item.conversation.info.name)
             continue
         if item.cut is not None and item.cut.other_rate:
-            warn(f"{item.stem}: {item.cut.other_rate} chunk(s) at another sample rate left out, silence instead")
+            progress.warn(
+                f"{item.stem}: {item.cut.other_rate} chunk(s) at another sample rate left out, silence instead"
+            )
         items.append(item)
     if args.list:
         format_conversation_table(items, sys.stdout)
@@ -772,7 +760,7 @@ def export_by_conversation(
         for item in items:
             item.kept = conversations.already_complete(args.out, item, output)
         todo = [item for item in items if not item.kept]
-    bar = console.progress_bar(sum(len(item.cut.pieces) for item in todo if item.cut), args.quiet)
+    progress = console.Progress(sum(len(item.cut.pieces) for item in todo if item.cut), args.quiet)
     _, failed = run_export(
         lambda: conversations.export(
             todo,
@@ -780,12 +768,12 @@ def export_by_conversation(
             output,
             lambda wanted: download_in_order(reads_per_thread(store), wanted, args.jobs),
             lambda data: check_chunk(data, output.max_sample_rate),
-            bar.update if bar is not None else None,
-            warn,
+            progress.update,
+            progress.warn,
         ),
         "conversations",
         where,
-        bar,
+        progress,
     )
     if failed is not None:
         return failed
@@ -796,8 +784,10 @@ def export_by_conversation(
     return EXIT_SKIPPED if written == 0 and skipped else written
 
 
-def run_export(work: Callable[[], _T], what: str, where: str, bar) -> tuple[_T | None, int | None]:
-    """Run `work` with SIGTERM taken as Ctrl-C, then close `bar`.
+def run_export(
+    work: Callable[[], _T], what: str, where: str, progress: console.Progress
+) -> tuple[_T | None, int | None]:
+    """Run `work` with SIGTERM taken as Ctrl-C, then close `progress`.
 
     Returns:
         (what `work` returned, None), or (None, the exit status) once it failed
@@ -816,8 +806,7 @@ def run_export(work: Callable[[], _T], what: str, where: str, bar) -> tuple[_T |
         console.say(f"error: could not read from {where}: {exc}")
         return None, 1
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
 

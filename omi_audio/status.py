@@ -250,11 +250,7 @@ def format_report(statuses: list[UidStatus], alert_after: timedelta, out) -> Non
                     gap,
                 )
             )
-        widths = [max(len(row[i]) for row in rows) for i in range(7)]
-        for row in rows:
-            cells = [f"{row[0]:<{widths[0]}}"] + [f"{cell:>{widths[i]}}" for i, cell in enumerate(row[1:5], 1)]
-            cells += [f"{row[5]:<{widths[5]}}", f"{row[6]:<{widths[6]}}", row[7]]
-            out.write("  ".join(cells).rstrip() + "\n")
+        console.print_table(rows, "<>>>><<", out)
 
 
 def as_json(statuses: list[UidStatus], now: datetime, alert_after: timedelta, stale: bool) -> str:
