@@ -117,14 +117,26 @@ class Planned:
     kept: bool = False
 
     def gaps(self) -> list[dict[str, float]]:
-        """Each hole's start and length in the file, in seconds, and what was left out of a long one."""
-        if self.cut is None:
+        """Each hole inside the conversation's own span: its start and length in the file, in seconds,
+        and what was left out of a long one.
+
+        Silence in the file's `archive.CONVERSATION_PAD` before ``started_at`` or
+        after ``finished_at`` is not a hole: the pad is the export's margin, not
+        part of the conversation, so a hole reaching into it is cut at the span's edge.
+        """
+        cut = self.cut
+        if cut is None:
             return []
-        rate = self.cut.sample_rate
+        rate = cut.sample_rate
+        low = round(cut.in_file((self.conversation.started_at - cut.start).total_seconds()) * rate)  # frames
+        high = round(cut.in_file((self.conversation.finished_at - cut.start).total_seconds()) * rate)
         found = []
         for hole in self.holes:
-            gap = {"start": hole.at / rate, "seconds": hole.frames / rate}
-            if hole.left_out:
+            start, end = max(hole.at, low), min(hole.at + hole.frames, high)
+            if end <= start:
+                continue
+            gap = {"start": start / rate, "seconds": (end - start) / rate}
+            if hole.left_out and start <= hole.at + hole.frames // 2 <= end:
                 gap["left_out"] = hole.left_out / rate
             found.append(gap)
         return found
@@ -138,17 +150,17 @@ def read_conversations(
     jobs: int,
     warn: Callable[[str], None],
 ) -> tuple[list[archive.Conversation], list[str]]:
-    """The newest version of every conversation of `uid` whose span overlaps ``[since, until)``, by start.
+    """One version of every conversation of `uid` whose span overlaps ``[since, until)``, by start.
 
     Lists the conversations that began from `storage.CONVERSATION_LOOKBACK`
-    before `since`, reads the newest version of each (small JSON documents,
-    `jobs` at a time), each on its own: one that cannot be read or placed
+    before `since`, reads the version of each that `archive.preferred_versions`
+    picks (small JSON documents, `jobs` at a time), each on its own: one that cannot be read or placed
     (`archive.conversation_from`) is skipped, named in one call to `warn`.
 
     Returns:
         The conversations, and the names of the objects skipped.
     """
-    infos = storage.newest_versions(store.list_conversations(uid, *archive.conversation_range(since, until)))
+    infos = archive.preferred_versions(store.list_conversations(uid, *archive.conversation_range(since, until)))
     skipped: list[str] = []
 
     def read(info: storage.ConversationInfo) -> archive.Conversation | None:

@@ -856,8 +856,8 @@ def _window(args: argparse.Namespace) -> str:
 
 def _print_conversation_summary(items: list[conversations.Planned], listed: bool, skipped: int = 0) -> None:
     with_audio = [item for item in items if item.cut is not None]
-    holes = [hole for item in with_audio for hole in item.holes]
-    silence = sum(h.frames / item.cut.sample_rate for item in with_audio for h in item.holes)
+    holes = [gap for item in with_audio for gap in item.gaps()]  # inside each span: the pads are not holes
+    silence = sum(gap["seconds"] for gap in holes)
     kept = sum(1 for item in items if item.kept)
     verb = "would be written (listed from metadata; no audio downloaded)" if listed else "written"
     line = (
@@ -866,7 +866,7 @@ def _print_conversation_summary(items: list[conversations.Planned], listed: bool
         f" {len(items) - len(with_audio)} with no audio;"
         f" {len(holes)} hole(s) of {console.duration(silence)} filled with silence"
     )
-    left_out = sum(h.left_out / item.cut.sample_rate for item in with_audio for h in item.holes)
+    left_out = sum(gap.get("left_out", 0.0) for gap in holes)
     if left_out:
         line += f" ({console.duration(left_out)} more with no audio left out)"
     if kept:

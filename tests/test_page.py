@@ -472,3 +472,47 @@ def test_the_heading_names_one_day_once(tmp_path):
     one = {"stem": "a", "started_at": start, "seconds": 5.0, "audio": "a.wav"}
     html = page.write_index(tmp_path, "u", [], [one], [], tz=UTC).read_text()
     assert "Tuesday 1 December 2026 ·" in html and " to Tuesday" not in html
+
+
+PADS_RATE = 16000
+PADS_START = datetime(2026, 11, 30, 14, 3, 0, tzinfo=UTC)
+
+
+def planned_with_audio_at(pieces: list[tuple[float, float]], seconds: float):
+    """One conversation of `seconds` from PADS_START, planned over chunks at (offset, length) seconds."""
+    from types import SimpleNamespace
+
+    from omi_audio import archive, conversations
+
+    chunks = []
+    for offset, length in pieces:
+        frames = round(length * PADS_RATE)
+        listed = archive.Chunk(f"c{offset}", PADS_START, 0, wav.HEADER_SIZE + 2 * frames, PADS_RATE, 2 * frames)
+        chunks.append(archive.CapturedChunk(listed, PADS_START + timedelta(seconds=offset), frames, PADS_RATE))
+    info = SimpleNamespace(parts=SimpleNamespace(conversation_id="c-1"))
+    body = {"id": "c-1", "structured": {"title": "Pads"}}
+    finished = PADS_START + timedelta(seconds=seconds)
+    [item] = conversations.plan([archive.Conversation(info, body, PADS_START, finished)], chunks, None)
+    return item
+
+
+def test_the_exports_own_pads_are_not_holes_only_silence_inside_the_span_is():
+    """Audio stored 2 s before the start, then none until 1 s in; none from 9 s to 1 s after
+    the end: the file holds two 2 s silences, and only the half of each inside the span is a hole."""
+    from omi_audio import conversations
+
+    item = planned_with_audio_at([(-2, 1), (1, 8), (11, 1)], 10)
+    assert [(h.at / PADS_RATE, h.frames / PADS_RATE) for h in item.holes] == [(1.0, 2.0), (11.0, 2.0)]  # in the file
+
+    assert item.gaps() == [{"start": 2.0, "seconds": 1.0}, {"start": 11.0, "seconds": 1.0}]
+    html = page.render(UID, [conversations.page_conversation(item, ".wav")], [], [], tz=UTC)
+    assert "2 holes, at 0:02 (1 s), 0:11 (1 s)" in html
+
+
+def test_a_conversation_with_audio_throughout_its_span_has_no_holes_whatever_its_pads_hold():
+    from omi_audio import conversations
+
+    item = planned_with_audio_at([(-2, 0.5), (0, 20), (21.5, 0.5)], 20)  # half a second in each pad
+    assert len(item.holes) == 2 and item.gaps() == []
+    html = page.render(UID, [conversations.page_conversation(item, ".wav")], [], [], tz=UTC)
+    assert "Silence where no audio" not in html
