@@ -369,6 +369,30 @@ def plan_cut(
 
 # Where a transcript segment may carry the speaker's name, beside the diarised label.
 SPEAKER_NAME_FIELDS = ("speaker_name", "person_name", "name")
+# Omi's Developer API marks no segment as the wearer's (no "is_user"): it names the
+# wearer's own by their profile name, or this when they have none.
+API_WEARER_NAME = "User"
+# The metadata "source" of a conversation `omi-audio import` stored from the Developer API.
+IMPORTED_SOURCE = "developer-api"
+
+
+def preferred_versions(infos: Iterable[storage.ConversationInfo]) -> list[storage.ConversationInfo]:
+    """One version per conversation id, sorted by start: the webhook's received last, else the import's.
+
+    The webhook's body is the fuller one (``is_user`` on each segment, the whole
+    ``structured``); an imported copy stands in only for a conversation the webhook
+    never delivered, even when it was stored later (an import running while the
+    webhook delivers the same conversation, or a clock ahead on the importing machine).
+    """
+    infos = list(infos)
+    delivered = {info.parts.conversation_id for info in infos if info.metadata.get("source") != IMPORTED_SOURCE}
+    return storage.newest_versions(
+        info
+        for info in infos
+        if info.metadata.get("source") != IMPORTED_SOURCE or info.parts.conversation_id not in delivered
+    )
+
+
 _SPEAKER_LABEL_RE = re.compile(r"SPEAKER_0*(\d+)")
 
 
@@ -442,8 +466,8 @@ class Conversation:
 
 
 def speaker_of(segment: dict[str, Any]) -> str:
-    """ "You" for the wearer, else the speaker's name when the segment has one, else "Speaker N"."""
-    if segment.get("is_user") is True:
+    """ "You" for the wearer (``is_user``, or the Developer API's "User"), else the speaker's name, else "Speaker N"."""
+    if segment.get("is_user") is True or ("is_user" not in segment and segment.get("speaker_name") == API_WEARER_NAME):
         return "You"
     for name_field in SPEAKER_NAME_FIELDS:
         name = segment.get(name_field)
