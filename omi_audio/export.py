@@ -836,9 +836,9 @@ def write_page(
     sessions: list[dict],
     spans: list[tuple[datetime, datetime]],
 ) -> int:
-    """index.html in `out_dir` (see `page.write_index`); returns the exit status."""
+    """index.html in `out_dir` from everything exported into it (see `page.update_index`); returns the exit status."""
     try:
-        page.write_index(out_dir, uid, conversation_entries, sessions, spans)
+        page.update_index(out_dir, uid, conversation_entries, sessions, spans)
     except OSError as exc:
         console.say(f"error: could not write {out_dir / 'index.html'}: {exc}")
         return 1

@@ -25,6 +25,8 @@ from urllib.parse import quote
 
 TEMPLATE = Path(__file__).with_name("page.html")
 INDEX_NAME = "index.html"
+# Beside it, what every export into the folder gave the page (see `update_index`).
+INDEX_DATA = "index.json"
 
 # A conversation with neither its end nor any audio is drawn this long on the
 # timeline, so it can still be seen and clicked.
@@ -75,6 +77,90 @@ def write_index(
     return path
 
 
+def update_index(
+    out_dir: Path,
+    uid: str,
+    conversations: list[dict],
+    sessions: list[dict],
+    audio_spans: list[tuple[datetime, datetime]],
+    tz: tzinfo | None = None,
+) -> Path:
+    """Merge what this export wrote into the folder's `index.json`, then write `index.html`
+    from everything it holds, so one page lists every export into the folder.
+
+    `index.json` keeps each conversation by its id and each session by its file's
+    stem (a newer export of the same one replaces it; exporting it again changes
+    nothing), the stored-audio spans as their union, and the uids.  Entries whose
+    files are no longer in the folder are dropped.  Arguments as in `write_index`.
+    """
+    out_dir = Path(out_dir)
+    held = read_index(out_dir)
+    found_conversations = {_conversation_key(c): c for c in held["conversations"]}
+    found_conversations.update({_conversation_key(c): c for c in conversations})
+    found_sessions = {str(s["stem"]): s for s in held["sessions"]}
+    found_sessions.update({str(s["stem"]): s for s in sessions})
+    merged = {
+        "uids": sorted({*held["uids"], uid}),
+        "conversations": sorted(
+            (c for c in found_conversations.values() if (out_dir / f"{c['stem']}.json").is_file()),
+            key=lambda c: (str(c.get("started_at") or ""), str(c["stem"])),
+        ),
+        "sessions": sorted(
+            (s for s in found_sessions.values() if (out_dir / str(s.get("audio") or "")).is_file()),
+            key=lambda s: (str(s.get("started_at") or ""), str(s["stem"])),
+        ),
+        "spans": _union([*held["spans"], *((_utc(a), _utc(b)) for a, b in audio_spans)]),
+    }
+    document = {**merged, "spans": [[a.isoformat(), b.isoformat()] for a, b in merged["spans"]]}
+    temporary = out_dir / f".{INDEX_DATA}.partial"
+    temporary.write_text(json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")
+    temporary.replace(out_dir / INDEX_DATA)
+    return write_index(
+        out_dir, ", ".join(merged["uids"]), merged["conversations"], merged["sessions"], merged["spans"], tz
+    )
+
+
+def read_index(out_dir: Path) -> dict:
+    """What the folder's `index.json` holds: uids, conversations, sessions, spans (empty when there is none)."""
+    try:
+        document = json.loads((Path(out_dir) / INDEX_DATA).read_bytes())
+    except (OSError, ValueError):
+        document = {}
+    if not isinstance(document, dict):
+        document = {}
+
+    def listed(key: str) -> list:
+        value = document.get(key)
+        return value if isinstance(value, list) else []
+
+    spans = []
+    for span in listed("spans"):
+        if isinstance(span, list) and len(span) == 2:
+            start, end = _parse(span[0]), _parse(span[1])
+            if start and end:
+                spans.append((start, end))
+    return {
+        "uids": [u for u in listed("uids") if isinstance(u, str)],
+        "conversations": [c for c in listed("conversations") if isinstance(c, dict) and c.get("stem")],
+        "sessions": [s for s in listed("sessions") if isinstance(s, dict) and s.get("stem")],
+        "spans": spans,
+    }
+
+
+def _conversation_key(conversation: dict) -> str:
+    return f"id:{conversation['id']}" if conversation.get("id") else f"stem:{conversation['stem']}"
+
+
+def _union(spans: Iterable[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    merged: list[tuple[datetime, datetime]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        elif end > start:
+            merged.append((start, end))
+    return merged
+
+
 def render(
     uid: str,
     conversations: list[dict],
@@ -84,20 +170,19 @@ def render(
 ) -> str:
     """The whole page as one string (see `write_index`)."""
     local = _converter(tz)
-    items = [_conversation_item(c, local) for c in conversations]
-    kind = "conversation"
-    if not items:
-        items = [_session_item(s, local) for s in sessions]
-        kind = "session"
+    talks = [_conversation_item(c, local) for c in conversations]
+    recordings = [_session_item(s, local) for s in sessions]
+    kind = "mixed" if talks and recordings else "conversation" if talks or not recordings else "session"
+    items = _nest(talks, recordings)
     spans = [(local(_utc(start)), local(_utc(end))) for start, end in audio_spans]
     spans = [(start, end) for start, end in spans if end > start]
     days = _days(items, spans, local, tz)
     fill = {
         "title": escape(f"Recordings of {uid}"),
-        "heading": _heading(uid, items, kind),
-        "days": _legend(kind) + "".join(_day_html(day, kind) for day in days) if days else _nothing_html(),
+        "heading": _heading(uid, talks, recordings),
+        "days": _legend(talks, recordings) + "".join(_day_html(day) for day in days) if days else _nothing_html(),
         "kind": kind,
-        "data": _data_block(uid, kind, [item for day in days for item in day.items]),
+        "data": _data_block(uid, kind, [each for day in days for item in day.items for each in (item, *item.children)]),
     }
     template = TEMPLATE.read_text(encoding="utf-8")
     if sorted(_MARKER_RE.findall(template)) != sorted(fill):
@@ -127,6 +212,9 @@ class _Item:
     seconds: float
     source: dict
     audio: str | None
+    kind: str = "conversation"  # or "session"
+    children: list[_Item] = field(default_factory=list)  # a session's conversations, newest first
+    parent: _Item | None = None  # the session a conversation happened in
 
 
 @dataclass
@@ -194,7 +282,32 @@ def _session_item(session: dict, local: Callable[[datetime], datetime]) -> _Item
         seconds=seconds,
         source=session,
         audio=session.get("audio") or None,
+        kind="session",
     )
+
+
+def _nest(talks: list[_Item], recordings: list[_Item]) -> list[_Item]:
+    """Each conversation inside the session it overlaps most; the listed items (sessions and
+    the conversations in none)."""
+    top = list(recordings)
+    for talk in talks:
+        best, most = None, -1.0
+        if talk.start is not None:
+            end = talk.end or talk.start
+            for recording in recordings:
+                if recording.start is None or recording.end is None:
+                    continue
+                overlap = (min(end, recording.end) - max(talk.start, recording.start)).total_seconds()
+                if overlap >= 0 and overlap > most:
+                    best, most = recording, overlap
+        if best is None:
+            top.append(talk)
+        else:
+            talk.parent = best
+            best.children.append(talk)
+    for recording in recordings:
+        recording.children.sort(key=lambda item: (item.start, item.stem), reverse=True)
+    return top
 
 
 def _midnight(day: date, tz: tzinfo | None) -> datetime:
@@ -272,10 +385,16 @@ def _src(name: str) -> str:
     return escape(quote(name, safe=""))
 
 
-def _heading(uid: str, items: list[_Item], kind: str) -> str:
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _heading(uid: str, talks: list[_Item], recordings: list[_Item]) -> str:
+    items = [*talks, *recordings]
     dated = sorted(item.start for item in items if item.start)
-    noun = kind if len(items) == 1 else f"{kind}s"
-    parts = [f"{len(items)} {noun}"]
+    parts = [_counted(len(talks), "conversation")] if talks or not recordings else []
+    if recordings:
+        parts.append(_counted(len(recordings), "recording"))
     if dated:
         first, last = _day_label(dated[0].date()), _day_label(dated[-1].date())
         parts.append(first if first == last else f"{first} to {last}")
@@ -285,11 +404,13 @@ def _heading(uid: str, items: list[_Item], kind: str) -> str:
     return f"<h1>Recordings of <span class=uid>{escape(uid)}</span></h1><p class=summary>{summary}</p>"
 
 
-def _legend(kind: str) -> str:
-    return (
-        "<p class=legend>Each day's strip shows 24 hours: <span class=key-audio></span> audio stored, "
-        f"<span class=key-item></span> a {kind} (click it to open).</p>"
-    )
+def _legend(talks: list[_Item], recordings: list[_Item]) -> str:
+    keys = ["<span class=key-audio></span> audio stored"]
+    if recordings:
+        keys.append("<span class=key-session></span> a recording")
+    if talks or not recordings:
+        keys.append("<span class=key-item></span> a conversation")
+    return f"<p class=legend>Each day's strip shows 24 hours: {', '.join(keys)} (click one to open it).</p>"
 
 
 def _nothing_html() -> str:
@@ -307,13 +428,16 @@ def _timeline_html(day: _Day) -> str:
     for start, end in day.spans:
         left = _position(start, day)
         parts.append(f'<span class=tl-audio style="left:{left:.3f}%;width:{_position(end, day) - left:.3f}%"></span>')
-    for item in day.items:
+    shown = [item for item in day.items if item.kind == "session"]  # sessions under their conversations
+    shown += [each for item in day.items for each in (item, *item.children) if each.kind == "conversation"]
+    for item in shown:
         left = _position(item.start, day)
         end = item.end or item.start + timedelta(seconds=MIN_MARK_SECONDS)
         width = max(_position(end, day) - left, MIN_MARK_SECONDS / whole * 100)
         label = f"{_clock(item.start)} {item.emoji} {item.title}".replace("  ", " ")
+        css = "tl-item tl-session" if item.kind == "session" else "tl-item"
         parts.append(
-            f'<a class=tl-item href="#{escape(item.stem)}" data-stem="{escape(item.stem)}" '
+            f'<a class="{css}" href="#{escape(item.stem)}" data-stem="{escape(item.stem)}" '
             f'style="left:{left:.3f}%;width:{width:.3f}%" title="{escape(label)}">'
             f"<span class=visually-hidden>{escape(label)}</span></a>"
         )
@@ -327,30 +451,30 @@ def _timeline_html(day: _Day) -> str:
     )
 
 
-def _day_html(day: _Day, kind: str) -> str:
+def _day_html(day: _Day) -> str:
     if day.day == date.min:
         head = "<h2>Date unknown</h2>"
         timeline = ""
     else:
         head = f'<h2><time datetime="{day.day.isoformat()}">{_day_label(day.day)}</time></h2>'
         timeline = _timeline_html(day)
-    articles = "".join(_article_html(item, kind) for item in day.items)
+    articles = "".join(_article_html(item) for item in day.items)
     if not articles:
-        articles = f"<p class=empty>Audio was stored this day, but no {kind} was exported.</p>"
-    height = DAY_HEAD_REM + ARTICLE_REM * max(1, len(day.items))
+        articles = "<p class=empty>Audio was stored this day, but nothing of it was exported here.</p>"
+    height = DAY_HEAD_REM + ARTICLE_REM * max(1, sum(1 + len(item.children) for item in day.items))
     return (
         f'<section class=day id="day-{day.day.isoformat()}" style="contain-intrinsic-size:auto {height:g}rem">'
         f"{head}{timeline}{articles}</section>"
     )
 
 
-def _meta_html(item: _Item, kind: str) -> str:
+def _meta_html(item: _Item) -> str:
     parts = []
     if item.start:
         parts.append(f'<time datetime="{item.start.isoformat()}">{_clock(item.start)}</time>')
     if item.seconds:
         parts.append(f"<span class=duration>{duration_text(item.seconds)}</span>")
-    if kind == "conversation":
+    if item.kind == "conversation":
         coverage = item.source.get("coverage")
         if not item.audio:
             parts.append("<span class=coverage data-none>no audio</span>")
@@ -382,12 +506,12 @@ def _hole_length(gap: dict) -> str:
     return f"{duration_text(seconds + left_out)}, shortened to {duration_text(seconds)}"
 
 
-def _article_html(item: _Item, kind: str) -> str:
+def _article_html(item: _Item) -> str:
     """The article as it reads without a script.  Its player and transcript are made
     by the script when it is opened: 2,000 media elements and half a million lines
     would take the first view seconds to build.  Without a script, the player is the
     `<noscript>` one (parsed only then) and the transcript is the .vtt file."""
-    stem = escape(item.stem)
+    stem, kind = escape(item.stem), item.kind
     emoji = f"<span class=emoji aria-hidden=true>{escape(item.emoji)}</span> " if item.emoji else ""
     overview = item.source.get("overview") if kind == "conversation" else None
     overview_html = f"<p class=overview>{escape(str(overview))}</p>" if overview else ""
@@ -402,13 +526,26 @@ def _article_html(item: _Item, kind: str) -> str:
     links = " ".join(f'<a href="{_src(name)}">{escape(Path(name).suffix[1:].upper())}</a>' for name in files)
     gaps = _gaps_html(item.source.get("gaps") or [])
     transcript = "" if cues or kind != "conversation" else "<p class=no-transcript>No transcript.</p>"
-    summary = f"{len(cues)} lines" if cues else "Listen"
+    if cues:
+        summary = f"Play and read <span class=count>{len(cues)} lines</span>"
+    else:
+        summary = "Play" if item.audio else "Details"
+    holds = ""
+    if item.children:
+        listed = ", ".join(
+            f'<a href="#{escape(c.stem)}">{escape(f"{c.emoji} {c.title}".strip())}</a>'
+            + (f" ({_clock(c.start)})" if c.start else "")
+            for c in reversed(item.children)
+        )
+        holds = f"<p class=holds>{_counted(len(item.children), 'conversation')} in it: {listed}</p>"
+    inside = "".join(_article_html(child) for child in item.children)
+    inside = f"<div class=inside>{inside}</div>" if inside else ""
     return (
-        f'<article id="{stem}" class=item><header><h3>{emoji}<a href="#{stem}">{escape(item.title)}</a></h3>'
-        f"{_meta_html(item, kind)}</header>{overview_html}"
-        f"<details><summary>Play{' and read' if cues else ''} <span class=count>{summary}</span></summary>"
+        f'<article id="{stem}" class="item {kind}"><header><h3>{emoji}<a href="#{stem}">{escape(item.title)}</a></h3>'
+        f"{_meta_html(item)}</header>{overview_html}{holds}"
+        f"<details><summary>{summary}</summary>"
         f"<div class=listen><div class=player>{player}{gaps}<p class=files>Files: {links}</p></div>{transcript}</div>"
-        "</details></article>"
+        f"</details>{inside}</article>"
     )
 
 
@@ -418,11 +555,11 @@ def _data_block(uid: str, kind: str, items: list[_Item]) -> str:
     so a year of transcripts is never parsed at once (JSON escapes every newline
     inside a string, so a line is always one whole item)."""
     head = json_for_script({"uid": uid, "kind": kind})[:-1]
-    lines = [json_for_script(_item_data(item, kind)) for item in items]
+    lines = [json_for_script(_item_data(item)) for item in items]
     return head + ',"items":[\n' + ",\n".join(lines) + "\n]}"
 
 
-def _item_data(item: _Item, kind: str) -> dict:
+def _item_data(item: _Item) -> dict:
     """What the script needs of one article, compactly: its audio file, the words it is
     searched by, and its cues as [start, end, speaker number, text] (a year of
     transcripts is tens of megabytes; repeating key names would add half as much)."""
@@ -434,13 +571,14 @@ def _item_data(item: _Item, kind: str) -> dict:
             speakers.setdefault(str(cue.get("speaker") or ""), len(speakers)),
             str(cue.get("text") or ""),
         ]
-        for cue in ((item.source.get("cues") or []) if kind == "conversation" else [])
+        for cue in ((item.source.get("cues") or []) if item.kind == "conversation" else [])
     ]
     words = [str(item.source.get(key) or "") for key in ("title", "overview", "category")]
     return {
         "stem": item.stem,
         "audio": item.audio,
-        "words": " ".join(words) if kind == "conversation" else item.title,
+        "words": " ".join(words) if item.kind == "conversation" else item.title,
+        "kind": item.kind,
         "speakers": list(speakers),
         "cues": cues,
     }

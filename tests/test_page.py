@@ -230,6 +230,71 @@ def test_search_filters_by_title_overview_and_transcript(driver):
     assert len(shown()) == 4
 
 
+def hit(driver) -> dict | None:
+    return js(
+        driver,
+        "const li = document.querySelector('li.hit'); if (!li) return null;"
+        "const a = li.closest('article'), audio = a.querySelector('audio');"
+        "const marks = [...li.querySelectorAll('mark')].map(m => m.textContent);"
+        "return {stem: a.id, cue: Number(li.dataset.cue), marks,"
+        " time: audio.currentTime, paused: audio.paused, top: li.getBoundingClientRect().top, height: innerHeight}",
+    )
+
+
+def test_a_searched_phrase_lands_on_its_line_and_plays_from_it(driver):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    search = driver.find_element(By.ID, "search")
+    search.send_keys("move the DATE")
+    title = driver.find_element(By.ID, LAUNCH).find_element(By.CSS_SELECTOR, "h3 a")
+    assert title.find_elements(By.TAG_NAME, "mark") == []  # no word of it in the title
+    search.send_keys(Keys.ENTER)
+    wait(driver, lambda d: (hit(d) or {}).get("time", 0) > 0)
+    found = hit(driver)
+    assert (found["stem"], found["cue"]) == (LAUNCH, 4)  # "Then I'd rather move the date to the 14th."
+    assert found["marks"] == ["The", "the", "move", "the", "date", "the"]  # "Then" and "rather" hold "the"
+    assert 24.5 <= found["time"] < 26.0 and not found["paused"]  # playing from the line's start
+    assert 0 <= found["top"] < found["height"]  # in view
+    wait(driver, lambda d: current_line(d, LAUNCH) == 4)  # and the player highlights it
+
+
+def test_matches_are_marked_and_next_and_previous_go_from_line_to_line(driver):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    search = driver.find_element(By.ID, "search")
+    search.send_keys("launch")
+    marked = [m.text for m in driver.find_elements(By.CSS_SELECTOR, f'[id="{LAUNCH}"] mark')]
+    assert marked == ["launch", "launch"]  # in the title and the overview
+    search.send_keys(Keys.ENTER)
+    wait(driver, lambda d: hit(d) is not None)
+    assert (hit(driver)["stem"], hit(driver)["cue"]) == (LAUNCH, 0)
+    search.clear()
+    search.send_keys("I'll")
+    search.send_keys(Keys.ENTER)
+    wait(driver, lambda d: hit(d) is not None)
+    assert hit(driver)["cue"] == 6
+    search.send_keys(Keys.ARROW_DOWN)
+    wait(driver, lambda d: hit(d)["cue"] == 7)
+    driver.find_element(By.TAG_NAME, "h1").click()  # out of the box: n and N
+    driver.switch_to.active_element.send_keys("N")
+    wait(driver, lambda d: hit(d)["cue"] == 6)
+    driver.switch_to.active_element.send_keys("n")
+    wait(driver, lambda d: hit(d)["cue"] == 7)
+
+
+def test_a_search_with_no_match_says_so_where_the_list_was(driver):
+    from selenium.webdriver.common.by import By
+
+    none = driver.find_element(By.ID, "no-match")
+    assert not none.is_displayed()
+    driver.find_element(By.ID, "search").send_keys("zebra crossing")
+    assert none.is_displayed() and "Nothing matches “zebra crossing”" in none.text
+    top = js(driver, "return arguments[0].getBoundingClientRect().top", none)
+    assert 0 <= top < js(driver, "return innerHeight") / 2
+
+
 def test_space_plays_and_pauses_and_arrows_jump_five_seconds(driver):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
@@ -279,7 +344,7 @@ def test_an_anchor_opens_its_conversation_on_arrival(chromium, export):
     chromium.get((export / "index.html").as_uri() + f"#{LAUNCH}")
     assert driver_open(chromium, LAUNCH)
     assert not driver_open(chromium, BOOK_CLUB)
-    assert chromium.find_element(By.ID, LAUNCH).get_attribute("class") == "item current"
+    assert "current" in chromium.find_element(By.ID, LAUNCH).get_attribute("class").split()
 
 
 def driver_open(driver, stem: str) -> bool:
@@ -516,3 +581,61 @@ def test_a_conversation_with_audio_throughout_its_span_has_no_holes_whatever_its
     assert len(item.holes) == 2 and item.gaps() == []
     html = page.render(UID, [conversations.page_conversation(item, ".wav")], [], [], tz=UTC)
     assert "Silence where no audio" not in html
+
+
+# --- one page per export folder -----------------------------------------------------------
+
+
+def export_into(out: Path, local_dir: Path, *args: str) -> None:
+    from test_export_conversations import UID as STORED_UID
+
+    from omi_audio import cli
+
+    code = cli.main(["export", "--uid", STORED_UID, "--local-dir", str(local_dir), "--out", str(out), "--quiet", *args])
+    assert code == 0
+
+
+def test_every_export_into_a_folder_is_on_its_one_page_each_conversation_inside_its_session(
+    chromium, tmp_path, local_dir, capsys
+):
+    """Sessions, then conversations, then a later week: one page holds them all; a
+    conversation sits in the session it happened in, which names it; exporting a range
+    again changes nothing."""
+    from selenium.webdriver.common.by import By
+    from test_export_conversations import T0, conversation, put_conversation, store_audio
+
+    import storage
+
+    store = storage.LocalStore(local_dir)
+    later = T0 + timedelta(days=7)
+    store_audio(store, T0, 60)
+    store_audio(store, later, 40, seed=1)
+    put_conversation(store, conversation("c-1", T0 + timedelta(seconds=10), T0 + timedelta(seconds=40), "Launch plan"))
+    put_conversation(store, conversation("c-2", later + timedelta(seconds=5), later + timedelta(seconds=30), "Retro"))
+    out = tmp_path / "exported"
+    first_week = ("--since", "2026-11-30", "--until", "2026-11-30")
+    next_week = ("--since", "2026-12-07", "--until", "2026-12-07")
+
+    export_into(out, local_dir, *first_week)
+    export_into(out, local_dir, "--by", "conversation", *first_week)
+    export_into(out, local_dir, *next_week)
+    export_into(out, local_dir, "--by", "conversation", *next_week)
+    held = {name: (out / name).read_bytes() for name in ("index.json", "index.html")}
+    export_into(out, local_dir, *first_week)  # again: nothing changes
+    export_into(out, local_dir, "--by", "conversation", *first_week)
+    assert {name: (out / name).read_bytes() for name in held} == held
+
+    chromium.get((out / "index.html").as_uri())
+    sessions = [a.get_attribute("id") for a in chromium.find_elements(By.CSS_SELECTOR, "article.session")]
+    inside = {
+        s: [a.get_attribute("id") for a in chromium.find_elements(By.CSS_SELECTOR, f'[id="{s}"] article')]
+        for s in sessions
+    }
+    assert len(sessions) == 2
+    assert list(inside.values()) == [["2026-12-07_1403_Retro"], ["2026-11-30_1403_Launch-plan"]]
+    newer = chromium.find_element(By.ID, sessions[0])
+    assert "1 conversation in it: 🚀 Retro (" in newer.text
+    strip = [m.get_attribute("data-stem") for m in chromium.find_elements(By.CSS_SELECTOR, ".tl-item")]
+    assert sorted(strip) == sorted([*sessions, "2026-12-07_1403_Retro", "2026-11-30_1403_Launch-plan"])
+    assert "2 conversations · 2 recordings" in chromium.find_element(By.CSS_SELECTOR, ".summary").text
+    capsys.readouterr()
