@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from conftest import start_fake_gcs  # noqa: E402
-from counting_proxy import CountingProxy  # noqa: E402
+from storage_proxy import StorageProxy  # noqa: E402
 
 import storage  # noqa: E402
 import wav  # noqa: E402
@@ -171,7 +171,7 @@ def with_export(bucket_name: str, out_dir: Path, jobs: int) -> float:
 def start_proxy(upstream: str, latency_ms: float) -> tuple[subprocess.Popen, str]:
     """The latency proxy, in a process of its own: storage latency is not this process's CPU."""
     proxy = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "latency_proxy.py"), upstream, str(latency_ms / 1000)],
+        [sys.executable, str(ROOT / "tests" / "storage_proxy.py"), upstream, str(latency_ms / 1000)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -248,7 +248,7 @@ def range_cost(args: argparse.Namespace, tmp: Path) -> tuple[list, list, list[fl
         written = time.perf_counter() - written
         print(f"stored {ARCHIVE_DAYS} days of {args.per_day} chunks, and that day alone, in {written:.1f} s")
         for name, bucket_name in (("archive", archive), ("day alone", single)):
-            with CountingProxy(url) as counter:  # once, untimed: what the export asks storage for
+            with StorageProxy(url) as counter:  # once, untimed: what the export asks storage for
                 os.environ["STORAGE_EMULATOR_HOST"] = counter.url
                 export_day(bucket_name, tmp / f"counted-{name}")
             print(
@@ -302,7 +302,7 @@ def conversation_cost(args: argparse.Namespace, tmp: Path) -> tuple[int, int, in
             }
             raw = json.dumps(body).encode()
             store.put_conversation(UID, begun, body["id"], raw, {"received_at": begun.isoformat()}, 20)
-        with CountingProxy(url) as counter:
+        with StorageProxy(url) as counter:
             os.environ["STORAGE_EMULATOR_HOST"] = counter.url
             day = DAY.date().isoformat()
             with contextlib.redirect_stdout(io.StringIO()):

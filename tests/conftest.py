@@ -1,9 +1,10 @@
-"""Shared fixtures: a real GCS stand-in (fake-gcs-server), the function's test
-client, and independent WAV decoders."""
+"""Shared fixtures: a real GCS stand-in (fake-gcs-server) and a proxy in front of it,
+the function's test client, the command line run in-process, and independent WAV decoders."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -21,6 +22,7 @@ import pytest
 import requests
 import soundfile
 from hypothesis import HealthCheck, settings
+from storage_proxy import StorageProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -140,9 +142,12 @@ def fake_gcs(tmp_path_factory) -> str:
 
 @pytest.fixture(autouse=True)
 def clean_config(monkeypatch):
-    """Each test starts with no configuration of its own."""
+    """Each test starts with no configuration of its own, and as a new instance: the served
+    function builds its store from the configuration the test sets (the store is kept per instance)."""
     for name in CONFIG_VARS:
         monkeypatch.delenv(name, raising=False)
+    if "main" in sys.modules:
+        sys.modules["main"]._store = None
 
 
 @pytest.fixture
@@ -155,6 +160,15 @@ def bucket(fake_gcs, monkeypatch):
     created = client.create_bucket(name)
     monkeypatch.setenv("GCS_BUCKET_NAME", name)
     return created
+
+
+@pytest.fixture
+def proxy(bucket, fake_gcs, monkeypatch) -> Iterator[StorageProxy]:
+    """A proxy in front of fake-gcs-server that the function's storage client goes through
+    (a fresh bucket makes the function build a fresh client); arm faults on it."""
+    with StorageProxy(fake_gcs) as running:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", running.url)
+        yield running
 
 
 @pytest.fixture
@@ -200,6 +214,25 @@ def served_main(app):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+def log_lines(capsys, *never: str) -> list[dict]:
+    """The function's JSON log lines printed so far, none of them holding any of `never`."""
+    out = capsys.readouterr().out
+    assert not [secret for secret in never if secret in out], "a secret reached the log"
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run ``omi-audio *argv`` in-process; returns (exit status, stdout, stderr)."""
+    from omi_audio import cli
+
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def pcm_tone(seconds: float, rate: int = 16000, seed: int = 0) -> bytes:

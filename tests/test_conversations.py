@@ -22,11 +22,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import objects, serve_function
-from counting_proxy import CountingProxy
-from faultproxy import FaultProxy, is_any
+from conftest import log_lines, objects, serve_function
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from storage_proxy import StorageProxy, is_any
 
 import conversation
 import main
@@ -195,7 +194,7 @@ def test_an_open_ended_audio_listing_lists_no_conversation_name(bucket, fake_gcs
     store.put(UID, STARTED, b"RIFF", {}, "w1", 10)
     for n in range(5):
         store.put_conversation(UID, STARTED + timedelta(hours=n), f"c{n}", b"{}", {}, 10)
-    with CountingProxy(fake_gcs) as proxy:
+    with StorageProxy(fake_gcs) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
         chunks = list(storage.GcsStore(bucket.name).list_chunks(UID, STARTED - timedelta(days=1)))
     assert len(chunks) == 1
@@ -265,10 +264,6 @@ def post_json(client, payload, key: str | None = None, query: str = QUERY, **hea
     return client.post(f"/?{query}", data=body, headers=headers)
 
 
-def log_lines(capsys) -> list[dict]:
-    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-
-
 @pytest.fixture
 def configured(bucket, monkeypatch):
     monkeypatch.setenv("WEBHOOK_TOKEN", TOKEN)
@@ -276,18 +271,10 @@ def configured(bucket, monkeypatch):
 
 
 @pytest.fixture
-def proxy(configured, fake_gcs, monkeypatch):
-    """A fault proxy in front of fake-gcs-server, used by the function's storage client."""
-    with FaultProxy(fake_gcs) as running:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", running.url)
-        yield running
-
-
-@pytest.fixture
 def server(configured, fake_gcs, tmp_path):
     """The real functions-framework server, storing through a fault proxy."""
     with (
-        FaultProxy(fake_gcs) as faults,
+        StorageProxy(fake_gcs) as faults,
         serve_function(
             tmp_path / "server.log",
             GCS_BUCKET_NAME=configured.name,
@@ -592,7 +579,7 @@ def test_a_days_audio_listing_is_the_same_with_conversations_beside_it(bucket, f
         store.put(UID, day + timedelta(minutes=minute), b"RIFF", {}, f"w{minute}", 10)
 
     def listing(since, until):
-        with CountingProxy(fake_gcs) as proxy:
+        with StorageProxy(fake_gcs) as proxy:
             monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
             names = [chunk.name for chunk in storage.GcsStore(bucket.name).list_chunks(UID, since, until)]
         return names, len(proxy.list_calls), proxy.names_listed

@@ -23,13 +23,12 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from conftest import ROOT, assert_decodes, pcm_tone, stderr_on_a_terminal
-from counting_proxy import CountingProxy
-from latency_proxy import LatencyProxy
+from conftest import ROOT, assert_decodes, pcm_tone, run, stderr_on_a_terminal
+from storage_proxy import StorageProxy
 
 import storage
 import wav
-from omi_audio import archive, cli, export
+from omi_audio import archive, export
 
 UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"  # shaped like a Firebase uid
 T0 = datetime(2025, 3, 1, 14, 0, tzinfo=UTC)
@@ -69,16 +68,6 @@ def source(request, tmp_path):
     return storage.LocalStore(root), ["--local-dir", str(root)]
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the command in-process; returns (exit status, stdout, stderr)."""
-    try:
-        code = cli.main(["export", *args])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def wavs(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.wav"))
 
@@ -107,7 +96,7 @@ def test_sessions_split_where_chunks_stop_for_longer_than_the_gap(source, tmp_pa
     for at, pcm in zip(first + second, pcms, strict=True):
         put(store, at, pcm, key=str(uuid.uuid4()))
 
-    code, out, err = run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "out"))
+    code, out, err = run(capsys, "export", "--uid", UID, *args, "--out", str(tmp_path / "out"))
 
     assert (code, err) == (0, "")
     files = wavs(tmp_path / "out")
@@ -125,12 +114,14 @@ def test_default_gap_keeps_omi_bursts_of_up_to_120_seconds_together(tmp_path, ca
     for at, pcm in zip(times, pcms, strict=True):
         put(store, at, pcm, rate=8000)
 
-    code, _, _ = run(capsys, "--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path / "out"))
+    code, _, _ = run(
+        capsys, "export", "--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path / "out")
+    )
     assert code == 0
     [only] = wavs(tmp_path / "out")
     assert_session(only, 8000, pcms)
 
-    code, out, _ = run(capsys, "--uid", UID, "--local-dir", str(tmp_path / "rec"), "--list", "--gap", "60")
+    code, out, _ = run(capsys, "export", "--uid", UID, "--local-dir", str(tmp_path / "rec"), "--list", "--gap", "60")
     assert code == 0
     assert "3 session(s)" in out
 
@@ -142,8 +133,8 @@ def test_chunks_exactly_the_gap_apart_are_one_session_and_a_microsecond_more_mak
     for at, pcm in zip(times, pcms, strict=True):
         put(store, at, pcm)
 
-    code, out, _ = run(capsys, "--uid", UID, *args, "--gap", "10", "--out", str(tmp_path / "out"))
-    _, listed, _ = run(capsys, "--uid", UID, *args, "--gap", "10", "--list")
+    code, out, _ = run(capsys, "export", "--uid", UID, *args, "--gap", "10", "--out", str(tmp_path / "out"))
+    _, listed, _ = run(capsys, "export", "--uid", UID, *args, "--gap", "10", "--list")
 
     assert code == 0
     first, second = wavs(tmp_path / "out")
@@ -161,7 +152,7 @@ def test_a_sample_rate_change_starts_a_new_session(source, tmp_path, capsys):
     for i, pcm in enumerate(high):
         put(store, T0 + timedelta(seconds=3 + i), pcm, rate=RATE)
 
-    code, out, _ = run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "out"))
+    code, out, _ = run(capsys, "export", "--uid", UID, *args, "--out", str(tmp_path / "out"))
 
     assert code == 0
     first, second = wavs(tmp_path / "out")
@@ -183,7 +174,7 @@ def test_only_the_first_chunk_with_an_idempotency_key_is_kept(source, tmp_path, 
     # Chunks without a key are never taken for duplicates, even when identical.
     put(store, T0 + timedelta(seconds=4), pcms[3])
 
-    code, out, _ = run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "out"))
+    code, out, _ = run(capsys, "export", "--uid", UID, *args, "--out", str(tmp_path / "out"))
 
     assert code == 0
     [only] = wavs(tmp_path / "out")
@@ -205,7 +196,7 @@ def test_corrupt_and_foreign_objects_are_skipped_named_and_counted(source, tmp_p
         else:
             Path(store.location(name)).write_bytes(data)
 
-    code, out, err = run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "out"))
+    code, out, err = run(capsys, "export", "--uid", UID, *args, "--out", str(tmp_path / "out"))
 
     assert code == 0
     [only] = wavs(tmp_path / "out")
@@ -244,8 +235,8 @@ def test_unreadable_names_metadata_and_rates_are_each_one_warning_not_a_failed_r
     too_fast = storage.object_name(UID, T0 + timedelta(seconds=4))  # a rate no WAV header can hold
     write_object(store, too_fast, with_rate_field(wav.frame(pcms[2], RATE), 0xFFFFFFFF))
 
-    code, out, err = run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "out"))
-    list_code, listed, list_err = run(capsys, "--uid", UID, *args, "--list")
+    code, out, err = run(capsys, "export", "--uid", UID, *args, "--out", str(tmp_path / "out"))
+    list_code, listed, list_err = run(capsys, "export", "--uid", UID, *args, "--list")
 
     assert code == 0
     assert err.splitlines() == [
@@ -269,7 +260,7 @@ def test_a_chunk_at_a_rate_flac_cannot_hold_is_skipped_and_the_rest_written(tmp_
     put(store, T0 + timedelta(seconds=2), pcms[2])
     command = ["--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path / "out"), "--format", "flac"]
 
-    code, _, err = run(capsys, *command)
+    code, _, err = run(capsys, "export", *command)
 
     assert code == 0 and err.splitlines() == [
         f"warning: skipped {fast}: not a usable WAV chunk (sample rate 700000 Hz is more than the output format "
@@ -299,7 +290,7 @@ def test_a_chunk_deleted_after_listing_is_skipped_and_reported(source, tmp_path)
 
 
 def test_a_missing_bucket_is_a_clear_message_and_exit_1(fake_gcs, tmp_path, capsys):
-    code, out, err = run(capsys, "--uid", UID, "--bucket", "no-such-bucket", "--out", str(tmp_path / "out"))
+    code, out, err = run(capsys, "export", "--uid", UID, "--bucket", "no-such-bucket", "--out", str(tmp_path / "out"))
     assert (code, out) == (1, "")
     assert "could not list gs://no-such-bucket/" in err and "Not Found" in err
 
@@ -347,7 +338,7 @@ def test_nothing_usable_is_exit_1_and_writes_no_file(tmp_path, capsys):
     (root / UID).mkdir(parents=True)
     Path(storage.LocalStore(root).location(storage.object_name(UID, T0))).write_bytes(b"garbage")
 
-    code, _, err = run(capsys, "--uid", UID, "--local-dir", str(root), "--out", str(tmp_path / "out"))
+    code, _, err = run(capsys, "export", "--uid", UID, "--local-dir", str(root), "--out", str(tmp_path / "out"))
 
     assert code == 1
     assert "nothing exported" in err
@@ -365,14 +356,22 @@ def test_since_is_inclusive_and_until_is_exclusive(tmp_path, capsys):
     base = ["--uid", UID, "--local-dir", str(tmp_path / "rec")]
 
     code, _, _ = run(
-        capsys, *base, "--out", str(tmp_path / "a"), "--since", "2025-03-01T14:00:01Z", "--until", "2025-03-01T14:00:03"
+        capsys,
+        "export",
+        *base,
+        "--out",
+        str(tmp_path / "a"),
+        "--since",
+        "2025-03-01T14:00:01Z",
+        "--until",
+        "2025-03-01T14:00:03",
     )
     assert code == 0
     assert_session(wavs(tmp_path / "a")[0], RATE, pcms[1:3])
 
     # The same window written with an offset: 15:00:01+01:00 is 14:00:01 UTC.
     code, out, _ = run(
-        capsys, *base, "--list", "--since", "2025-03-01T15:00:01+01:00", "--until", "2025-03-01T14:00:03"
+        capsys, "export", *base, "--list", "--since", "2025-03-01T15:00:01+01:00", "--until", "2025-03-01T14:00:03"
     )
     assert code == 0 and "      2  " in out
 
@@ -386,7 +385,9 @@ def test_a_bare_date_means_the_whole_day(tmp_path, capsys):
         put(store, at, pcm)
 
     day = ["--since", "2025-03-01", "--until", "2025-03-01"]
-    code, _, _ = run(capsys, "--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path / "out"), *day)
+    code, _, _ = run(
+        capsys, "export", "--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path / "out"), *day
+    )
 
     assert code == 0
     first, last = wavs(tmp_path / "out")
@@ -398,11 +399,11 @@ def test_nothing_matching_is_a_clear_message_and_exit_1(source, tmp_path, capsys
     store, args = source
     put(store, T0, pcm_tone(0.25))
 
-    code, out, err = run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "out"), "--since", "2025-03-02")
+    code, out, err = run(capsys, "export", "--uid", UID, *args, "--out", str(tmp_path / "out"), "--since", "2025-03-02")
     assert (code, out) == (1, "")
     assert f"no chunks for uid {UID}" in err and "2025-03-02" in err
 
-    code, _, err = run(capsys, "--uid", "someone-else", *args, "--out", str(tmp_path / "out"))
+    code, _, err = run(capsys, "export", "--uid", "someone-else", *args, "--out", str(tmp_path / "out"))
     assert code == 1 and "unknown uid 'someone-else'" in err
     assert not (tmp_path / "out").exists() or wavs(tmp_path / "out") == []
 
@@ -425,14 +426,16 @@ def test_nothing_matching_is_a_clear_message_and_exit_1(source, tmp_path, capsys
 )
 def test_bad_arguments_exit_2(tmp_path, capsys, bad):
     (tmp_path / "rec").mkdir()
-    code, out, err = run(capsys, "--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path), *bad)
+    code, out, err = run(
+        capsys, "export", "--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path), *bad
+    )
     assert code == 2
     assert "error" in err and out == ""
 
 
 def test_out_is_required_unless_listing(tmp_path, capsys):
     (tmp_path / "rec").mkdir()
-    code, _, err = run(capsys, "--uid", UID, "--local-dir", str(tmp_path / "rec"))
+    code, _, err = run(capsys, "export", "--uid", UID, "--local-dir", str(tmp_path / "rec"))
     assert code == 2 and "--out" in err
 
 
@@ -444,7 +447,7 @@ def test_chunks_in_the_same_microsecond_export_in_suffix_order_past_nine(source,
     assert names[10].endswith("Z-10.wav") and names[12].endswith("Z-12.wav")
     assert sorted(names) != names  # text order would misplace them
 
-    code, _, _ = run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "out"))
+    code, _, _ = run(capsys, "export", "--uid", UID, *args, "--out", str(tmp_path / "out"))
 
     assert code == 0
     [only] = wavs(tmp_path / "out")
@@ -480,10 +483,11 @@ def test_exporting_one_day_of_thirty_lists_only_that_day(bucket, fake_gcs, tmp_p
             put(store, start + timedelta(days=day + 1, microseconds=-1), pcm_tone(0.01, RATE, i))  # -1 .. -3
     day = "2025-03-15"
 
-    with CountingProxy(fake_gcs) as proxy:
+    with StorageProxy(fake_gcs) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
         code, out, _ = run(
             capsys,
+            "export",
             "--uid",
             UID,
             "--bucket",
@@ -497,7 +501,7 @@ def test_exporting_one_day_of_thirty_lists_only_that_day(bucket, fake_gcs, tmp_p
         )
         exported = proxy.names_listed, len(proxy.list_calls), proxy.downloads
         proxy.reset()
-        run(capsys, "--uid", UID, "--bucket", bucket.name, "--list")
+        run(capsys, "export", "--uid", UID, "--bucket", bucket.name, "--list")
         whole = proxy.names_listed
 
     assert code == 0 and f"{per_day} chunk(s)" in out
@@ -520,7 +524,7 @@ def test_uid_is_taken_as_the_sender_sends_it_and_files_are_named_by_its_folder(s
         put(store, T0 + timedelta(seconds=i), pcm, uid=uid)
     put(store, T0, pcm_tone(0.1, RATE, 9))  # another uid's chunk at the same time
 
-    code, _, err = run(capsys, "--uid", uid, *args, "--out", str(tmp_path / "out"))
+    code, _, err = run(capsys, "export", "--uid", uid, *args, "--out", str(tmp_path / "out"))
 
     assert (code, err) == (0, "")
     [only] = outputs(tmp_path / "out")
@@ -544,8 +548,8 @@ def test_the_longest_uids_give_file_names_within_255_bytes_one_uid_each(bucket, 
         put(store, T0 + timedelta(hours=1), pcms[uid][1], uid=uid, rate=8000)
         put(store, T0 + timedelta(hours=1), pcms[uid][1], uid=uid)  # a rate change in the same microsecond
 
-        code, _, err = run(capsys, "--uid", uid, "--bucket", bucket.name, "--out", str(out / uid[-1]))
-        _, listed, _ = run(capsys, "--uid", uid, "--bucket", bucket.name, "--list")
+        code, _, err = run(capsys, "export", "--uid", uid, "--bucket", bucket.name, "--out", str(out / uid[-1]))
+        _, listed, _ = run(capsys, "export", "--uid", uid, "--bucket", bucket.name, "--list")
 
         assert (code, err) == (0, "")
         stem = export.uid_in_file_name(uid)
@@ -570,7 +574,7 @@ def test_a_uid_folder_that_fits_is_the_file_name_and_a_longer_one_is_cut(source,
     store, args = source
     put(store, T0, pcm_tone(0.1, RATE, 1), uid=uid)
 
-    code, _, err = run(capsys, "--uid", uid, *args, "--out", str(tmp_path / "out"))
+    code, _, err = run(capsys, "export", "--uid", uid, *args, "--out", str(tmp_path / "out"))
 
     assert (code, err) == (0, "")
     [only] = wavs(tmp_path / "out")
@@ -609,9 +613,9 @@ def test_flac_is_lossless_and_about_half_the_size(source, tmp_path, capsys):
         put(store, T0 + timedelta(seconds=i), pcm)
     put(store, T0 + timedelta(hours=1), pcms[0], rate=8000)
 
-    assert run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "wav"))[0] == 0
-    code, _, err = run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "flac"), "--format", "flac")
-    _, listed, _ = run(capsys, "--uid", UID, *args, "--list", "--format", "flac")
+    assert run(capsys, "export", "--uid", UID, *args, "--out", str(tmp_path / "wav"))[0] == 0
+    code, _, err = run(capsys, "export", "--uid", UID, *args, "--out", str(tmp_path / "flac"), "--format", "flac")
+    _, listed, _ = run(capsys, "export", "--uid", UID, *args, "--list", "--format", "flac")
 
     assert (code, err) == (0, "")
     flacs = outputs(tmp_path / "flac")
@@ -647,7 +651,7 @@ def test_skip_existing_keeps_complete_sessions_and_redoes_the_rest(source, tmp_p
     names = {at: [put(store, at + timedelta(seconds=i), pcm) for i, pcm in enumerate(audio[at])] for at in starts}
     out = tmp_path / "out"
     command = ["--uid", UID, *args, "--out", str(out)]
-    assert run(capsys, *command)[0] == 0
+    assert run(capsys, "export", *command)[0] == 0
     first, second, third = wavs(out)
     second.unlink()  # as if the export had been interrupted before this session
     # Change the stored audio of the first and third sessions: only a session that is
@@ -662,7 +666,7 @@ def test_skip_existing_keeps_complete_sessions_and_redoes_the_rest(source, tmp_p
     late = pcm_tone(0.2, RATE, 999)
     put(store, starts[2] + timedelta(seconds=3), late)
 
-    code, out_text, _ = run(capsys, *command, "--skip-existing")
+    code, out_text, _ = run(capsys, "export", *command, "--skip-existing")
 
     assert code == 0
     assert [f.name for f in wavs(out)] == [first.name, second.name, third.name]
@@ -671,7 +675,7 @@ def test_skip_existing_keeps_complete_sessions_and_redoes_the_rest(source, tmp_p
     assert_session(third, RATE, [*changed[starts[2]], late])  # grown: redone
     assert "2 session(s), 2 file(s) written" in out_text and "1 session(s) already complete, kept" in out_text
 
-    code, out_text, _ = run(capsys, *command, "--skip-existing")  # nothing left to do is still success
+    code, out_text, _ = run(capsys, "export", *command, "--skip-existing")  # nothing left to do is still success
     assert code == 0 and "0 session(s)" in out_text and "3 session(s) already complete, kept" in out_text
 
 
@@ -682,12 +686,12 @@ def test_skip_existing_redoes_a_file_cut_short_after_its_header(tmp_path, capsys
     for i, pcm in enumerate(pcms):
         put(store, T0 + timedelta(seconds=i), pcm)
     command = ["--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path / "out"), "--format", output]
-    assert run(capsys, *command)[0] == 0
+    assert run(capsys, "export", *command)[0] == 0
     [written] = outputs(tmp_path / "out")
     whole = written.read_bytes()
     os.truncate(written, len(whole) // 2)  # as a copy cut short would leave it: the header still says all
 
-    code, out, _ = run(capsys, *command, "--skip-existing")
+    code, out, _ = run(capsys, "export", *command, "--skip-existing")
 
     assert code == 0
     assert "1 session(s), 1 file(s) written" in out and "0 session(s) already complete, kept" in out
@@ -704,13 +708,13 @@ def test_skip_existing_resumes_flac_and_never_merges_the_sessions_around_a_kept_
     ):
         put(store, T0 + timedelta(seconds=i), pcm, rate=rate)
     command = ["--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path / "out"), "--format", "flac"]
-    assert run(capsys, *command)[0] == 0
+    assert run(capsys, "export", *command)[0] == 0
     files = outputs(tmp_path / "out")
     assert len(files) == 3
     files[0].unlink()
     files[2].unlink()
 
-    code, out, _ = run(capsys, *command, "--skip-existing")
+    code, out, _ = run(capsys, "export", *command, "--skip-existing")
 
     assert code == 0 and "1 session(s) already complete, kept" in out
     assert [f.name for f in outputs(tmp_path / "out")] == [f.name for f in files]
@@ -730,7 +734,7 @@ def test_list_prints_the_table_from_metadata_without_reading_audio(tmp_path, cap
     for name in names:  # the audio is gone; only names and metadata remain readable
         Path(store.location(name)).write_bytes(b"\xff" * 100)
 
-    code, out, err = run(capsys, "--uid", UID, "--local-dir", str(root), "--list")
+    code, out, err = run(capsys, "export", "--uid", UID, "--local-dir", str(root), "--list")
 
     assert (code, err) == (0, "")
     lines = out.splitlines()
@@ -754,8 +758,8 @@ def test_list_names_the_files_export_writes(source, tmp_path, capsys):
     for i, at in enumerate(omi_bursts(T0, 5, 2) + omi_bursts(T0 + timedelta(hours=2), 5, 1)):
         put(store, at, pcm_tone(0.1, RATE, i))
 
-    _, listed, _ = run(capsys, "--uid", UID, *args, "--list")
-    _, exported, _ = run(capsys, "--uid", UID, *args, "--out", str(tmp_path / "out"))
+    _, listed, _ = run(capsys, "export", "--uid", UID, *args, "--list")
+    _, exported, _ = run(capsys, "export", "--uid", UID, *args, "--out", str(tmp_path / "out"))
 
     assert listed.splitlines()[:-1] == exported.splitlines()[:-1]
     assert [line.split()[-1] for line in listed.splitlines()[1:-1]] == [f.name for f in wavs(tmp_path / "out")]
@@ -798,8 +802,8 @@ def test_a_second_export_replaces_its_files_and_leaves_no_temporary_files(tmp_pa
         put(store, T0 + timedelta(seconds=i), pcm)
     args = ["--uid", UID, "--local-dir", str(tmp_path / "rec"), "--out", str(tmp_path / "out")]
 
-    assert run(capsys, *args)[0] == 0
-    assert run(capsys, *args)[0] == 0
+    assert run(capsys, "export", *args)[0] == 0
+    assert run(capsys, "export", *args)[0] == 0
 
     [only] = outputs(tmp_path / "out")
     assert_session(only, RATE, pcms)
@@ -815,7 +819,7 @@ def test_an_interrupted_export_leaves_no_truncated_wav_and_resumes(bucket, fake_
         put(store, T0 + timedelta(hours=1, seconds=i), pcm)
     out = tmp_path / "out"
 
-    with LatencyProxy(fake_gcs, 0.02) as proxy:
+    with StorageProxy(fake_gcs, delay=0.02) as proxy:
         env = {**os.environ, "STORAGE_EMULATOR_HOST": proxy.url}
         command = [
             sys.executable,
@@ -845,7 +849,7 @@ def test_an_interrupted_export_leaves_no_truncated_wav_and_resumes(bucket, fake_
 
     # Run again with --skip-existing: the finished session is kept, the other written.
     store.bucket.blob(storage.object_name(UID, T0)).upload_from_string(wav.frame(pcm_tone(0.25, RATE, 5), RATE))
-    code, text, _ = run(capsys, "--uid", UID, "--bucket", bucket.name, "--out", str(out), "--skip-existing")
+    code, text, _ = run(capsys, "export", "--uid", UID, "--bucket", bucket.name, "--out", str(out), "--skip-existing")
     assert code == 0 and "1 session(s) already complete, kept" in text
     kept, written = wavs(out)
     assert kept == finished
@@ -856,27 +860,23 @@ def test_an_interrupted_export_leaves_no_truncated_wav_and_resumes(bucket, fake_
 # -- progress --------------------------------------------------------------------
 
 
-def test_progress_bar_shows_on_a_terminal_and_quiet_silences_it(tmp_path):
+@pytest.mark.parametrize(
+    ("command", "bar"),
+    [("export", ["/20 [", "chunk/s"]), ("status", ["listing: ", "name/s]"])],
+)
+def test_progress_bar_shows_on_a_terminal_and_quiet_silences_it(tmp_path, command, bar):
     store = storage.LocalStore(tmp_path / "rec")
+    recent = datetime.now(UTC) - timedelta(minutes=1)  # status lists the last days only
     for i in range(20):
-        put(store, T0 + timedelta(seconds=i), pcm_tone(0.1, RATE, i))
+        put(store, recent + timedelta(seconds=i), pcm_tone(0.1, RATE, i))
 
     def shown(*extra: str) -> str:
-        command = [
-            sys.executable,
-            "-m",
-            "omi_audio",
-            "export",
-            "--uid",
-            UID,
-            "--local-dir",
-            str(tmp_path / "rec"),
-            "--out",
-        ]
-        return stderr_on_a_terminal([*command, str(tmp_path / "out"), *extra])
+        args = ["--uid", UID, "--local-dir", str(tmp_path / "rec"), *extra]
+        out = ["--out", str(tmp_path / "out")] if command == "export" else []
+        return stderr_on_a_terminal([sys.executable, "-m", "omi_audio", command, *args, *out])
 
     output = shown()
-    assert "/20 [" in output and "chunk/s" in output
+    assert all(part in output for part in bar), output
     assert shown("--quiet") == ""
 
 
@@ -973,7 +973,7 @@ def test_audio_streamed_through_the_function_comes_back_as_sent(client, bucket, 
     assert client.post(f"/?sample_rate={RATE}&uid={UID}", data=tail).status_code == 200
     sent[1].append(tail)
 
-    code, out, err = run(capsys, "--uid", UID, "--out", str(tmp_path / "out"), "--gap", "1")
+    code, out, err = run(capsys, "export", "--uid", UID, "--out", str(tmp_path / "out"), "--gap", "1")
 
     assert (code, err) == (0, "")
     first, second = wavs(tmp_path / "out")
@@ -1000,7 +1000,7 @@ def test_the_export_bench_runs_end_to_end_and_prints_every_figure(tmp_path):
 def test_a_mistyped_uid_is_unknown_naming_the_known_ones(source, tmp_path, capsys):
     store, args = source
     store.put(UID, T0, wav.frame(pcm_tone(1.0), RATE), metadata(T0, pcm_tone(1.0), RATE), uuid.uuid4().hex, 10)
-    code, _, err = run(capsys, *args, "--uid", "nobody", "--out", str(tmp_path / "out"))
+    code, _, err = run(capsys, "export", *args, "--uid", "nobody", "--out", str(tmp_path / "out"))
     assert code == 1 and "unknown uid 'nobody'" in err and f"known: {UID!r}" in err
 
 
@@ -1008,6 +1008,6 @@ def test_the_escaped_folder_name_exports_the_uid_it_stands_for(source, tmp_path,
     store, args = source
     pcm = pcm_tone(1.0)
     store.put("Omi DevKit 2", T0, wav.frame(pcm, RATE), metadata(T0, pcm, RATE), uuid.uuid4().hex, 10)
-    code, _, err = run(capsys, *args, "--uid", "Omi~20DevKit~202", "--out", str(tmp_path / "out"))
+    code, _, err = run(capsys, "export", *args, "--uid", "Omi~20DevKit~202", "--out", str(tmp_path / "out"))
     assert code == 0 and "is the folder of the uid 'Omi DevKit 2'" in err
     assert [path.name for path in wavs(tmp_path / "out")] == [f"Omi~20DevKit~202_{storage.name_stamp(T0)}.wav"]

@@ -25,13 +25,11 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from conftest import ROOT, assert_decodes, pcm_tone, stderr_on_a_terminal
-from counting_proxy import CountingProxy
-from latency_proxy import LatencyProxy
-
 import storage
 import wav
+from conftest import ROOT, assert_decodes, pcm_tone, run, stderr_on_a_terminal
 from omi_audio import archive, cli, console, conversations, export, vtt
+from storage_proxy import StorageProxy
 
 UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"
 T0 = datetime(2026, 11, 30, 14, 3, tzinfo=UTC)
@@ -177,13 +175,7 @@ def source(request, tmp_path):
     return storage.LocalStore(root), ["--local-dir", str(root)]
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        code = cli.main(["export", "--uid", UID, "--by", "conversation", "--quiet", *args])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+BY_CONVERSATION = ("export", "--uid", UID, "--by", "conversation", "--quiet")
 
 
 def expected_file(store, started: datetime, finished: datetime) -> tuple[bytes, list[tuple[int, int]]]:
@@ -355,7 +347,7 @@ def test_a_conversation_becomes_its_audio_cut_sample_exact_with_silence_where_a_
     pcms = store_audio(store, T0, 60, skip=range(20, 25))  # seconds 20 to 25 never arrived
     raw = put_conversation(store, conversation("c-1", STARTED, FINISHED, "Product launch planning"))
 
-    code, out, err = run(capsys, *args, "--out", str(tmp_path / "out"))
+    code, out, err = run(capsys, *BY_CONVERSATION, *args, "--out", str(tmp_path / "out"))
 
     assert (code, err) == (0, "")
     stem = "2026-11-30_1403_Product-launch-planning"
@@ -395,7 +387,7 @@ def test_flac_holds_the_same_samples(source, tmp_path, capsys):
     store_audio(store, T0, 50, skip=range(30, 33))
     put_conversation(store, conversation("c-1", STARTED, FINISHED, "Flac"))
 
-    code, _, err = run(capsys, *args, "--out", str(tmp_path / "out"), "--format", "flac")
+    code, _, err = run(capsys, *BY_CONVERSATION, *args, "--out", str(tmp_path / "out"), "--format", "flac")
 
     assert (code, err) == (0, "")
     [flac] = (tmp_path / "out").glob("*.flac")
@@ -413,7 +405,7 @@ def test_the_newest_version_of_a_conversation_is_the_one_exported(source, tmp_pa
     put_conversation(store, conversation("c-1", STARTED, FINISHED, "Reprocessed"), T0 + timedelta(hours=2))
     put_conversation(store, conversation("c-1", STARTED, FINISHED, "Retried older"), T0 + timedelta(minutes=9))
 
-    code, out, _ = run(capsys, *args, "--out", str(tmp_path / "out"))
+    code, out, _ = run(capsys, *BY_CONVERSATION, *args, "--out", str(tmp_path / "out"))
 
     assert code == 0
     [document] = (tmp_path / "out").glob("*.json")
@@ -431,7 +423,7 @@ def test_a_conversation_without_stored_audio_gets_its_transcript_and_document_an
     put_conversation(store, conversation("c-1", STARTED, FINISHED, "Heard"))
     put_conversation(store, conversation("c-2", later, later + timedelta(minutes=1), "Phone was offline"))
 
-    code, out, _ = run(capsys, *args, "--out", str(tmp_path / "out"))
+    code, out, _ = run(capsys, *BY_CONVERSATION, *args, "--out", str(tmp_path / "out"))
 
     assert code == 0
     stem = "2026-11-30_1703_Phone-was-offline"
@@ -466,7 +458,7 @@ def test_nasty_titles_give_safe_unique_names_inside_the_folder(tmp_path, local_d
         put_conversation(store, conversation(f"c-{n}", start, start + timedelta(seconds=5), title))
 
     out_dir = tmp_path / "a" / "b" / "out"
-    code, _, _ = run(capsys, "--local-dir", str(local_dir), "--out", str(out_dir))
+    code, _, _ = run(capsys, *BY_CONVERSATION, "--local-dir", str(local_dir), "--out", str(out_dir))
 
     assert code == 0
     documents = sorted(p.name for p in out_dir.glob("*.json"))
@@ -491,7 +483,15 @@ def test_the_export_takes_conversations_that_overlap_the_range(tmp_path, local_d
         put_conversation(store, conversation(cid, start, end, cid))
 
     code, out, _ = run(
-        capsys, "--local-dir", str(local_dir), "--list", "--since", "2026-11-30", "--until", "2026-11-30"
+        capsys,
+        *BY_CONVERSATION,
+        "--local-dir",
+        str(local_dir),
+        "--list",
+        "--since",
+        "2026-11-30",
+        "--until",
+        "2026-11-30",
     )
 
     assert code == 0
@@ -506,9 +506,9 @@ def test_list_prints_the_table_and_downloads_no_audio(bucket, fake_gcs, tmp_path
     later = T0 + timedelta(hours=1)
     put_conversation(store, conversation("c-2", later, later + timedelta(minutes=65), "Long and unheard"))
 
-    with CountingProxy(fake_gcs) as proxy:
+    with StorageProxy(fake_gcs) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
-        code, out, err = run(capsys, "--bucket", bucket.name, "--list")
+        code, out, err = run(capsys, *BY_CONVERSATION, "--bucket", bucket.name, "--list")
 
     assert (code, err) == (0, "")
     lines = out.splitlines()
@@ -527,12 +527,12 @@ def test_skip_existing_keeps_finished_conversations_and_redoes_the_rest(source, 
     put_conversation(store, conversation("c-1", STARTED, FINISHED, "One"))
     put_conversation(store, conversation("c-2", STARTED + timedelta(seconds=5), FINISHED, "Two"))
     out_dir = tmp_path / "out"
-    assert run(capsys, *args, "--out", str(out_dir))[0] == 0
+    assert run(capsys, *BY_CONVERSATION, *args, "--out", str(out_dir))[0] == 0
     one, two = out_dir / "2026-11-30_1403_One.wav", out_dir / "2026-11-30_1403_Two.wav"
     first = one.stat().st_mtime_ns
     two.unlink()  # as if interrupted before it was written
 
-    code, out, _ = run(capsys, *args, "--out", str(out_dir), "--skip-existing")
+    code, out, _ = run(capsys, *BY_CONVERSATION, *args, "--out", str(out_dir), "--skip-existing")
 
     assert code == 0 and "1 already complete, kept" in out
     assert one.stat().st_mtime_ns == first
@@ -541,7 +541,7 @@ def test_skip_existing_keeps_finished_conversations_and_redoes_the_rest(source, 
 
     # A new version of a kept conversation is not complete: it is written again.
     put_conversation(store, conversation("c-1", STARTED, FINISHED, "One", language="de"), T0 + timedelta(days=1))
-    code, out, _ = run(capsys, *args, "--out", str(out_dir), "--skip-existing")
+    code, out, _ = run(capsys, *BY_CONVERSATION, *args, "--out", str(out_dir), "--skip-existing")
     assert code == 0 and "1 already complete, kept" in out
     assert json.loads((out_dir / "2026-11-30_1403_One.json").read_bytes())["language"] == "de"
 
@@ -550,10 +550,12 @@ def test_a_stem_held_by_another_conversations_files_is_not_overwritten(tmp_path,
     store = storage.LocalStore(local_dir)
     put_conversation(store, conversation("c-1", STARTED, STARTED + timedelta(seconds=5), "Standup"))
     out_dir = tmp_path / "out"
-    assert run(capsys, "--local-dir", str(local_dir), "--out", str(out_dir))[0] == 0
+    assert run(capsys, *BY_CONVERSATION, "--local-dir", str(local_dir), "--out", str(out_dir))[0] == 0
     put_conversation(store, conversation("c-2", STARTED + timedelta(seconds=20), FINISHED, "Standup"))
 
-    code, _, _ = run(capsys, "--local-dir", str(local_dir), "--out", str(out_dir), "--since", "2026-11-30T14:03:20")
+    code, _, _ = run(
+        capsys, *BY_CONVERSATION, "--local-dir", str(local_dir), "--out", str(out_dir), "--since", "2026-11-30T14:03:20"
+    )
 
     assert code == 0
     assert json.loads((out_dir / "2026-11-30_1403_Standup.json").read_bytes())["id"] == "c-1"
@@ -563,7 +565,7 @@ def test_a_stem_held_by_another_conversations_files_is_not_overwritten(tmp_path,
 def test_no_conversation_in_the_range_is_a_clear_message_and_exit_1(source, tmp_path, capsys):
     store, args = source
     store_audio(store, T0, 5)
-    code, out, err = run(capsys, *args, "--out", str(tmp_path / "out"))
+    code, out, err = run(capsys, *BY_CONVERSATION, *args, "--out", str(tmp_path / "out"))
     assert (code, out) == (1, "")
     assert f"no conversations for uid {UID}" in err
 
@@ -578,9 +580,11 @@ def test_a_day_of_conversations_lists_it_once_and_downloads_only_the_chunks_insi
     put_conversation(store, conversation("c-1", a, a + timedelta(seconds=30), "A"))
     put_conversation(store, conversation("c-2", b, b + timedelta(seconds=20), "B"))
 
-    with CountingProxy(fake_gcs) as proxy:
+    with StorageProxy(fake_gcs) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
-        code, _, _ = run(capsys, "--bucket", bucket.name, "--out", str(tmp_path / "out"), "--since", "2026-11-30")
+        code, _, _ = run(
+            capsys, *BY_CONVERSATION, "--bucket", bucket.name, "--out", str(tmp_path / "out"), "--since", "2026-11-30"
+        )
 
     assert code == 0
     print(f"{len(proxy.list_calls)} list calls, {proxy.names_listed} names, {proxy.downloads} downloads")
@@ -623,7 +627,7 @@ def test_a_corrupt_chunk_inside_a_conversation_becomes_silence_named_and_listed(
     broken = storage.object_name(UID, T0 + timedelta(seconds=21))  # the chunk captured from second 20
     Path(store.location(broken)).write_bytes(b"<html>not audio</html>")  # its metadata still says a second
 
-    code, _, err = run(capsys, "--local-dir", str(local_dir), "--out", str(tmp_path / "out"))
+    code, _, err = run(capsys, *BY_CONVERSATION, "--local-dir", str(local_dir), "--out", str(tmp_path / "out"))
 
     assert code == 0
     assert f"{broken} is not a usable WAV chunk" in err and "silence in its place" in err
@@ -658,7 +662,7 @@ def test_an_interrupted_export_leaves_whole_conversations_only_and_resumes(bucke
     out = tmp_path / "out"
     short = out / "2026-11-30_1403_Short"
 
-    with LatencyProxy(fake_gcs, 0.02) as proxy:  # 20 ms a request: the long one takes seconds at one job
+    with StorageProxy(fake_gcs, delay=0.02) as proxy:  # 20 ms a request: the long one takes seconds at one job
         env = {**os.environ, "STORAGE_EMULATOR_HOST": proxy.url}
         command = [
             sys.executable,
@@ -690,7 +694,7 @@ def test_an_interrupted_export_leaves_whole_conversations_only_and_resumes(bucke
     assert sorted(p.name for p in out.iterdir()) == [f"{short.name}{suffix}" for suffix in (".json", ".vtt", ".wav")]
     finished = short.with_suffix(".wav").read_bytes()
 
-    code, text, _ = run(capsys, "--bucket", bucket.name, "--out", str(out), "--skip-existing")
+    code, text, _ = run(capsys, *BY_CONVERSATION, "--bucket", bucket.name, "--out", str(out), "--skip-existing")
 
     assert code == 0 and "1 already complete, kept" in text
     assert short.with_suffix(".wav").read_bytes() == finished
@@ -732,7 +736,7 @@ def test_a_conversation_export_writes_the_page_with_every_conversation_and_the_v
     put_conversation(store, conversation("c-1", STARTED, FINISHED, "Heard <loud> & clear"))
     put_conversation(store, conversation("c-2", later, later + timedelta(minutes=1), "Unheard"))
 
-    code, _, _ = run(capsys, *args, "--out", str(tmp_path / "out"))
+    code, _, _ = run(capsys, *BY_CONVERSATION, *args, "--out", str(tmp_path / "out"))
 
     assert code == 0
     found = articles(tmp_path / "out" / "index.html")
@@ -812,7 +816,7 @@ def test_a_conversation_that_cannot_be_placed_is_skipped_named_once_and_the_rest
     put_conversation(store, conversation("c-1", STARTED, FINISHED, "Ordinary"))
     out_dir = tmp_path / "out"
 
-    code, out, err = run(capsys, "--local-dir", str(local_dir), "--out", str(out_dir))
+    code, out, err = run(capsys, *BY_CONVERSATION, "--local-dir", str(local_dir), "--out", str(out_dir))
 
     assert code == export.EXIT_SKIPPED == 3
     assert err.splitlines() == [f"warning: skipped {stored_name(store, 'crafted')}: {why}"]
@@ -821,7 +825,7 @@ def test_a_conversation_that_cannot_be_placed_is_skipped_named_once_and_the_rest
     assert list(articles(out_dir / "index.html")) == [stem]
     assert "1 conversation(s) written" in out and "1 skipped (named above)" in out
 
-    code, out, err = run(capsys, "--local-dir", str(local_dir), "--list")
+    code, out, err = run(capsys, *BY_CONVERSATION, "--local-dir", str(local_dir), "--list")
     assert code == 3 and len(err.splitlines()) == 1 and "Ordinary" in out and "Crafted" not in out
 
 
@@ -838,7 +842,7 @@ def test_a_stored_body_that_is_not_a_json_object_is_skipped_named_once(body, why
     put_conversation(store, conversation("c-1", STARTED, FINISHED, "Ordinary"))
     name = store.put_conversation(UID, STARTED, "broken", body, {}, 10).name  # a bucket can hold anything
 
-    code, out, err = run(capsys, "--local-dir", str(local_dir), "--out", str(tmp_path / "out"))
+    code, out, err = run(capsys, *BY_CONVERSATION, "--local-dir", str(local_dir), "--out", str(tmp_path / "out"))
 
     assert code == 3
     assert err.splitlines() == [f"warning: skipped {name}: {why}"]
@@ -856,7 +860,7 @@ def test_a_lone_surrogate_is_replaced_where_the_conversation_is_read_for_every_w
     put_conversation(store, body)
     out_dir = tmp_path / "out"
 
-    code, out, err = run(capsys, "--local-dir", str(local_dir), "--out", str(out_dir))
+    code, out, err = run(capsys, *BY_CONVERSATION, "--local-dir", str(local_dir), "--out", str(out_dir))
 
     assert (code, err) == (0, "")
     stem = "2026-11-30_1403_Plan-B"  # U+FFFD is a symbol: a separator in the name
@@ -869,7 +873,7 @@ def test_a_lone_surrogate_is_replaced_where_the_conversation_is_read_for_every_w
     assert data["cues"][0][3] == "Said \ufffd this" and data["speakers"][0] == "Ann \ufffd"
     assert "Over \ufffd view" in (out_dir / "index.html").read_text(encoding="utf-8")
 
-    code, _, _ = run(capsys, "--local-dir", str(local_dir), "--out", str(out_dir), "--skip-existing")
+    code, _, _ = run(capsys, *BY_CONVERSATION, "--local-dir", str(local_dir), "--out", str(out_dir), "--skip-existing")
     assert code == 0  # what was written is this very version: kept
 
 
@@ -884,7 +888,7 @@ def test_a_conversation_too_long_for_one_wav_file_is_skipped_named_and_the_rest_
     small = dataclasses.replace(export.FORMATS["wav"], part_limit=20 * RATE * archive.FRAME_BYTES)
     monkeypatch.setitem(export.FORMATS, "wav", small)  # as if a WAV file held 20 s
 
-    code, _, err = run(capsys, "--local-dir", str(local_dir), "--out", str(tmp_path / "out"))
+    code, _, err = run(capsys, *BY_CONVERSATION, "--local-dir", str(local_dir), "--out", str(tmp_path / "out"))
 
     assert code == 3
     assert err.splitlines() == [
@@ -909,7 +913,7 @@ def test_a_long_span_around_a_few_seconds_of_audio_writes_only_those_seconds_and
     put_conversation(store, body)
     out_dir = tmp_path / "out"
 
-    code, out, err = run(capsys, "--local-dir", str(local_dir), "--out", str(out_dir))
+    code, out, err = run(capsys, *BY_CONVERSATION, "--local-dir", str(local_dir), "--out", str(out_dir))
 
     assert (code, err) == (0, "")
     stem = out_dir / "2026-11-30_1403_Two-hours"
@@ -940,7 +944,7 @@ def test_a_40_hour_span_is_exported_with_its_long_hole_cut_to_a_minute_and_the_c
     put_conversation(store, body)
     out_dir = tmp_path / "out"
 
-    code, _, err = run(capsys, "--local-dir", str(local_dir), "--out", str(out_dir))
+    code, _, err = run(capsys, *BY_CONVERSATION, "--local-dir", str(local_dir), "--out", str(out_dir))
 
     assert (code, err) == (0, "")
     stem = out_dir / "2026-11-30_1403_Forty-hours"
@@ -970,7 +974,7 @@ def test_text_that_looks_like_the_pages_template_is_shown_as_text(tmp_path, loca
     put_conversation(store, body)
     out_dir = tmp_path / "out"
 
-    code, _, err = run(capsys, "--local-dir", str(local_dir), "--out", str(out_dir))
+    code, _, err = run(capsys, *BY_CONVERSATION, "--local-dir", str(local_dir), "--out", str(out_dir))
 
     assert (code, err) == (0, "")
     text = (out_dir / "index.html").read_text(encoding="utf-8")
@@ -990,7 +994,7 @@ def test_control_characters_in_a_title_never_reach_the_terminal(tmp_path, local_
     put_conversation(store, conversation("c-1", STARTED, FINISHED, title))
 
     for extra in (["--list"], ["--out", str(tmp_path / "out")]):
-        code, out, err = run(capsys, "--local-dir", str(local_dir), *extra)
+        code, out, err = run(capsys, *BY_CONVERSATION, "--local-dir", str(local_dir), *extra)
 
         assert code == 0 and err == ""
         assert not _TERMINAL_CONTROLS.search(out)

@@ -6,26 +6,17 @@ that talks to storage only through the proxy.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 
 import pytest
-from conftest import assert_decodes, objects, pcm_tone
-from faultproxy import FaultProxy, is_any, is_upload
+from conftest import assert_decodes, log_lines, objects, pcm_tone
+from storage_proxy import StorageProxy, is_any, is_upload
 
 UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"
 SENDER_TIMEOUT_SECONDS = 30  # Omi's HTTP client gives up after this
-
-
-@pytest.fixture
-def proxy(bucket, fake_gcs, monkeypatch):
-    """A fault proxy in front of fake-gcs-server, used by the function's storage client."""
-    with FaultProxy(fake_gcs) as running:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", running.url)
-        yield running
 
 
 def send(client, pcm: bytes, key: str | None = None):
@@ -34,10 +25,6 @@ def send(client, pcm: bytes, key: str | None = None):
     started = time.monotonic()
     response = client.post(f"/?sample_rate=16000&uid={UID}", data=pcm, headers=headers)
     return response, time.monotonic() - started
-
-
-def log_lines(capsys) -> list[dict]:
-    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
 
 
 @pytest.mark.parametrize("fault", ["503", "reset"])
@@ -195,7 +182,7 @@ DEADLINES = [
 ]
 
 
-def outage(proxy: FaultProxy, seconds: float) -> threading.Timer:
+def outage(proxy: StorageProxy, seconds: float) -> threading.Timer:
     """Storage refuses connections from now for `seconds`, then is back."""
     proxy.down()
     timer = threading.Timer(seconds, proxy.up)

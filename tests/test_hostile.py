@@ -17,9 +17,9 @@ from urllib.parse import quote
 
 import pytest
 from conftest import objects
-from faultproxy import FaultProxy, is_any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from storage_proxy import StorageProxy, is_any
 
 import storage
 import wav
@@ -269,7 +269,7 @@ def test_hostile_requests_while_storage_fails_get_503_never_500(client, bucket, 
     monkeypatch.setenv("STORAGE_DEADLINE_SECONDS", "1")
     monkeypatch.setenv("NO_RETRY_DEADLINE_SECONDS", "1")
     statuses: dict[int, int] = {}
-    with FaultProxy(fake_gcs) as proxy:
+    with StorageProxy(fake_gcs) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
 
         @settings(FUZZ, max_examples=max(20, EXAMPLES // 10))

@@ -4,10 +4,10 @@ log line says which token matched without ever holding a token."""
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
+from conftest import log_lines
 
 OLD = "Old-Token-abcdefghijklmnopqrstuvwxyz012345"
 NEW = "New-Token-ABCDEFGHIJKLMNOPQRSTUVWXYZ678901"
@@ -41,12 +41,6 @@ def post(client, token: str):
     )
 
 
-def log_lines(capsys: pytest.CaptureFixture) -> list[dict]:
-    out = capsys.readouterr().out
-    assert OLD not in out and NEW not in out, "a token reached the log"
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-
-
 def test_chunks_streamed_across_a_whole_rotation_are_never_refused(client, local_dir, monkeypatch, capsys):
     n = 0
     for step, env, sent, which in ROTATION:
@@ -56,7 +50,7 @@ def test_chunks_streamed_across_a_whole_rotation_are_never_refused(client, local
             n += 1
             response = post(client, sent)
             assert response.status_code == 200, (step, response.get_json())
-        lines = log_lines(capsys)
+        lines = log_lines(capsys, OLD, NEW)
         assert [line["token"] for line in lines] == [which] * 5, step
     assert len(list(local_dir.rglob("*.wav"))) == n
 
@@ -65,7 +59,7 @@ def test_after_the_rotation_the_old_token_is_refused(client, local_dir, monkeypa
     deploy(monkeypatch, ROTATION[-1][1])
     capsys.readouterr()
     assert post(client, OLD).status_code == 401
-    (line,) = log_lines(capsys)
+    (line,) = log_lines(capsys, OLD, NEW)
     assert line["token"] is None and line["status"] == 401
     assert not list(local_dir.rglob("*.wav"))
 

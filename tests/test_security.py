@@ -7,11 +7,10 @@ import io
 import uuid
 from urllib.parse import quote
 
+import main
 import pytest
 from conftest import objects, pcm_tone
-from faultproxy import FaultProxy, is_any
-
-import main
+from storage_proxy import is_any
 
 TOKEN = "s3cret-Token_0123456789abcdef"
 UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"
@@ -50,14 +49,6 @@ def post(client, query: str, body: bytes | CountingBody = b"\x01\x00" * 800, **e
     stream = body if isinstance(body, CountingBody) else CountingBody(body)
     overrides = {"QUERY_STRING": query, "wsgi.input": stream, "CONTENT_LENGTH": str(len(stream.getvalue()))}
     return client.post("/", environ_overrides={**overrides, **environ})
-
-
-@pytest.fixture
-def proxy(bucket, fake_gcs, monkeypatch):
-    """Storage seen through a proxy that records every request made to it."""
-    with FaultProxy(fake_gcs) as running:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", running.url)
-        yield running
 
 
 # -- the token ----------------------------------------------------------------------------

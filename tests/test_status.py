@@ -16,12 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import ROOT, pcm_tone, stderr_on_a_terminal
-from counting_proxy import CountingProxy
+from conftest import ROOT, pcm_tone, run
+from storage_proxy import StorageProxy
 
 import storage
 import wav
-from omi_audio import cli, status
+from omi_audio import status
 
 UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"
 RATE = 16000
@@ -50,17 +50,8 @@ def put_many(store, times: list[datetime]) -> None:
         list(pool.map(lambda at: put(store, at, seconds=0.01), times))
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        code = cli.main(["status", *args])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def report(capsys, *args: str) -> tuple[int, dict]:
-    code, out, _ = run(capsys, *args, "--json", "--at", NOW.isoformat())
+    code, out, _ = run(capsys, "status", *args, "--json", "--at", NOW.isoformat())
     return code, json.loads(out)
 
 
@@ -132,7 +123,7 @@ def test_an_unreadable_name_or_metadata_is_one_warning_and_the_report_goes_on(so
     else:
         (store.root / minute_60).write_bytes(wav.frame(pcm, RATE))
 
-    code, out, err = run(capsys, "--uid", UID, *args, "--days", "1", "--json", "--at", NOW.isoformat())
+    code, out, err = run(capsys, "status", "--uid", UID, *args, "--days", "1", "--json", "--at", NOW.isoformat())
 
     assert code == 0
     assert err.splitlines() == [f"warning: skipped {minute_60}: its name holds no real time"]
@@ -145,7 +136,7 @@ def test_the_table_reads_at_a_glance(source, capsys):
     put(store, datetime(2025, 3, 9, 23, 59, 59, tzinfo=UTC))
     put(store, datetime(2025, 3, 10, 0, 1, tzinfo=UTC))
 
-    code, out, err = run(capsys, "--uid", UID, *args, "--days", "3", "--at", NOW.isoformat())
+    code, out, err = run(capsys, "status", "--uid", UID, *args, "--days", "3", "--at", NOW.isoformat())
 
     assert (code, err) == (0, "")
     lines = out.splitlines()
@@ -162,12 +153,12 @@ def test_nothing_for_longer_than_alert_after_is_exit_3(source, capsys):
     store, args = source
     put(store, NOW - timedelta(hours=5))
 
-    assert run(capsys, "--uid", UID, *args, "--at", NOW.isoformat())[0] == 0
-    code, out, err = run(capsys, "--uid", UID, *args, "--at", NOW.isoformat(), "--alert-after", "4h")
+    assert run(capsys, "status", "--uid", UID, *args, "--at", NOW.isoformat())[0] == 0
+    code, out, err = run(capsys, "status", "--uid", UID, *args, "--at", NOW.isoformat(), "--alert-after", "4h")
     assert code == status.EXIT_STALE == 3
     assert "[STALE: nothing for more than 4 h]" in out and "no audio arrived in the last 4 h" in err
-    assert run(capsys, "--uid", UID, *args, "--at", NOW.isoformat(), "--alert-after", "301m")[0] == 0
-    assert run(capsys, "--uid", "never-sent", *args, "--at", NOW.isoformat())[0] == 1  # unknown, not stale
+    assert run(capsys, "status", "--uid", UID, *args, "--at", NOW.isoformat(), "--alert-after", "301m")[0] == 0
+    assert run(capsys, "status", "--uid", "never-sent", *args, "--at", NOW.isoformat())[0] == 1  # unknown, not stale
 
 
 def test_the_last_chunk_before_the_reported_days_is_found_without_listing_the_archive(
@@ -177,7 +168,7 @@ def test_the_last_chunk_before_the_reported_days_is_found_without_listing_the_ar
     last = datetime(2025, 2, 18, 17, 42, 7, 123456, tzinfo=UTC)  # audio stopped 20 days before NOW
     put_many(store, [last - timedelta(days=day, seconds=10 * i) for day in range(40) for i in range(15)])
 
-    with CountingProxy(fake_gcs) as proxy:
+    with StorageProxy(fake_gcs) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
         code, doc = report(capsys, "--uid", UID, "--bucket", bucket.name, "--days", "7")
 
@@ -202,7 +193,7 @@ def test_status_lists_only_the_days_it_reports(bucket, fake_gcs, monkeypatch, ca
     store = storage.GcsStore(bucket.name)
     put_many(store, [NOW - timedelta(days=day, minutes=i) for day in range(30) for i in range(10)])
 
-    with CountingProxy(fake_gcs) as proxy:
+    with StorageProxy(fake_gcs) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
         code, doc = report(capsys, "--uid", UID, "--bucket", bucket.name, "--days", "3")
 
@@ -219,7 +210,7 @@ def test_with_no_uid_every_uid_is_reported_from_one_folder_listing(bucket, fake_
     bucket.blob("notes.txt").upload_from_string(b"not a chunk")  # no uid folder
     bucket.blob("bad~zz/20250101T000000.000000Z.wav").upload_from_string(b"x")  # no uid makes this folder
 
-    with CountingProxy(fake_gcs) as proxy:
+    with StorageProxy(fake_gcs) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
         code, doc = report(capsys, "--bucket", bucket.name, "--days", "2")
         folder_listings = [call for call in proxy.list_calls if call.query.get("delimiter") == ["/"]]
@@ -233,12 +224,12 @@ def test_with_no_uid_every_uid_is_reported_from_one_folder_listing(bucket, fake_
 
 def test_no_uid_at_all_is_stale(source, capsys):
     _, args = source
-    code, out, err = run(capsys, *args, "--at", NOW.isoformat())
+    code, out, err = run(capsys, "status", *args, "--at", NOW.isoformat())
     assert (code, out) == (3, "") and "no uid has any chunk" in err
 
 
 def test_a_missing_bucket_is_exit_1(fake_gcs, capsys):
-    code, _, err = run(capsys, "--bucket", "no-such-bucket")
+    code, _, err = run(capsys, "status", "--bucket", "no-such-bucket")
     assert code == 1 and "could not list gs://no-such-bucket/" in err
 
 
@@ -246,7 +237,7 @@ def test_control_characters_in_what_status_prints_are_replaced(tmp_path, capsys)
     root = tmp_path / "store\x1b]0;owned\x07\x9b2J"  # a name that would retitle and clear the terminal
     root.mkdir()
 
-    code, out, err = run(capsys, "--local-dir", str(root))
+    code, out, err = run(capsys, "status", "--local-dir", str(root))
 
     assert (code, out) == (3, "")
     assert "store\ufffd]0;owned\ufffd\ufffd2J" in err
@@ -282,7 +273,7 @@ def test_missing_credentials_are_one_line_naming_the_fix_and_exit_1(tmp_path, ke
     [["--days", "0"], ["--days", "x"], ["--alert-after", "soon"], ["--alert-after", "0h"], ["--uid", "a\nb"]],
 )
 def test_bad_arguments_exit_2(tmp_path, capsys, bad):
-    code, out, err = run(capsys, "--local-dir", str(tmp_path), *bad)
+    code, out, err = run(capsys, "status", "--local-dir", str(tmp_path), *bad)
     assert code == 2 and out == "" and "error" in err
 
 
@@ -312,20 +303,6 @@ def test_runs_as_a_script_from_cron(tmp_path):
 
     assert fresh.returncode == 0 and " ago  [OK]" in fresh.stdout  # "5 min 01 s ago" on a slow run
     assert stale.returncode == 3 and "STALE" in stale.stdout
-
-
-def test_a_progress_bar_shows_on_a_terminal_and_quiet_silences_it(tmp_path):
-    store = storage.LocalStore(tmp_path / "rec")
-    for i in range(20):
-        put(store, datetime.now(UTC) - timedelta(minutes=i), seconds=0.01)
-
-    def shown(*extra: str) -> str:
-        return stderr_on_a_terminal(
-            [sys.executable, "-m", "omi_audio", "status", "--local-dir", str(tmp_path / "rec"), "--uid", UID, *extra]
-        )
-
-    assert "listing: " in shown() and "name/s]" in shown()
-    assert shown("--quiet") == ""
 
 
 def put_conversation(store, started: datetime, conversation_id: str, title: str, received: datetime) -> str:
@@ -369,7 +346,7 @@ def test_conversations_are_counted_per_day_by_their_newest_version(source, capsy
         },
     ]
 
-    code, out, _ = run(capsys, "--uid", UID, *args, "--days", "3", "--at", NOW.isoformat())
+    code, out, _ = run(capsys, "status", "--uid", UID, *args, "--days", "3", "--at", NOW.isoformat())
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == (
@@ -387,7 +364,7 @@ def test_conversations_are_counted_from_their_names_and_metadata_without_downloa
     for n in range(12):
         at = NOW - timedelta(hours=4 * n + 1)
         put_conversation(store, at, f"c{n}", f"n° {n}", at + timedelta(minutes=30))
-    with CountingProxy(fake_gcs) as proxy:
+    with StorageProxy(fake_gcs) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
         code, doc = report(capsys, "--uid", UID, "--bucket", bucket.name, "--days", "2")
     assert code == 0
@@ -399,7 +376,7 @@ def test_conversations_are_counted_from_their_names_and_metadata_without_downloa
 def test_a_mistyped_uid_is_unknown_naming_the_known_ones_not_stale(source, capsys):
     store, args = source
     put(store, NOW - timedelta(minutes=5))
-    code, out, err = run(capsys, *args, "--uid", UID[:-1] + "X", "--at", NOW.isoformat())
+    code, out, err = run(capsys, "status", *args, "--uid", UID[:-1] + "X", "--at", NOW.isoformat())
     assert (code, out) == (1, "")
     assert f"unknown uid {UID[:-1] + 'X'!r}" in err and f"known: {UID!r}" in err and "STALE" not in err
 
@@ -414,7 +391,7 @@ def test_the_escaped_folder_name_reads_the_uid_it_stands_for(source, capsys):
 def test_a_stale_headline_never_shows_the_same_duration_as_its_limit(source, capsys):
     store, args = source
     put(store, NOW - timedelta(seconds=90))
-    code, out, _ = run(capsys, "--uid", UID, *args, "--at", NOW.isoformat(), "--alert-after", "1m")
+    code, out, _ = run(capsys, "status", "--uid", UID, *args, "--at", NOW.isoformat(), "--alert-after", "1m")
     assert code == 3 and "1 min 30 s ago" in out and "[STALE: nothing for more than 1 min]" in out
 
 

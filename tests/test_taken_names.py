@@ -1,6 +1,6 @@
 """Store once, whatever Cloud Storage answers for a taken name, for small and large bodies.
 
-A proxy between the storage client and fake-gcs-server (tests/faultproxy.py) makes
+A proxy between the storage client and fake-gcs-server (tests/storage_proxy.py) makes
 the stand-in behave like Cloud Storage where it does not: it enforces the
 does-not-exist precondition on resumable uploads (bodies over 8 MiB), and it can
 answer a taken name with 403 instead of 412, as Cloud Storage may to a caller
@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from conftest import objects
-from faultproxy import FaultProxy
+from storage_proxy import StorageProxy
 
 import storage
 import wav
@@ -27,7 +27,7 @@ AT = datetime(2026, 11, 28, 20, 12, 11, 123456, tzinfo=UTC)
 @pytest.fixture(params=[412, 403], ids=["taken-412", "taken-403"])
 def gcs_like(request, bucket, fake_gcs, monkeypatch):
     """The function's storage client behind a proxy that answers a taken name with 412 or 403."""
-    with FaultProxy(fake_gcs, resumable_preconditions=True, taken_status=request.param) as proxy:
+    with StorageProxy(fake_gcs, resumable_preconditions=True, taken_status=request.param) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
         yield proxy
 
@@ -36,7 +36,7 @@ def audio(size: int, fill: int) -> bytes:
     return wav.frame(bytes([fill]) * size, 48_000)
 
 
-def uploads(proxy: FaultProxy) -> list[dict[str, list[str]]]:
+def uploads(proxy: StorageProxy) -> list[dict[str, list[str]]]:
     return [parse_qs(urlsplit(s.path).query) for s in proxy.seen if s.method == "POST" and "/upload/" in s.path]
 
 
@@ -77,7 +77,7 @@ def test_a_retry_after_a_lost_upload_response_finds_its_own_object(bucket, gcs_l
 
 def test_a_403_for_a_name_that_is_free_is_a_refusal_not_a_retry_loop(bucket, fake_gcs, monkeypatch):
     """Storage's 403 with nothing at the name means a permission is missing: refused at once."""
-    with FaultProxy(fake_gcs, taken_status=403) as proxy:
+    with StorageProxy(fake_gcs, taken_status=403) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
         store = storage.GcsStore(bucket.name)
         missing = storage.GcsStore(f"{bucket.name}-missing")
