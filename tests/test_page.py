@@ -265,8 +265,8 @@ def test_matches_are_marked_and_next_and_previous_go_from_line_to_line(driver):
 
     search = driver.find_element(By.ID, "search")
     search.send_keys("launch")
-    marked = [m.text for m in driver.find_elements(By.CSS_SELECTOR, f'[id="{LAUNCH}"] mark')]
-    assert marked == ["launch", "launch"]  # in the title and the overview
+    marked = f'[id="{LAUNCH}"] mark'
+    wait(driver, lambda d: [m.text for m in d.find_elements(By.CSS_SELECTOR, marked)] == ["launch", "launch"])
     search.send_keys(Keys.ENTER)
     wait(driver, lambda d: hit(d) is not None)
     assert (hit(driver)["stem"], hit(driver)["cue"]) == (LAUNCH, 0)
