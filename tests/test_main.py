@@ -397,40 +397,6 @@ def test_chunk_is_stored_in_gcs_as_wav_with_name_and_metadata(client, bucket):
     assert_decodes(blob.download_as_bytes(), 16000, pcm)
 
 
-def test_name_collision_takes_next_free_suffix_and_never_overwrites(bucket):
-    from datetime import UTC, datetime
-
-    import storage
-
-    store = storage.GcsStore(bucket.name)
-    at = datetime(2026, 11, 28, 20, 12, 11, 123456, tzinfo=UTC)
-    first = store.put("u1", at, wav.frame(b"\1\0", 16000), {}, "w1", 5)
-    second = store.put("u1", at, wav.frame(b"\2\0", 16000), {}, "w2", 5)
-    third = store.put("u1", at, wav.frame(b"\3\0", 16000), {}, "w3", 5)
-    assert [first.name, second.name, third.name] == [
-        "u1/20261128T201211.123456Z.wav",
-        "u1/20261128T201211.123456Z-1.wav",
-        "u1/20261128T201211.123456Z-2.wav",
-    ]
-    stored = objects(bucket)
-    assert [stored[s.name][44:] for s in (first, second, third)] == [b"\1\0", b"\2\0", b"\3\0"]
-
-
-def test_write_whose_response_was_lost_is_recognised_not_duplicated(bucket):
-    """A retried upload that meets its own earlier success (412) is success."""
-    from datetime import UTC, datetime
-
-    import storage
-
-    store = storage.GcsStore(bucket.name)
-    at = datetime(2026, 11, 28, 20, 12, 11, 5, tzinfo=UTC)
-    data = wav.frame(b"\1\0\2\0", 16000)
-    first = store.put("u2", at, data, {}, "same-write", 5)
-    again = store.put("u2", at, data, {}, "same-write", 5)
-    assert (again.name, again.existed) == (first.name, True)
-    assert list(objects(bucket)) == [first.name]
-
-
 # -- 8. retries with Idempotency-Key ---------------------------------------------------
 
 
