@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
+import names
 import storage
 
 # Kept in the object's metadata so that omi-audio status can list titles without downloads.
@@ -79,22 +80,12 @@ def classify(body: bytes) -> Conversation | Ignored:
     title = structured.get("title") if isinstance(structured, dict) else None
     return Conversation(
         conversation_id,
-        starts_at=_time(payload.get("started_at")) or _time(payload.get("created_at")),
+        starts_at=names.parse_time(payload.get("started_at"), MAX_TIME_CHARS)
+        or names.parse_time(payload.get("created_at"), MAX_TIME_CHARS),
         started_at=_as_sent(payload.get("started_at")),
         finished_at=_as_sent(payload.get("finished_at")),
         title=title[:MAX_TITLE_CHARS] if isinstance(title, str) else None,
     )
-
-
-def _time(value: object) -> datetime | None:
-    """An ISO 8601 time in UTC (a time without an offset is taken as UTC), or None."""
-    if not isinstance(value, str) or len(value) > MAX_TIME_CHARS:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
-    except (ValueError, OverflowError):
-        return None
 
 
 def _as_sent(value: object) -> str | None:

@@ -447,7 +447,7 @@ if [[ -n "$RETENTION_DAYS" ]] || grep -q '\.wav"' "$WORK/lifecycle-now.json"; th
     die "RETENTION_DAYS and the bucket's retention rule need python3 (to merge the rule into the bucket's other lifecycle rules)"
   printf '%s' "$UIDS_FOR_FUNCTION" >"$WORK/uids"
   status=0
-  python3 - "$WORK/lifecycle-now.json" "$WORK/uids" "$RETENTION_DAYS" "$DEDICATED" "$BUCKET" "$WORK/retention" \
+  PYTHONPATH="$SOURCE_DIR" python3 - "$WORK/lifecycle-now.json" "$WORK/uids" "$RETENTION_DAYS" "$DEDICATED" "$BUCKET" "$WORK/retention" \
     >"$WORK/lifecycle.json" <<'PY' || status=$?
 import json, re, sys
 
@@ -464,14 +464,8 @@ def is_ours(rule):
     return rule.get("action", {}).get("type") == "Delete" and suffixes in (sorted(SUFFIXES), EARLIER)
 
 
-# The uid's folder, escaped exactly as storage.uid_prefix does (tests/test_deploy.py checks).
-KEEP = set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-
-
-def folder(uid):
-    if re.fullmatch(r"[A-Za-z0-9._-]+", uid) and uid not in (".", ".."):
-        return uid
-    return "".join(chr(b) if b in KEEP else f"~{b:02X}" for b in uid.encode())
+# The uid's folder, as the function names it: names.py beside this script (standard library only).
+from names import uid_prefix as folder  # noqa: E402
 
 
 def say(message):

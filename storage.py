@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -48,47 +48,32 @@ from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 from google.cloud import storage as gcs
 
-_STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"  # how `name_stamp` reads back
-
-# A uid is whatever the sender sends: an Omi uid (28 letters and digits), or, from
-# the phone's webhook-only mode, the device's name ("Omi DevKit 2", "Zoë's Omi").
-# 128 bytes of UTF-8 is four times the longest Omi uid; escaped it stays far below
-# Cloud Storage's 1,024-byte object names.
-MAX_UID_BYTES = 128
-UID_RULE = f"1 to {MAX_UID_BYTES} bytes (UTF-8) of printable characters"
-# Uids made only of these characters (and not '.' or '..') are their own prefix,
-# as they always were.  Any other uid is escaped: each byte of its UTF-8 outside
-# `_ESCAPE_KEEPS` becomes "~XX" (upper-case hex).  Such a prefix always holds a
-# "~", which a plain uid never does, so no two uids share a prefix.
-_PLAIN_UID_RE = re.compile(r"[A-Za-z0-9._-]+")
-_ESCAPE_KEEPS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-_PREFIX_PATTERN = r"(?:[A-Za-z0-9._-]|~[0-9A-F]{2}){1,384}"
-NAME_RE = re.compile(
-    rf"(?P<prefix>{_PREFIX_PATTERN})/(?P<stamp>\d{{8}}T\d{{6}}\.\d{{6}}Z)(?:-(?P<seq>[1-9]\d{{0,8}}))?\.wav"
+from names import (  # noqa: F401  (CONVERSATION_ID_RULE, MAX_UID_BYTES, UID_RULE: callers read them here)
+    CONVERSATION_DIGEST_HEX,
+    CONVERSATION_ID_RULE,
+    CONVERSATIONS_FOLDER,
+    MAX_UID_BYTES,
+    NAME_RE,
+    UID_RULE,
+    ChunkName,
+    ConversationName,
+    _escape_id,
+    conversation_name,
+    conversation_prefix,
+    is_valid_conversation_id,
+    is_valid_uid,
+    name_stamp,
+    object_name,
+    parse_conversation_name,
+    parse_object_name,
+    uid_from_prefix,
+    uid_prefix,
 )
 
-# Conversations live in one folder under the uid's.  Its name starts with a letter,
-# so it sorts after every chunk name (stamps start with a digit): listing a range of
-# audio never meets a conversation, and listing conversations never meets audio.
-CONVERSATIONS_FOLDER = "conversations"
 # Every chunk name in a uid's folder sorts before this (stamps start with a digit, and
 # ":" follows "9"), and the conversations folder after it: the end of an open range.
 _AFTER_EVERY_STAMP = ":"
-# Omi's conversation ids are uuid4s (36 bytes); four times the longest Omi uid is room
-# for any other sender, and escaped (at most 3 characters a byte) the whole name stays
-# far below Cloud Storage's 1,024 bytes.
-MAX_CONVERSATION_ID_BYTES = 128
-CONVERSATION_ID_RULE = f"a string of 1 to {MAX_CONVERSATION_ID_BYTES} bytes (UTF-8)"
-# The id part of a name escapes "_" too (unlike a uid folder), so that "_" only
-# separates the stamp, the id and the digest.
-_ID_ESCAPE_KEEPS = _ESCAPE_KEEPS - frozenset(b"_")
-# 128 bits of the body's sha256 tell versions of one conversation apart.
-CONVERSATION_DIGEST_HEX = 32
-CONVERSATION_NAME_RE = re.compile(
-    rf"(?P<prefix>{_PREFIX_PATTERN})/{CONVERSATIONS_FOLDER}/(?P<stamp>\d{{8}}T\d{{6}}\.\d{{6}}Z)"
-    rf"_(?P<id>(?:[A-Za-z0-9-]|~[0-9A-F]{{2}}){{1,{3 * MAX_CONVERSATION_ID_BYTES}}})"
-    rf"_(?P<digest>[0-9a-f]{{{CONVERSATION_DIGEST_HEX}}})\.json"
-)
+
 # Conversations are listed by when they started.  A reader wanting those that overlap
 # [since, until) lists from `since` minus this: a conversation longer than a day that
 # began before that is not found (Omi splits a conversation after long silences, so
@@ -120,25 +105,6 @@ class StorageUnavailable(Exception):
 
 class StorageRefused(Exception):
     """Storage refused the write for good (a missing bucket or permission); nothing was written."""
-
-
-@dataclass(frozen=True)
-class ChunkName:
-    """The parts of an object name."""
-
-    uid: str
-    received_at: datetime
-    seq: int
-
-
-@dataclass(frozen=True)
-class ConversationName:
-    """The parts of a conversation's object name."""
-
-    uid: str
-    starts_at: datetime
-    conversation_id: str
-    digest: str
 
 
 @dataclass(frozen=True)
@@ -174,118 +140,6 @@ class ChunkInfo:
     parts: ChunkName
 
 
-def object_name(uid: str, received_at: datetime, seq: int = 0) -> str:
-    """Return the object name for a chunk of `uid` received at `received_at` (UTC)."""
-    return f"{uid_prefix(uid)}/{name_stamp(received_at)}{f'-{seq}' if seq else ''}.wav"
-
-
-def name_stamp(at: datetime) -> str:
-    """``YYYYMMDDTHHMMSS.ffffffZ`` in UTC: the fixed-width stamp in every object name.
-
-    Zero-padded even before year 1000 (strftime's %Y is not), so that names sort
-    in time order whatever the time (`name_range` relies on it).
-    """
-    t = at.astimezone(UTC)
-    return f"{t.year:04d}{t.month:02d}{t.day:02d}T{t.hour:02d}{t.minute:02d}{t.second:02d}.{t.microsecond:06d}Z"
-
-
-def is_valid_uid(uid: str) -> bool:
-    """True for any uid a sender may send: non-empty, printable, at most MAX_UID_BYTES."""
-    return bool(uid) and uid.isprintable() and len(uid.encode("utf-8", "surrogatepass")) <= MAX_UID_BYTES
-
-
-def uid_prefix(uid: str) -> str:
-    """The folder that holds `uid`'s chunks: never contains "/", is never "." or "..".
-
-    Raises:
-        ValueError: `uid` is not valid (see `is_valid_uid`).
-    """
-    if not is_valid_uid(uid):
-        raise ValueError(f"uid must be {UID_RULE}")
-    if _PLAIN_UID_RE.fullmatch(uid) and uid not in (".", ".."):
-        return uid
-    return "".join(chr(byte) if byte in _ESCAPE_KEEPS else f"~{byte:02X}" for byte in uid.encode("utf-8"))
-
-
-def uid_from_prefix(prefix: str) -> str | None:
-    """The uid whose folder is `prefix`, or None if `uid_prefix` never makes it."""
-    if "~" not in prefix:
-        uid = prefix
-    else:
-        try:
-            uid = re.sub(r"~([0-9A-F]{2})", lambda m: chr(int(m[1], 16)), prefix).encode("latin-1").decode("utf-8")
-        except (UnicodeEncodeError, UnicodeDecodeError):
-            return None
-    try:
-        return uid if uid_prefix(uid) == prefix else None
-    except ValueError:
-        return None
-
-
-def parse_object_name(name: str) -> ChunkName | None:
-    """Return the parts of a chunk's object name, or None if it is not one (or names no real time)."""
-    match = NAME_RE.fullmatch(name)
-    uid = match and uid_from_prefix(match["prefix"])
-    if not uid:
-        return None
-    try:
-        received_at = datetime.strptime(match["stamp"], _STAMP_FORMAT).replace(tzinfo=UTC)
-    except ValueError:  # the shape of a stamp, but no such time (month 13, February 30)
-        return None
-    return ChunkName(uid, received_at, int(match["seq"] or 0))
-
-
-def is_valid_conversation_id(conversation_id: object) -> bool:
-    """True for an id a name can hold: a non-empty string of at most MAX_CONVERSATION_ID_BYTES of UTF-8."""
-    if not isinstance(conversation_id, str) or not conversation_id:
-        return False
-    try:
-        return len(conversation_id.encode("utf-8")) <= MAX_CONVERSATION_ID_BYTES
-    except UnicodeEncodeError:  # a lone surrogate, which JSON can carry ("\ud800")
-        return False
-
-
-def conversation_name(uid: str, starts_at: datetime, conversation_id: str, sha256: str) -> str:
-    """The object name of conversation `conversation_id`'s version whose body has digest `sha256` (hex).
-
-    The same id and bytes always make the same name (a retried delivery finds
-    its first attempt's object); changed bytes make another (a new version).
-
-    Raises:
-        ValueError: the uid or the id is not valid.
-    """
-    digest = sha256[:CONVERSATION_DIGEST_HEX]
-    return f"{conversation_prefix(uid)}{name_stamp(starts_at)}_{_escape_id(conversation_id)}_{digest}.json"
-
-
-def conversation_prefix(uid: str) -> str:
-    """The folder (ending in "/") that holds `uid`'s conversations."""
-    return f"{uid_prefix(uid)}/{CONVERSATIONS_FOLDER}/"
-
-
-def _escape_id(conversation_id: str) -> str:
-    if not is_valid_conversation_id(conversation_id):
-        raise ValueError(f"id must be {CONVERSATION_ID_RULE}")
-    return "".join(chr(byte) if byte in _ID_ESCAPE_KEEPS else f"~{byte:02X}" for byte in conversation_id.encode())
-
-
-def parse_conversation_name(name: str) -> ConversationName | None:
-    """Return the parts of a conversation's object name, or None if `conversation_name` never makes it."""
-    match = CONVERSATION_NAME_RE.fullmatch(name)
-    uid = match and uid_from_prefix(match["prefix"])
-    if not uid:
-        return None
-    try:
-        escaped = re.sub(r"~([0-9A-F]{2})", lambda m: chr(int(m[1], 16)), match["id"])
-        conversation_id = escaped.encode("latin-1").decode("utf-8")
-        if _escape_id(conversation_id) != match["id"]:  # one spelling per id
-            return None
-    except ValueError:  # not UTF-8, or too long
-        return None
-    starts_at = datetime.strptime(match["stamp"], _STAMP_FORMAT).replace(tzinfo=UTC)
-    return ConversationName(uid, starts_at, conversation_id, match["digest"])
-
-
 def conversation_range(uid: str, since: datetime | None, until: datetime | None) -> tuple[str, str | None, str | None]:
     """(folder prefix, first name, end name) of `uid`'s conversations started in ``[since, until)``.
 
@@ -311,6 +165,10 @@ def _version_order(info: ConversationInfo) -> tuple[str, str]:
 
 
 class Store(Protocol):
+    """What the function and the tools need of a store: `GcsStore` (a bucket) or `LocalStore` (a folder)."""
+
+    def location(self, name: str) -> str: ...
+
     def put(
         self,
         uid: str,
@@ -349,7 +207,7 @@ class Store(Protocol):
     ) -> Iterator[ConversationInfo]: ...
 
 
-def store_from_env(environ: os._Environ | dict[str, str] = os.environ) -> GcsStore | LocalStore:
+def store_from_env(environ: os._Environ | dict[str, str] = os.environ) -> Store:
     """Build the backend the environment asks for.
 
     Raises:

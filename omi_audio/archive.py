@@ -6,7 +6,7 @@ timed on the clock of the captured audio.  This module puts the two on one
 time line:
 
 * `select_chunks`: the chunks received in a range, ordered, duplicates
-  dropped; `starts_new_session` says where one recording session ends;
+  dropped; `sessions` splits them into recording sessions;
 * `Conversation`: one stored conversation (its newest version), its span and
   its transcript as `Cue` rows, times relative to the start of its audio file;
 * `captured`: each listed chunk with the capture time of its first sample;
@@ -22,11 +22,12 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import names
 import storage
 import wav
 from omi_audio.capture import capture_starts
@@ -66,7 +67,7 @@ class Selection:
 
 
 def select_chunks(
-    store: storage.GcsStore | storage.LocalStore,
+    store: storage.Store,
     uid: str,
     since: datetime | None = None,
     until: datetime | None = None,
@@ -129,16 +130,45 @@ def _positive_int(value: str | None) -> int | None:
     return number if number > 0 else None
 
 
-def starts_new_session(
-    previous: datetime, previous_rate: int | None, at: datetime, rate: int | None, gap: float
-) -> bool:
-    """True when a chunk received `at` with `rate` cannot continue the session so far.
+class SessionSplitter:
+    """Where recording sessions begin, told one chunk at a time in receipt order.
 
-    An unknown rate (metadata missing, in a listing) never splits a session.
+    A session ends when the next chunk was received more than `gap` seconds
+    after the previous one, or at another sample rate than the session's first
+    known one.  An unknown rate (metadata missing, in a listing) never splits a session.
     """
-    if (at - previous).total_seconds() > gap:
-        return True
-    return rate is not None and previous_rate is not None and rate != previous_rate
+
+    def __init__(self, gap: float) -> None:
+        self.gap = gap
+        self.last: datetime | None = None
+        self.rate: int | None = None
+
+    def starts_new(self, at: datetime, rate: int | None, force: bool = False) -> bool:
+        """True when the chunk received `at` with `rate` begins a session (the first always does; so does `force`)."""
+        new = (
+            self.last is None
+            or force
+            or (at - self.last).total_seconds() > self.gap
+            or (rate is not None and self.rate is not None and rate != self.rate)
+        )
+        if new:
+            self.rate = None
+        self.rate = self.rate or rate
+        self.last = at
+        return new
+
+
+def sessions(chunks: Iterable[Chunk], gap: float) -> Iterator[list[Chunk]]:
+    """`chunks` (in receipt order) as runs, one per recording session (see `SessionSplitter`)."""
+    splitter = SessionSplitter(gap)
+    run: list[Chunk] = []
+    for chunk in chunks:
+        if splitter.starts_new(chunk.received_at, chunk.sample_rate) and run:
+            yield run
+            run = []
+        run.append(chunk)
+    if run:
+        yield run
 
 
 # --------------------------------------------------------------------- capture
@@ -490,14 +520,13 @@ def _seconds(value: object) -> float | None:
 
 
 def parse_time(value: object) -> datetime | None:
-    """An ISO 8601 time as the backend writes it (``isoformat()``, or with ``Z``), in UTC; else None."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip())
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    except (ValueError, OverflowError):  # OverflowError: in UTC, before year 1 or after 9999
-        return None
+    """A time in a stored conversation's body (``isoformat()``, or with ``Z``; spaces around it ignored), in UTC.
+
+    `names.parse_time` of the text, which the function reads without the spaces
+    and only up to `conversation.MAX_TIME_CHARS`: a body may hold what the
+    function could not read, and the export reads what it can.
+    """
+    return names.parse_time(value.strip() if isinstance(value, str) else value)
 
 
 # A conversation Omi made lasts minutes, at most hours.  One whose span or transcript

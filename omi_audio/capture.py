@@ -7,8 +7,8 @@ pieces plus a shorter remainder; a failed piece is retried 1, 5 and 30 s later, 
 after its last failure the rest of its batch is dropped.  Older backends and the
 phone post each batch whole.  Conversations (``started_at``, segment times) are on
 the backend's clock of the live stream, so matching them to audio needs the capture
-time of each chunk's first sample: `capture_starts` estimates it, `holes` says where
-audio was lost.
+time of each chunk's first sample: `capture_starts` estimates it; a gap between one
+chunk's end and the next one's start is audio that was lost.
 
 The model:
 
@@ -77,15 +77,6 @@ SLOW_REQUEST_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
-class Hole:
-    """Audio lost between chunk `after` and chunk ``after + 1``."""
-
-    after: int
-    start: datetime  # capture time of the first lost sample (the end of chunk `after`)
-    seconds: float
-
-
-@dataclass(frozen=True)
 class _Batch:
     """What the receipts say about one batch: chunks ``first..last``."""
 
@@ -109,7 +100,7 @@ def capture_starts(chunks: Sequence[tuple[datetime, float]]) -> list[datetime]:
     Returns:
         The capture time of each chunk's first sample, on the backend's clock.
         Where no audio is lost a chunk starts exactly where the one before ends;
-        a gap between them is a hole (see `holes`).  Never overlapping.
+        a gap between them is audio lost.  Never overlapping.
     """
     if not chunks:
         return []
@@ -124,22 +115,6 @@ def capture_starts(chunks: Sequence[tuple[datetime, float]]) -> list[datetime]:
         for k in range(batch.first, batch.last + 1):
             starts.append(origin + timedelta(seconds=offset + ends[k] - durations[k]))
     return starts
-
-
-def holes(chunks: Sequence[tuple[datetime, float]], starts: Sequence[datetime]) -> list[Hole]:
-    """Where audio was lost: each gap between one chunk's end and the next one's start.
-
-    Args:
-        chunks: as given to `capture_starts`.
-        starts: what `capture_starts` returned for them.
-    """
-    found = []
-    for k in range(len(chunks) - 1):
-        end = starts[k] + timedelta(seconds=chunks[k][1])
-        gap = (starts[k + 1] - end).total_seconds()
-        if gap > HOLE_TOLERANCE_SECONDS / 2:  # contiguous chunks differ by rounding to microseconds only
-            found.append(Hole(k, end, gap))
-    return found
 
 
 def _offsets(batches: Sequence[_Batch], firsts: Sequence[float]) -> list[float]:

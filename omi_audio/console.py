@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
+import names
 import storage
 from omi_audio.archive import Selection, select_chunks
 
@@ -40,13 +41,12 @@ def time_arg(end_of_day: bool) -> Callable[[str], datetime]:
         if day is not None:
             moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
             return moment + timedelta(days=1) if end_of_day else moment
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
+        moment = names.parse_time(text)
+        if moment is None:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not an ISO 8601 date or time, e.g. 2025-03-01 or 2025-03-01T14:30:00Z"
-            ) from None
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+            )
+        return moment
 
     parse.__name__ = "time"
     return parse
@@ -73,7 +73,7 @@ class UnknownUid(Exception):
     """The store holds no folder for the uid asked for."""
 
 
-def resolve_uid(store: storage.GcsStore | storage.LocalStore, uid: str) -> str:
+def resolve_uid(store: storage.Store, uid: str) -> str:
     """The uid to read for `uid` as typed, when listing `uid` found nothing.
 
     A folder name as ``gcloud storage ls`` shows it (``Omi~20DevKit~202``) stands
@@ -105,7 +105,7 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def open_store(args: argparse.Namespace, parser: argparse.ArgumentParser) -> storage.GcsStore | storage.LocalStore:
+def open_store(args: argparse.Namespace, parser: argparse.ArgumentParser) -> storage.Store:
     """The store named by --bucket / --local-dir, else by the function's environment variables."""
     bucket = args.bucket
     local_dir = args.local_dir
@@ -186,7 +186,7 @@ def duration(seconds: float | None) -> str:
 
 
 def list_with_progress(
-    store: storage.GcsStore | storage.LocalStore,
+    store: storage.Store,
     uid: str,
     since: datetime | None,
     until: datetime | None,

@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import names
 import storage
 from omi_audio import archive, vtt
 
@@ -50,13 +51,6 @@ _DROPPED = frozenset("'\u2019\u02bc`")
 ADDED_KEYS = ("audio_start", "audio_end", "audio_seconds", "gaps")
 # Silence is written in blocks of this many bytes (holes can be hours long).
 SILENCE_BLOCK_BYTES = 1 << 20
-
-
-def iso(moment: datetime | None) -> str | None:
-    """UTC ISO 8601 with microseconds and ``Z``, as the function writes times."""
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 # ----------------------------------------------------------------------- names
@@ -143,7 +137,7 @@ class Planned:
 
 
 def read_conversations(
-    store: storage.GcsStore | storage.LocalStore,
+    store: storage.Store,
     uid: str,
     since: datetime | None,
     until: datetime | None,
@@ -214,8 +208,8 @@ def document_of(item: Planned) -> dict[str, Any]:
     cut = item.cut
     return {
         **item.conversation.body,
-        "audio_start": iso(cut.start) if cut else None,
-        "audio_end": iso(cut.end) if cut else None,
+        "audio_start": names.iso(cut.start) if cut else None,
+        "audio_end": names.iso(cut.end) if cut else None,
         "audio_seconds": cut.seconds if cut else 0.0,
         "gaps": item.gaps(),
     }
@@ -389,10 +383,10 @@ def page_conversation(item: Planned, suffix: str) -> dict[str, Any]:
         "emoji": conversation.text_field("emoji"),
         "overview": conversation.text_field("overview"),
         "category": conversation.text_field("category"),
-        "started_at": iso(conversation.started_at),
-        "finished_at": iso(conversation.finished_at),
+        "started_at": names.iso(conversation.started_at),
+        "finished_at": names.iso(conversation.finished_at),
         "audio": f"{item.stem}{suffix}" if cut else None,
-        "audio_start": iso(cut.start) if cut else None,
+        "audio_start": names.iso(cut.start) if cut else None,
         "audio_seconds": cut.seconds if cut else 0.0,
         "coverage": cut.coverage if cut else 0.0,
         "gaps": item.gaps(),

@@ -42,12 +42,14 @@ only through `console.terminal_text`, with its control characters replaced.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import signal
 import sys
 import tempfile
 import threading
+import wave
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -58,10 +60,11 @@ from typing import BinaryIO, TextIO, TypeVar
 
 from google.api_core import exceptions as api_exceptions
 
+import names
 import storage
 import wav
 from omi_audio import archive, console, conversations, page
-from omi_audio.archive import DEFAULT_GAP_SECONDS, Chunk, Selection, starts_new_session
+from omi_audio.archive import DEFAULT_GAP_SECONDS, Chunk, Selection
 
 _T = TypeVar("_T")
 
@@ -170,29 +173,21 @@ def plan_sessions(
     write fewer chunks than planned here.
     """
     taken: set[str] = set()
-    session: Session | None = None
-    base = ""
-    part_bytes = 0
-    for index, chunk in enumerate(chunks):
-        rate = chunk.sample_rate
-        if session is not None and starts_new_session(session.end, session.sample_rate, chunk.received_at, rate, gap):
-            yield session
-            session = None
-        pcm = chunk.pcm_bytes - chunk.pcm_bytes % FRAME_BYTES
-        if session is None:
-            session = Session(chunk.received_at, chunk.received_at, rate, first=index)
-            base = session_base_name(uid, chunk.received_at, taken)
-            session.files = [part_name(base, 1, False, suffix)]
-            part_bytes = 0
-        elif part_bytes + pcm > part_limit and part_bytes:
-            session.files = [part_name(base, n, True, suffix) for n in range(1, len(session.files) + 2)]
-            part_bytes = 0
-        session.sample_rate = session.sample_rate or rate
-        session.end = chunk.received_at
-        session.frames += pcm // FRAME_BYTES
-        session.chunks += 1
-        part_bytes += pcm
-    if session is not None:
+    first = 0
+    for run in archive.sessions(chunks, gap):
+        start = run[0].received_at
+        rate = next((chunk.sample_rate for chunk in run if chunk.sample_rate), None)
+        session = Session(start, run[-1].received_at, rate, chunks=len(run), first=first)
+        base = session_base_name(uid, start, taken)
+        parts, part_bytes = 1, 0
+        for chunk in run:
+            pcm = chunk.pcm_bytes - chunk.pcm_bytes % FRAME_BYTES
+            if part_bytes + pcm > part_limit and part_bytes:
+                parts, part_bytes = parts + 1, 0
+            session.frames += pcm // FRAME_BYTES
+            part_bytes += pcm
+        session.files = [part_name(base, n, parts > 1, suffix) for n in range(1, parts + 1)]
+        first += len(run)
         yield session
 
 
@@ -200,16 +195,18 @@ def plan_sessions(
 
 
 class _PartWriter:
-    """One output WAV being written: a temporary file until `finish` renames it."""
+    """One output WAV being written (the standard library's `wave`): a temporary file until `finish` renames it."""
 
     def __init__(self, out_dir: Path, sample_rate: int) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".wav.tmp", dir=out_dir)
         os.fchmod(fd, 0o644)  # mkstemp makes it private; the result is an ordinary file
         self.path = Path(tmp)
         self.file: BinaryIO = os.fdopen(fd, "wb")
-        self.sample_rate = sample_rate
+        self.wave = wave.open(self.file, "wb")  # closed by `finish` or `discard`
+        self.wave.setnchannels(wav.CHANNELS)
+        self.wave.setsampwidth(wav.SAMPLE_WIDTH)
+        self.wave.setframerate(sample_rate)
         self.size = 0
-        self.file.write(wav.header(0, sample_rate))  # sizes are written by `finish`
 
     @staticmethod
     def frames(path: Path) -> tuple[int, int] | None:
@@ -224,18 +221,18 @@ class _PartWriter:
         return rate, size // FRAME_BYTES
 
     def write(self, pcm: memoryview) -> None:
-        self.file.write(pcm)
+        self.wave.writeframesraw(pcm)
         self.size += len(pcm)
 
     def finish(self, final: Path) -> None:
-        self.file.seek(0)
-        self.file.write(wav.header(self.size, self.sample_rate))
-        self.file.flush()
+        self.wave.close()  # writes the header's sizes
         os.fsync(self.file.fileno())
         self.file.close()
         os.replace(self.path, final)
 
     def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.wave.close()
         self.file.close()
         self.path.unlink(missing_ok=True)
 
@@ -405,7 +402,7 @@ def check_chunk(data: bytes, max_sample_rate: int = wav.MAX_SAMPLE_RATE) -> tupl
 
 
 def export_sessions(
-    store: storage.GcsStore | storage.LocalStore,
+    store: storage.Store,
     uid: str,
     selection: Selection,
     out_dir: Path,
@@ -435,6 +432,7 @@ def export_sessions(
     taken = set() if taken is None else taken
     writer: _PartWriter | _FlacWriter | None = None
     session: Session | None = None
+    splitter = archive.SessionSplitter(gap)
     base = ""
 
     def close_session() -> None:
@@ -464,13 +462,8 @@ def export_sessions(
                 if warn:
                     warn(f"skipped {chunk.name}: not a usable WAV chunk ({exc})")
                 continue
-            if session is not None and (
-                chunk.name in starts
-                or starts_new_session(session.end, session.sample_rate, chunk.received_at, rate, gap)
-            ):
+            if splitter.starts_new(chunk.received_at, rate, force=chunk.name in starts):
                 close_session()
-                session = None
-            if session is None:
                 session = Session(chunk.received_at, chunk.received_at, rate)
                 base = session_base_name(uid, chunk.received_at, taken)
                 writer = output.writer(out_dir, rate)
@@ -593,7 +586,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def reads_per_thread(store: storage.GcsStore | storage.LocalStore) -> Callable[[str], bytes]:
+def reads_per_thread(store: storage.Store) -> Callable[[str], bytes]:
     """`store.read`, through a storage client of each download thread's own.
 
     One client keeps at most 10 connections to storage; with more download
@@ -648,7 +641,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 1
 
 
-def export_uid(args: argparse.Namespace, store: storage.GcsStore | storage.LocalStore, output: OutputFormat) -> int:
+def export_uid(args: argparse.Namespace, store: storage.Store, output: OutputFormat) -> int:
     """Export `args.uid`; returns the exit status.
 
     Raises:
@@ -714,9 +707,7 @@ def export_uid(args: argparse.Namespace, store: storage.GcsStore | storage.Local
     return write_page(args.out, args.uid, [], page_sessions(written, output.part_limit), spans)
 
 
-def export_by_conversation(
-    args: argparse.Namespace, store: storage.GcsStore | storage.LocalStore, output: OutputFormat, where: str
-) -> int:
+def export_by_conversation(args: argparse.Namespace, store: storage.Store, output: OutputFormat, where: str) -> int:
     """``--by conversation``: see `omi_audio.conversations`; returns the exit status."""
     progress = console.Progress()  # warnings only, until the download's bar
     try:
@@ -821,12 +812,8 @@ def page_sessions(sessions: Iterable[Session], part_limit: int = MAX_PART_BYTES)
             rate = session.sample_rate or archive.ASSUMED_SAMPLE_RATE
             start = session.start + timedelta(seconds=full * n / rate)
             stem = name.rsplit(".", 1)[0]
-            entries.append({"stem": stem, "started_at": _iso(start), "seconds": frames / rate, "audio": name})
+            entries.append({"stem": stem, "started_at": names.iso(start), "seconds": frames / rate, "audio": name})
     return entries
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def write_page(

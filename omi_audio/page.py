@@ -23,6 +23,8 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
+import names
+
 TEMPLATE = Path(__file__).with_name("page.html")
 INDEX_NAME = "index.html"
 # Beside it, what every export into the folder gave the page (see `update_index`).
@@ -136,7 +138,7 @@ def read_index(out_dir: Path) -> dict:
     spans = []
     for span in listed("spans"):
         if isinstance(span, list) and len(span) == 2:
-            start, end = _parse(span[0]), _parse(span[1])
+            start, end = names.parse_time(span[0]), names.parse_time(span[1])
             if start and end:
                 spans.append((start, end))
     return {
@@ -236,22 +238,13 @@ def _utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _parse(text: object) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return _utc(datetime.fromisoformat(text))
-    except ValueError:
-        return None
-
-
 def _seconds(value: object) -> float:
     return float(value) if isinstance(value, (int, float)) and value > 0 else 0.0
 
 
 def _conversation_item(conversation: dict, local: Callable[[datetime], datetime]) -> _Item:
-    start = _parse(conversation.get("started_at")) or _parse(conversation.get("audio_start"))
-    end = _parse(conversation.get("finished_at"))
+    start = names.parse_time(conversation.get("started_at")) or names.parse_time(conversation.get("audio_start"))
+    end = names.parse_time(conversation.get("finished_at"))
     seconds = _seconds(conversation.get("audio_seconds"))
     if start and end and end > start:
         seconds = (end - start).total_seconds()
@@ -270,7 +263,7 @@ def _conversation_item(conversation: dict, local: Callable[[datetime], datetime]
 
 
 def _session_item(session: dict, local: Callable[[datetime], datetime]) -> _Item:
-    start = _parse(session.get("started_at"))
+    start = names.parse_time(session.get("started_at"))
     seconds = _seconds(session.get("seconds"))
     end = start + timedelta(seconds=seconds) if start else None
     return _Item(

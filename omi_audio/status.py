@@ -34,6 +34,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+import names
 import storage
 from omi_audio import archive, console
 
@@ -86,7 +87,7 @@ class UidStatus:
 
 
 def report_uid(
-    store: storage.GcsStore | storage.LocalStore,
+    store: storage.Store,
     uid: str,
     now: datetime,
     days: int = DEFAULT_DAYS,
@@ -104,42 +105,36 @@ def report_uid(
     since_last = (now - last).total_seconds() if last else None
     status = UidStatus(
         uid,
-        _iso(last) if last else None,
+        names.iso(last, "seconds") if last else None,
         since_last,
         stale=since_last is None or since_last > alert_after.total_seconds(),
         names_listed=len(chunks) + selection.duplicates,
     )
     by_day = {first_day + timedelta(days=i): Day(str(first_day + timedelta(days=i))) for i in range(days)}
     sessions_seen: dict[date, set[int]] = {}
-    session = -1
     previous: archive.Chunk | None = None
-    rate: int | None = None
-    for chunk in chunks:
-        if previous is None or archive.starts_new_session(
-            previous.received_at, rate, chunk.received_at, chunk.sample_rate, gap
-        ):
-            session += 1
-            rate = None
-        rate = rate or chunk.sample_rate
-        day = by_day.get(chunk.received_at.date())
-        if day is not None:
-            if day.chunks and previous is not None:
-                pause = (chunk.received_at - previous.received_at).total_seconds()
-                if day.longest_gap_seconds is None or pause > day.longest_gap_seconds:
-                    day.longest_gap_seconds, day.longest_gap_from = pause, _iso(previous.received_at)
-            day.chunks += 1
-            if chunk.sample_rate:
-                day.audio_seconds += chunk.pcm_bytes // archive.FRAME_BYTES / chunk.sample_rate
-            day.first_chunk = day.first_chunk or _iso(chunk.received_at)
-            day.last_chunk = _iso(chunk.received_at)
-            sessions_seen.setdefault(chunk.received_at.date(), set()).add(session)
-        previous = chunk
+    for session, run in enumerate(archive.sessions(chunks, gap)):
+        for chunk in run:
+            day = by_day.get(chunk.received_at.date())
+            if day is not None:
+                if day.chunks and previous is not None:
+                    pause = (chunk.received_at - previous.received_at).total_seconds()
+                    if day.longest_gap_seconds is None or pause > day.longest_gap_seconds:
+                        day.longest_gap_seconds = pause
+                        day.longest_gap_from = names.iso(previous.received_at, "seconds")
+                day.chunks += 1
+                if chunk.sample_rate:
+                    day.audio_seconds += chunk.pcm_bytes // archive.FRAME_BYTES / chunk.sample_rate
+                day.first_chunk = day.first_chunk or names.iso(chunk.received_at, "seconds")
+                day.last_chunk = names.iso(chunk.received_at, "seconds")
+                sessions_seen.setdefault(chunk.received_at.date(), set()).add(session)
+            previous = chunk
     for when, seen in sessions_seen.items():
         by_day[when].sessions = len(seen)
     for info in storage.newest_versions(store.list_conversations(uid, window_start, until)):
         if (day := by_day.get(info.parts.starts_at.date())) is not None:
             day.conversations += 1
-        status.last_conversation = _iso(info.parts.starts_at)
+        status.last_conversation = names.iso(info.parts.starts_at, "seconds")
         status.conversations.append(
             {
                 "id": info.parts.conversation_id,
@@ -152,7 +147,7 @@ def report_uid(
     return status
 
 
-def last_chunk_before(store: storage.GcsStore | storage.LocalStore, uid: str, before: datetime) -> datetime | None:
+def last_chunk_before(store: storage.Store, uid: str, before: datetime) -> datetime | None:
     """When `uid`'s last chunk received before `before` arrived, or None within LOOKBACK_LIMIT.
 
     Never lists more than a minute of chunks: windows ending at `before` double
@@ -183,10 +178,6 @@ def last_chunk_before(store: storage.GcsStore | storage.LocalStore, uid: str, be
 
 
 # ------------------------------------------------------------------------ output
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _clock(iso: str | None) -> str:
@@ -262,7 +253,7 @@ def as_json(statuses: list[UidStatus], now: datetime, alert_after: timedelta, st
             raw["audio_seconds"] = round(raw["audio_seconds"], 3)
         uids.append(entry)
     document = {
-        "now": _iso(now),
+        "now": names.iso(now, "seconds"),
         "alert_after_seconds": alert_after.total_seconds(),
         "stale": stale,
         "uids": uids,

@@ -25,11 +25,13 @@ from pathlib import Path
 
 import pytest
 import soundfile
+from conftest import ROOT, assert_decodes, pcm_tone, run, stderr_on_a_terminal
+from storage_proxy import StorageProxy
+
+import names
 import storage
 import wav
-from conftest import ROOT, assert_decodes, pcm_tone, run, stderr_on_a_terminal
 from omi_audio import archive, cli, console, conversations, export, vtt
-from storage_proxy import StorageProxy
 
 UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"
 T0 = datetime(2026, 11, 30, 14, 3, tzinfo=UTC)
@@ -87,7 +89,7 @@ def chunk_metadata(at: datetime, pcm: bytes, rate: int) -> dict[str, str]:
     """The metadata receive_audio stores with a chunk."""
     return {
         "sample_rate": str(rate),
-        "received_at": conversations.iso(at),
+        "received_at": names.iso(at),
         "duration_seconds": str(wav.duration_seconds(len(pcm), rate)),
         "pcm_bytes": str(len(pcm)),
         "idempotency_key": str(uuid.uuid4()),
@@ -153,7 +155,7 @@ def put_conversation(store, body: dict, received_at: datetime | None = None) -> 
     starts_at = archive.parse_time(body.get("started_at")) or archive.parse_time(body.get("created_at"))
     metadata = {
         "conversation_id": body["id"],
-        "received_at": conversations.iso(received_at or RECEIVED),
+        "received_at": names.iso(received_at or RECEIVED),
         "title": body["structured"]["title"][:200],
         "sha256": hashlib.sha256(raw).hexdigest(),
     }
@@ -370,8 +372,8 @@ def test_a_conversation_becomes_its_audio_cut_sample_exact_with_silence_where_a_
     added = {k: document.pop(k) for k in conversations.ADDED_KEYS}
     assert document == json.loads(raw)  # the conversation as stored
     assert added["audio_seconds"] == SPAN + 2 * PAD
-    assert added["audio_start"] == conversations.iso(STARTED - archive.CONVERSATION_PAD)
-    assert added["audio_end"] == conversations.iso(
+    assert added["audio_start"] == names.iso(STARTED - archive.CONVERSATION_PAD)
+    assert added["audio_end"] == names.iso(
         STARTED - archive.CONVERSATION_PAD + timedelta(seconds=(len(line) // 2 - 1) / RATE)
     )
     assert added["gaps"] == [{"start": hole_at / RATE, "seconds": hole_frames / RATE}]
