@@ -75,8 +75,8 @@ DEPLOYED_THREADS = "16"  # deploy.sh sets THREADS to the concurrency
 #   on every call.
 DEPLOYED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 TOKEN = "bench-token"
-# The modules deploy.sh uploads beside main.py's libraries (its staged copy).
-FUNCTION_MODULES = ("main.py", "conversation.py", "storage.py", "wav.py")
+# The modules deploy.sh uploads beside main.py's libraries (its staged copy: every *.py at the root).
+FUNCTION_MODULES = tuple(sorted(path.name for path in ROOT.glob("*.py")))
 # RSS moves in allocator arenas and pages: below this, "growth" is noise.
 LEAK_TOLERANCE_BYTES = 1024 * 1024
 # What main.py keeps per instance for retries; the leak run starts with it full.

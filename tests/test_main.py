@@ -429,22 +429,18 @@ def test_absurd_idempotency_key_is_ignored_and_audio_kept(client, local_dir):
 # -- 10. storage failure ---------------------------------------------------------------
 
 
-def test_unreachable_storage_is_503_within_the_deadline_then_recovers(client, monkeypatch, bucket, fake_gcs):
+def test_unreachable_storage_is_503_within_the_deadline_then_recovers(client, monkeypatch, bucket, proxy):
     import time
 
-    from conftest import free_port
-
     monkeypatch.setenv("NO_RETRY_DEADLINE_SECONDS", "1.5")
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")  # nothing listens
-    monkeypatch.setenv("GCS_BUCKET_NAME", bucket.name + "-x")  # a new client, pointed at the dead port
+    proxy.down()  # nothing listens where storage was
     started = time.monotonic()
     response = post(client, f"sample_rate=16000&uid={UID}")
     elapsed = time.monotonic() - started
     assert response.status_code == 503
     assert "storage" in response.get_json()["error"]
     assert 1.0 <= elapsed < 5
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake_gcs)
-    monkeypatch.setenv("GCS_BUCKET_NAME", bucket.name)
+    proxy.up()  # the same instance, its client unchanged, reaches storage again
     assert post(client, f"sample_rate=16000&uid={UID}").status_code == 200
     assert len(objects(bucket)) == 1
 
@@ -544,12 +540,12 @@ def test_one_storage_client_is_built_under_concurrent_first_requests(bucket, mon
         real_init(self, name)
 
     monkeypatch.setattr(storage.GcsStore, "__init__", counting_init)
-    main._stores.clear()
+    main._store = None  # as a new instance
     barrier = threading.Barrier(8)
 
     def first_request():
         barrier.wait()
-        main.store_from_env()
+        main.instance_store()
 
     threads = [threading.Thread(target=first_request) for _ in range(8)]
     for t in threads:

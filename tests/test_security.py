@@ -7,10 +7,11 @@ import io
 import uuid
 from urllib.parse import quote
 
-import main
 import pytest
 from conftest import objects, pcm_tone
 from storage_proxy import is_any
+
+import main
 
 TOKEN = "s3cret-Token_0123456789abcdef"
 UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"
@@ -126,11 +127,11 @@ def test_uid_outside_allowed_uids_is_403_before_the_body_is_kept_or_storage_is_t
     assert response.status_code == 403
     assert OTHER in response.get_json()["error"]
     assert body.consumed_when_answered == len(pcm_tone(1.0))  # read to its end so the sender reads the 403...
-    assert served_main._body_budget.in_use == 0  # ...and dropped
+    assert served_main.body.BUDGET.in_use == 0  # ...and dropped
     assert proxy.seen == []  # storage never heard of it
     assert objects(bucket) == {}
     assert (OTHER, key) not in served_main._recent
-    assert not any(key[0] == bucket.name for key in served_main._stores)  # no storage client was even built
+    assert served_main._store is None  # no storage client was even built
 
 
 def test_allowed_uids_lets_the_listed_uids_through(client, bucket, monkeypatch):

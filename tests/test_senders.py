@@ -29,7 +29,7 @@ import pytest
 import requests
 from conftest import serve_function
 
-import main
+import body
 
 TOKEN = "sender-test-token-0123"
 UID = "Xk2mQ9pL4sT7vW1yZ3aB5cD8eF0g"
@@ -184,7 +184,7 @@ def test_the_connection_stays_usable_after_a_rejection(servers):
 def test_bodies_over_the_instance_budget_get_503_read_to_their_end_and_the_budget_comes_back(tmp_path):
     """The budget counts the body bytes the function holds, as they arrive; a body that does not fit is
     told to retry."""
-    piece = main.READ_PIECE_BYTES  # what the function takes from the stream at a time
+    piece = body.READ_PIECE_BYTES  # what the function takes from the stream at a time
     cap = 2 * piece
     settings = {
         "LOCAL_AUDIO_DIR": str(tmp_path / "rec"),

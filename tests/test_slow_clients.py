@@ -22,6 +22,7 @@ import httpx
 import pytest
 from conftest import assert_decodes, free_port, local_objects, pcm_tone, serve_function
 
+import body
 import main
 
 TOKEN = "slow-client-token-0123456789"
@@ -170,8 +171,8 @@ def test_slow_senders_without_the_token_hold_a_thread_for_the_discard_bound_only
     for thread in tricklers:
         thread.join(SENDER_TIMEOUT_SECONDS)
     assert response.status_code == 200
-    assert len(held) == THREADS and max(held) < main.discard_seconds(1_000_000) + MARGIN_SECONDS
-    assert chunk_took < main.discard_seconds(1_000_000) + MARGIN_SECONDS
+    assert len(held) == THREADS and max(held) < body.discard_seconds(1_000_000) + MARGIN_SECONDS
+    assert chunk_took < body.discard_seconds(1_000_000) + MARGIN_SECONDS
     with capsys.disabled():
         print(
             f"\nno token: {THREADS} tricklers held for {min(held):.2f}-{max(held):.2f} s; "
@@ -246,7 +247,7 @@ def test_slow_senders_with_the_token_are_dropped_at_the_senders_30_s(server, rec
     for thread in tricklers:
         thread.join(SENDER_TIMEOUT_SECONDS * 2)
     assert len(held) == THREADS
-    assert main.BODY_ARRIVAL_SECONDS - 0.5 < min(held) and max(held) < main.BODY_ARRIVAL_SECONDS + MARGIN_SECONDS
+    assert body.BODY_ARRIVAL_SECONDS - 0.5 < min(held) and max(held) < body.BODY_ARRIVAL_SECONDS + MARGIN_SECONDS
     dropped = wait_for_lines(log, "too slow", before, THREADS)
     assert [line["status"] for line in dropped] == [408] * THREADS
     assert local_objects(recordings) == {}
