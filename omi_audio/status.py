@@ -131,7 +131,7 @@ def report_uid(
             previous = chunk
     for when, seen in sessions_seen.items():
         by_day[when].sessions = len(seen)
-    for info in storage.newest_versions(store.list_conversations(uid, window_start, until)):
+    for info in archive.preferred_versions(store.list_conversations(uid, window_start, until)):
         if (day := by_day.get(info.parts.starts_at.date())) is not None:
             day.conversations += 1
         status.last_conversation = names.iso(info.parts.starts_at, "seconds")
