@@ -354,7 +354,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def _uid_to_store_under(store: storage.GcsStore | storage.LocalStore, uid: str) -> str:
+def _uid_to_store_under(store: storage.Store, uid: str) -> str:
     """`uid`, or the uid its folder name stands for; a uid the store lacks only into an empty store.
 
     A typo would otherwise put the conversations where no export looks.
@@ -408,7 +408,7 @@ def describe(raw: bytes) -> Listed:
     )
 
 
-def _store(store: storage.GcsStore | storage.LocalStore, uid: str, event: Listed, raw: bytes) -> None:
+def _store(store: storage.Store, uid: str, event: Listed, raw: bytes) -> None:
     received_at = datetime.now(UTC)
     metadata = {
         "conversation_id": event.conversation_id,

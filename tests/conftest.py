@@ -25,6 +25,9 @@ from hypothesis import HealthCheck, settings
 from storage_proxy import StorageProxy
 
 ROOT = Path(__file__).resolve().parent.parent
+# What an export writes beside its recordings for the page (omi_audio.page: the page, and the
+# data every export into the folder merges into); tests/test_page.py checks them.
+PAGE_FILES = ("index.html", "index.json")
 sys.path.insert(0, str(ROOT))
 
 # Under CI=true Hypothesis would load its "ci" profile, whose derandomize=True sends
@@ -304,3 +307,8 @@ def stderr_on_a_terminal(command: list[str]) -> str:
         pass
     os.close(leader)
     return seen.decode(errors="replace")
+
+
+def exported(directory: Path, pattern: str = "*") -> list[Path]:
+    """The files an export wrote into `directory` that match `pattern`, but the page's (PAGE_FILES)."""
+    return sorted(p for p in directory.glob(pattern) if p.name not in PAGE_FILES)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from conftest import ROOT, assert_decodes, pcm_tone, run, stderr_on_a_terminal
+from conftest import ROOT, assert_decodes, exported, pcm_tone, run, stderr_on_a_terminal
 from storage_proxy import StorageProxy
 
 import storage
@@ -74,7 +74,7 @@ def wavs(directory: Path) -> list[Path]:
 
 def outputs(directory: Path) -> list[Path]:
     """The files an export wrote into `directory`, but the page beside them (tests/test_page.py checks it)."""
-    return sorted(p for p in directory.iterdir() if p.name != "index.html")
+    return exported(directory)
 
 
 def assert_session(path: Path, rate: int, pcms: list[bytes]) -> None:
@@ -844,7 +844,7 @@ def test_an_interrupted_export_leaves_no_truncated_wav_and_resumes(bucket, fake_
 
     assert proc.returncode == 130, err
     assert b"interrupted" in err
-    [finished] = list(out.iterdir())  # the finished session only: no part-written file at all
+    [finished] = exported(out)  # the finished session only: no part-written file at all
     assert_session(finished, RATE, [first])
 
     # Run again with --skip-existing: the finished session is kept, the other written.

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from conftest import ROOT, assert_decodes, pcm_tone, run, stderr_on_a_terminal
+from conftest import PAGE_FILES, ROOT, assert_decodes, exported, pcm_tone, run, stderr_on_a_terminal
 from storage_proxy import StorageProxy
 
 import names
@@ -353,7 +353,7 @@ def test_a_conversation_becomes_its_audio_cut_sample_exact_with_silence_where_a_
 
     assert (code, err) == (0, "")
     stem = "2026-11-30_1403_Product-launch-planning"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.endswith(".html")) == [
+    assert [p.name for p in exported(tmp_path / "out")] == [
         f"{stem}.json",
         f"{stem}.vtt",
         f"{stem}.wav",
@@ -410,7 +410,7 @@ def test_the_newest_version_of_a_conversation_is_the_one_exported(source, tmp_pa
     code, out, _ = run(capsys, *BY_CONVERSATION, *args, "--out", str(tmp_path / "out"))
 
     assert code == 0
-    [document] = (tmp_path / "out").glob("*.json")
+    [document] = exported(tmp_path / "out", "*.json")
     assert document.name == "2026-11-30_1403_Reprocessed.json"
     assert json.loads(document.read_bytes())["structured"]["title"] == "Reprocessed"
     assert "1 conversation(s)" in out
@@ -463,7 +463,7 @@ def test_nasty_titles_give_safe_unique_names_inside_the_folder(tmp_path, local_d
     code, _, _ = run(capsys, *BY_CONVERSATION, "--local-dir", str(local_dir), "--out", str(out_dir))
 
     assert code == 0
-    documents = sorted(p.name for p in out_dir.glob("*.json"))
+    documents = [p.name for p in exported(out_dir, "*.json")]
     assert len(documents) == len(titles) == len({d.casefold() for d in documents})
     assert [p.name for p in (tmp_path / "a").rglob("*") if p.parent != out_dir] == ["b", "out"]  # nothing outside
     assert all(len(name.encode()) < 128 and name.startswith("2026-11-30_1403_") for name in documents)
@@ -693,7 +693,7 @@ def test_an_interrupted_export_leaves_whole_conversations_only_and_resumes(bucke
 
     assert proc.returncode == 130, err
     assert b"interrupted" in err
-    assert sorted(p.name for p in out.iterdir()) == [f"{short.name}{suffix}" for suffix in (".json", ".vtt", ".wav")]
+    assert [p.name for p in exported(out)] == [f"{short.name}{suffix}" for suffix in (".json", ".vtt", ".wav")]
     finished = short.with_suffix(".wav").read_bytes()
 
     code, text, _ = run(capsys, *BY_CONVERSATION, "--bucket", bucket.name, "--out", str(out), "--skip-existing")
@@ -742,7 +742,7 @@ def test_a_conversation_export_writes_the_page_with_every_conversation_and_the_v
 
     assert code == 0
     found = articles(tmp_path / "out" / "index.html")
-    stems = sorted(p.stem for p in (tmp_path / "out").glob("*.json"))
+    stems = [p.stem for p in exported(tmp_path / "out", "*.json")]
     assert sorted(found) == stems == ["2026-11-30_1403_Heard-loud-clear", "2026-11-30_1703_Unheard"]
     heard, unheard = (found[stem] for stem in stems)
     assert (heard["audio"], unheard["audio"]) == (f"{stems[0]}.wav", None)
@@ -823,7 +823,8 @@ def test_a_conversation_that_cannot_be_placed_is_skipped_named_once_and_the_rest
     assert code == export.EXIT_SKIPPED == 3
     assert err.splitlines() == [f"warning: skipped {stored_name(store, 'crafted')}: {why}"]
     stem = "2026-11-30_1403_Ordinary"
-    assert sorted(p.name for p in out_dir.iterdir()) == [f"{stem}.json", f"{stem}.vtt", f"{stem}.wav", "index.html"]
+    assert [p.name for p in exported(out_dir)] == [f"{stem}.json", f"{stem}.vtt", f"{stem}.wav"]
+    assert all((out_dir / name).is_file() for name in PAGE_FILES)
     assert list(articles(out_dir / "index.html")) == [stem]
     assert "1 conversation(s) written" in out and "1 skipped (named above)" in out
 
