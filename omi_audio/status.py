@@ -221,8 +221,12 @@ def format_report(statuses: list[UidStatus], alert_after: timedelta, out) -> Non
         verdict = f"STALE: nothing for more than {limit}" if status.stale else "OK"
         out.write(console.terminal_text(f"{status.uid}: {headline}  [{verdict}]") + "\n")
         rows = [("DAY (UTC)", "AUDIO", "SESSIONS", "CHUNKS", "CONVERSATIONS", "FIRST", "LAST", "LONGEST GAP")]
-        for day in status.days:
+        for day, empty_days in _fold_empty_days(status.days):
             conversations = str(day.conversations) if day.conversations else "-"
+            if len(empty_days) > 1:  # days in a row with nothing at all: one row, not a screenful
+                span = f"{day.date}..{empty_days[-1].date[5:]}"
+                rows.append((span, "-", "-", "-", "-", "-", "-", f"no audio, {len(empty_days)} days"))
+                continue
             if day.no_audio:
                 rows.append((day.date, "-", "-", "-", conversations, "-", "-", "no audio"))
                 continue
@@ -242,6 +246,18 @@ def format_report(statuses: list[UidStatus], alert_after: timedelta, out) -> Non
                 )
             )
         console.print_table(rows, "<>>>><<", out)
+
+
+def _fold_empty_days(days: list[Day]) -> list[tuple[Day, list[Day]]]:
+    """Each day to show, with the run of days from it that hold neither audio nor a conversation (or none)."""
+    folded: list[tuple[Day, list[Day]]] = []
+    for day in days:
+        empty = day.no_audio and not day.conversations
+        if empty and folded and folded[-1][1]:
+            folded[-1][1].append(day)
+        else:
+            folded.append((day, [day] if empty else []))
+    return folded
 
 
 def as_json(statuses: list[UidStatus], now: datetime, alert_after: timedelta, stale: bool) -> str:

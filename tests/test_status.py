@@ -149,6 +149,26 @@ def test_the_table_reads_at_a_glance(source, capsys):
     assert lines[4].split()[:7] == ["2025-03-10", "0:00:01.0", "1", "1", "-", "00:01:00", "00:01:00"]
 
 
+def test_days_in_a_row_with_nothing_are_one_row_and_the_json_keeps_every_day(source, capsys):
+    store, args = source
+    put(store, datetime(2025, 2, 28, 9, 0, tzinfo=UTC))
+    put(store, datetime(2025, 3, 10, 11, 0, tzinfo=UTC))
+    common = ["--uid", UID, *args, "--days", "14"]
+
+    code, out, err = run(capsys, "status", *common, "--at", NOW.isoformat())
+    _, document = report(capsys, *common)
+
+    assert (code, err) == (0, "")
+    assert [line.split()[0] for line in out.splitlines()[2:]] == [
+        "2025-02-25..02-27",
+        "2025-02-28",
+        "2025-03-01..03-09",
+        "2025-03-10",
+    ]
+    assert out.splitlines()[4].split()[-4:] == ["no", "audio,", "9", "days"]
+    assert len(document["uids"][0]["days"]) == 14
+
+
 def test_nothing_for_longer_than_alert_after_is_exit_3(source, capsys):
     store, args = source
     put(store, NOW - timedelta(hours=5))
