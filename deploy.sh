@@ -87,36 +87,13 @@ command -v curl >/dev/null || die "curl is needed to test the deployed URL"
 
 WORK="$(mktemp -d)"
 
-# The upload is a staged copy holding exactly the function's files: main.py, the
-# modules beside it that it imports (and those they import), and requirements.txt.
-# Nothing else in this folder (recordings, exports, keys, .venv, .git) can leave the
-# machine, whatever gcloud's ignore settings say.
-imported_names() { # the top-level module names a Python file imports
-  local line item items
-  while IFS= read -r line; do
-    if [[ "$line" =~ ^[[:space:]]*from[[:space:]]+([A-Za-z_][A-Za-z0-9_]*)[[:space:]]+import[[:space:]] ]]; then
-      echo "${BASH_REMATCH[1]}"
-    elif [[ "$line" =~ ^[[:space:]]*import[[:space:]]+([^#]*) ]]; then
-      IFS=, read -ra items <<<"${BASH_REMATCH[1]}"
-      for item in "${items[@]}"; do
-        item="${item#"${item%%[![:space:]]*}"}"
-        echo "${item%%[!A-Za-z0-9_]*}"
-      done
-    fi
-  done <"$1"
-}
-FUNCTION_FILES=(main.py)
-for ((i = 0; i < ${#FUNCTION_FILES[@]}; i++)); do
-  while read -r name; do
-    if [[ -n "$name" && -f "$SOURCE_DIR/$name.py" && " ${FUNCTION_FILES[*]} " != *" $name.py "* ]]; then
-      FUNCTION_FILES+=("$name.py")
-    fi
-  done < <(imported_names "$SOURCE_DIR/${FUNCTION_FILES[i]}")
-done
-FUNCTION_FILES+=(requirements.txt)
+# The upload is a staged copy holding exactly the function's files: the Python files
+# at the root of this folder (main.py and the modules it imports) and
+# requirements.txt. Nothing else (the tools in omi_audio/, recordings, exports, keys,
+# .venv, .git) can leave the machine, whatever gcloud's ignore settings say.
 STAGE="$WORK/source"
 mkdir "$STAGE"
-for f in "${FUNCTION_FILES[@]}"; do cp "$SOURCE_DIR/$f" "$STAGE/"; done
+cp "$SOURCE_DIR"/*.py "$SOURCE_DIR/requirements.txt" "$STAGE/"
 DONE=() # what is in place (found or made by this run), for the message if it stops midway
 
 on_exit() {
@@ -666,7 +643,7 @@ REMOVE_VARS=WEBHOOK_TOKEN # where an earlier deploy.sh kept the token in plain t
 #   backend, 27 s for the phone); 60 s is only a backstop, past their 30 s timeout.
 # --update-*/--remove-*: only the settings named here change; anything else
 #   already on the function (ALLOWED_UIDS when not given) stays as it is.
-echo "The upload: ${FUNCTION_FILES[*]} (copied from $SOURCE_DIR, nothing else)" >&2
+echo "The upload: $(cd "$STAGE" && echo *) (copied from $SOURCE_DIR, nothing else)" >&2
 if ! run gcloud functions deploy "$FUNCTION_NAME" \
   --gen2 \
   --project="$PROJECT" \

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -578,7 +579,7 @@ def test_first_deploy_creates_everything_and_proves_the_url(cloud, tmp_path):
     f = flags(deploy_call)
     # A staged copy of the script's folder (not the caller's): the function's files alone.
     assert f["source"] != str(ROOT)
-    assert cloud.uploaded() == sorted({"main.py", "requirements.txt"} | local_modules(ROOT / "main.py", set()))
+    assert cloud.uploaded() == sorted(function_files())
     assert {"gen2", "trigger-http", "allow-unauthenticated", "quiet"} <= f.keys()
     assert f["entry-point"] == "receive_audio" and re.fullmatch(r"python3\d+", f["runtime"])
 
@@ -1259,14 +1260,6 @@ def test_dry_run_reads_but_changes_nothing_and_shows_the_same_url_form(cloud):
 # --- the upload, and the real gcloud ------------------------------------------------------
 
 
-def local_modules(path: Path, seen: set[str]) -> set[str]:
-    for name in re.findall(r"^(?:from|import) (\w+)", path.read_text(), re.M):
-        if (ROOT / f"{name}.py").exists() and f"{name}.py" not in seen:
-            seen.add(f"{name}.py")
-            local_modules(ROOT / f"{name}.py", seen)
-    return seen
-
-
 def need_gcloud():
     if REAL_GCLOUD is None:
         if os.environ.get("CI") == "true":
@@ -1298,29 +1291,29 @@ def files_for_upload(folder: Path, tmp_path: Path, **env: str) -> set[str]:
     return set(result.stdout.split())
 
 
+def function_files() -> set[str]:
+    """What deploys, by the rule the root shows: its Python files and requirements.txt."""
+    return {path.name for path in ROOT.glob("*.py")} | {"requirements.txt"}
+
+
 def test_the_upload_is_a_staged_copy_of_the_function_files_alone(cloud, tmp_path):
     """Whatever else lies in the folder, and with gcloud's ignore files switched off, the
-    upload holds main.py, the modules it imports (followed from import to import) and
-    requirements.txt, and the function runs from it."""
+    upload holds the Python files at the root and requirements.txt, and the function
+    runs from it."""
     checkout = tmp_path / "checkout"
-    for name in ("deploy.sh", "requirements.txt", *local_modules(ROOT / "main.py", set())):
+    for name in ("deploy.sh", *function_files()):
         (checkout / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, checkout / name)
-    # A module main.py may come to import, which imports one more of its own.
-    main = (ROOT / "main.py").read_text()
-    assert main.count("\nimport storage\n") == 1
-    (checkout / "main.py").write_text(main.replace("\nimport storage\n", "\nimport conversation\nimport storage\n"))
-    (checkout / "conversation.py").write_text('"""A module of the function."""\n\nfrom extra import VALUE as VALUE\n')
-    (checkout / "extra.py").write_text("VALUE = 1\n")
     for junk in (
         "recordings/phone/20261201T000000.000000Z.wav",
         "exports/session.wav",
         ".venv/bin/python",
         ".git/HEAD",
         "service-account-key.json",
-        "export.py",
-        "status.py",
+        "omi_audio/export.py",
+        "omi_audio/page.html",
         "tests/test_main.py",
+        "pyproject.toml",
     ):
         (checkout / junk).parent.mkdir(parents=True, exist_ok=True)
         (checkout / junk).write_text("not the function's\n")
@@ -1330,22 +1323,32 @@ def test_the_upload_is_a_staged_copy_of_the_function_files_alone(cloud, tmp_path
         GCS_BUCKET_NAME="my-omi-audio", script=checkout / "deploy.sh", CLOUDSDK_GCLOUDIGNORE_ENABLED="false"
     )
     assert result.returncode == 0, result.stderr
-    function_files = {"main.py", "conversation.py", "extra.py", "storage.py", "wav.py", "requirements.txt"}
-    assert set(cloud.uploaded()) == function_files
+    assert set(cloud.uploaded()) == function_files()
     assert flags(find(calls, "functions", "deploy")[0])["source"] != str(checkout)
     assert cloud.post(cloud.token(1)) == 200  # the staged copy is the whole function
     if REAL_GCLOUD:  # the real gcloud uploads the same from the staged copy, ignore files on or off
         staged = Path(cloud.function()["source"])
-        assert files_for_upload(staged, tmp_path) == function_files
-        assert files_for_upload(staged, tmp_path, CLOUDSDK_GCLOUDIGNORE_ENABLED="false") == function_files
+        assert files_for_upload(staged, tmp_path) == function_files()
+        assert files_for_upload(staged, tmp_path, CLOUDSDK_GCLOUDIGNORE_ENABLED="false") == function_files()
+
+
+def test_the_function_imports_nothing_outside_the_root_but_its_requirements():
+    """The root's Python files are the whole function: main.py runs in a folder holding
+    only them (the tools' package is not there), as it does once deployed."""
+    with tempfile.TemporaryDirectory() as folder:
+        for name in function_files():
+            shutil.copy2(ROOT / name, folder)
+        probe = "import main, sys; print(sorted(m for m in sys.modules if m in {'omi_audio', 'tests'}))"
+        result = subprocess.run([sys.executable, "-c", probe], cwd=folder, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_gcloudignore_lets_a_deploy_by_hand_upload_only_the_function(tmp_path):
     """deploy.sh uploads a staged copy; .gcloudignore guards a `gcloud functions deploy
     --source=.` run by hand from this folder."""
     need_gcloud()
-    uploaded = files_for_upload(ROOT, tmp_path)
-    assert uploaded == {"main.py", "requirements.txt"} | local_modules(ROOT / "main.py", set())
+    assert files_for_upload(ROOT, tmp_path) == function_files()
 
 
 def all_branches(cloud: Cloud, tmp: Path) -> None:
