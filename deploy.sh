@@ -53,6 +53,12 @@ Settings (environment variables; on a re-run, unset means "keep as deployed"):
                         'keep': store it anyway
   WEBHOOK_TOKEN         the token for a first deploy or --rotate-token
                         (default: 32 random bytes)
+  ALERT_EMAIL           mail this address (Cloud Monitoring, nothing on your
+                        machine) when no audio chunk is stored for ALERT_AFTER,
+                        or conversations are stored with no audio for an hour;
+                        'none' removes that alert; unset leaves it as it is
+  ALERT_AFTER           hours without a chunk before the mail, 1h to 25h
+                        (e.g. 12h, 90m); default 24h, kept on a re-run
 EOF
 }
 
@@ -179,6 +185,37 @@ TOKEN_RE='^[A-Za-z0-9._~-]{16,}$'
 if [[ -n "$GIVEN_TOKEN" && ! "$GIVEN_TOKEN" =~ $TOKEN_RE ]]; then
   die "WEBHOOK_TOKEN must be at least 16 characters of A-Z a-z 0-9 . _ ~ - (no comma)"
 fi
+# The alert: ALERT_EMAIL sets it up or changes its address, ALERT_AFTER its wait;
+# ALERT_EMAIL=none removes it; neither leaves it (and Cloud Monitoring) alone.
+ALERT_EMAIL="${ALERT_EMAIL:-}"
+ALERT_AFTER="${ALERT_AFTER:-}"
+ALERT_MODE="" # "" (leave it), "set" (create or update), "remove"
+if [[ "$ALERT_EMAIL" == none ]]; then
+  [[ -z "$ALERT_AFTER" ]] || die "ALERT_AFTER and ALERT_EMAIL=none contradict each other: ALERT_EMAIL=none removes the alert"
+  ALERT_MODE="remove"
+elif [[ -n "$ALERT_EMAIL$ALERT_AFTER" ]]; then
+  ALERT_MODE="set"
+fi
+# The address goes to gcloud as --channel-labels=email_address=..., a list split on
+# commas, and is read back split on '|'.
+if [[ "$ALERT_MODE" == set && -n "$ALERT_EMAIL" && ! "$ALERT_EMAIL" =~ ^[^@[:space:],=|]+@[^@[:space:],=|]+\.[^@[:space:],=|]+$ ]]; then
+  die "ALERT_EMAIL '$ALERT_EMAIL' is not an email address (or 'none', to remove the alert)"
+fi
+# ALERT_AFTER in seconds: the alert's look-back window. Cloud Monitoring aligns an
+# alerting condition's data over at most 25 hours; under an hour, every break (the
+# device charging, a quiet hour) would mail.
+ALERT_AFTER_S=""
+if [[ -n "$ALERT_AFTER" ]]; then
+  if [[ "$ALERT_AFTER" =~ ^([1-9][0-9]{0,4})(m|h|d)?$ ]]; then
+    case "${BASH_REMATCH[2]}" in
+      m) ALERT_AFTER_S=$((BASH_REMATCH[1] * 60)) ;;
+      d) ALERT_AFTER_S=$((BASH_REMATCH[1] * 86400)) ;;
+      *) ALERT_AFTER_S=$((BASH_REMATCH[1] * 3600)) ;;
+    esac
+  fi
+  ((${ALERT_AFTER_S:-0} >= 3600 && ${ALERT_AFTER_S:-0} <= 90000)) ||
+    die "ALERT_AFTER must be 1h to 25h (e.g. 12h, 90m, 1d): Cloud Monitoring looks back at most 25 hours. For longer gaps, run omi-audio status on a schedule (docs/operations.md)."
+fi
 
 PROJECT="${GOOGLE_CLOUD_PROJECT:-$(gcloud config get-value project 2>/dev/null || true)}"
 [[ -n "$PROJECT" ]] || die "no project: set GOOGLE_CLOUD_PROJECT or run 'gcloud config set project PROJECT_ID'"
@@ -228,7 +265,11 @@ PROJECT_NUMBER="$OUT"
 SERVICES=(cloudfunctions.googleapis.com run.googleapis.com cloudbuild.googleapis.com
   artifactregistry.googleapis.com storage.googleapis.com iam.googleapis.com
   secretmanager.googleapis.com logging.googleapis.com)
+# Cloud Monitoring holds the alert's email channel and policy, so it is enabled only
+# by ALERT_EMAIL (logging.googleapis.com, above, holds the alert's log-based metric).
+[[ "$ALERT_MODE" != set || -z "$ALERT_EMAIL" ]] || SERVICES+=(monitoring.googleapis.com)
 probe gcloud services list --enabled --project="$PROJECT" --format='value(config.name)' || true
+ENABLED_SERVICES="$OUT"
 MISSING_SERVICES=()
 for s in "${SERVICES[@]}"; do
   grep -qxF "$s" <<<"$OUT" || MISSING_SERVICES+=("$s")
@@ -354,6 +395,47 @@ fi
 EXCLUDED=0
 if api_on logging && probe gcloud logging sinks describe _Default --project="$PROJECT" --format='value(exclusions[].name)'; then
   [[ ";$OUT;" == *";$EXCLUSION;"* ]] && EXCLUDED=1
+fi
+
+# The alert is three resources, nothing running on a schedule: a log-based metric
+# counting the function's own log lines for each audio chunk stored (kind "stored")
+# and each conversation stored (kind "conversation"); an email notification channel;
+# and an alerting policy on that metric. The channel and the policy carry the user
+# label omi_audio_alert=FUNCTION_NAME, by which a re-run finds them. Read only when
+# ALERT_EMAIL or ALERT_AFTER is given.
+ALERT_METRIC="${FUNCTION_NAME}-stored"
+ALERT_LABEL="omi_audio_alert"
+# The second condition's window: conversations stored in the last hour while no audio
+# was. A conversation event comes minutes after its last words (the conversation ends
+# after a silence, is processed, then posted, with retries of at most 36 s), and
+# while anyone speaks the audio webhook posts every few seconds (the phone's own
+# mode: every minute). So a working audio webhook always stored chunks in the hour
+# before a conversation event, and an owner whose audio webhook alone died (Omi
+# issue 7519) hears within about an hour of its last chunk, at the first conversation.
+CONVERSATION_WINDOW_S=3600
+METRIC_EXISTS=0
+METRIC_NOW=""
+CHANNELS=() # "name|email" of each channel labelled for this function
+POLICIES=() # "name|config|after" of each policy labelled for this function
+if [[ -n "$ALERT_MODE" ]]; then
+  if api_on logging && probe gcloud logging metrics describe "$ALERT_METRIC" --project="$PROJECT" --format='value(description)'; then
+    METRIC_EXISTS=1
+    METRIC_NOW="$OUT"
+  fi
+  # Cloud Monitoring off (and not enabled by this run) holds no channel or policy.
+  if grep -qxF monitoring.googleapis.com <<<"$ENABLED_SERVICES" ||
+    { [[ " ${SERVICES[*]} " == *" monitoring.googleapis.com "* ]] && api_on monitoring; }; then
+    probe gcloud beta monitoring channels list --project="$PROJECT" \
+      --format="value[separator=\"|\"](name,userLabels.$ALERT_LABEL,labels.email_address)" || true
+    while IFS='|' read -r name label email; do
+      [[ "$label" != "$FUNCTION_NAME" ]] || CHANNELS+=("$name|$email")
+    done <<<"$OUT"
+    probe gcloud alpha monitoring policies list --project="$PROJECT" \
+      --format="value[separator=\"|\"](name,userLabels.$ALERT_LABEL,userLabels.omi_audio_config,userLabels.omi_audio_after)" || true
+    while IFS='|' read -r name label config after; do
+      [[ "$label" != "$FUNCTION_NAME" ]] || POLICIES+=("$name|$config|$after")
+    done <<<"$OUT"
+  fi
 fi
 
 ((!FUNCTION_EXISTS)) || DONE+=("function $FUNCTION_NAME in $REGION (already there)")
@@ -510,6 +592,132 @@ PY
   esac
 fi
 
+# The alert: which channel and policy to keep (the first found; any other labelled
+# for this function is a duplicate, removed), the address, the wait, and the two
+# files gcloud reads. Each file's checksum goes into the resource (the metric's
+# description, the policy's label omi_audio_config), so a re-run changes a resource
+# only when what deploy.sh would write differs from what it wrote last time.
+json_str() { # $1 as a JSON string
+  local s="${1//\\/\\\\}"
+  s="${s//\"/\\\"}"
+  printf '"%s"' "${s//$'\n'/\\n}"
+}
+duration_text() { # seconds as "24 h", "1 h 30 min"
+  local h=$(($1 / 3600)) m=$(($1 % 3600 / 60))
+  if ((m == 0)); then echo "$h h"; else echo "$h h $m min"; fi
+}
+# Every line main.py writes for a chunk stored ("stored", "stored (found from an
+# earlier attempt)") or a conversation stored ("conversation stored", "conversation
+# already stored"), from this function only (gen2 functions run on Cloud Run).
+LOG_FILTER="resource.type=\"cloud_run_revision\" AND resource.labels.service_name=\"$FUNCTION_NAME\" AND jsonPayload.status=200 AND jsonPayload.message=~\"^(stored|conversation stored|conversation already stored)\""
+metric_description() { # $1: the config checksum
+  echo "Audio chunks (kind stored) and conversations (kind conversation) that the function $FUNCTION_NAME stored, counted from its log lines for the alert deploy.sh set up. Config $1."
+}
+metric_json() { # $1: the config checksum
+  cat <<EOF
+{
+  "description": $(json_str "$(metric_description "$1")"),
+  "filter": $(json_str "$LOG_FILTER"),
+  "labelExtractors": {"kind": $(json_str 'REGEXP_EXTRACT(jsonPayload.message, "^(stored|conversation)")')},
+  "metricDescriptor": {
+    "metricKind": "DELTA",
+    "valueType": "INT64",
+    "unit": "1",
+    "labels": [{"key": "kind", "valueType": "STRING", "description": "stored: an audio chunk; conversation: a conversation event"}]
+  }
+}
+EOF
+}
+# Two conditions, either of which mails. Each sums the metric over a window that
+# slides with every evaluation, across all of the function's revisions (each deploy
+# makes a new one, and with it new time series):
+#   1. fewer than 1 chunk stored in the last ALERT_AFTER. No data at all counts as a
+#      breach (evaluationMissingData), as a log-based metric writes no points while
+#      nothing matches. A metric-absence condition would say the same, but it
+#      cannot wait longer than 23.5 hours; a window can be up to 25 hours.
+#   2. of the chunks and conversations stored in the last hour, all were
+#      conversations (more than 0.999 of them, so 1 chunk beside 1,000 conversations
+#      would not count): conversations arrive, audio does not. No data is no breach.
+policy_json() { # $1: the channel's name, $2: the config checksum
+  local metric after window doc
+  metric="metric.type=\"logging.googleapis.com/user/$ALERT_METRIC\" AND resource.type=\"cloud_run_revision\""
+  after="$(duration_text "$ALERT_AFTER_S")"
+  window="$(duration_text "$CONVERSATION_WINDOW_S")"
+  doc="Audio from the Omi webhook function **$FUNCTION_NAME** (project $PROJECT, bucket gs://$BUCKET) has stopped arriving.
+
+- *No audio chunk stored for $after*: nothing reached the bucket for that long. In the Omi app, look at Settings > Developer Mode > Realtime audio bytes (Omi turns a webhook off after 100 failed requests, and says so only on the phone), and check that the phone is online with the app running.
+- *Conversations stored with no audio for $window*: Omi still posts conversation events but no audio: the Realtime audio bytes webhook alone has stopped. Paste the URL deploy.sh printed under Realtime audio bytes again.
+
+The omi-audio status command tells when the last chunk arrived. Another mail comes when audio arrives again. To change or remove this alert, see docs/operations.md in the omi-audio-gcs folder."
+  cat <<EOF
+{
+  "displayName": $(json_str "Omi audio stopped ($FUNCTION_NAME)"),
+  "userLabels": {"$ALERT_LABEL": "$FUNCTION_NAME", "omi_audio_after": "$ALERT_AFTER_S", "omi_audio_config": "$2"},
+  "documentation": {"mimeType": "text/markdown", "content": $(json_str "$doc")},
+  "combiner": "OR",
+  "enabled": true,
+  "notificationChannels": [$(json_str "$1")],
+  "conditions": [
+    {
+      "displayName": $(json_str "No audio chunk stored for $after"),
+      "conditionThreshold": {
+        "filter": $(json_str "$metric AND metric.label.kind=\"stored\""),
+        "aggregations": [{"alignmentPeriod": "${ALERT_AFTER_S}s", "perSeriesAligner": "ALIGN_SUM", "crossSeriesReducer": "REDUCE_SUM"}],
+        "comparison": "COMPARISON_LT",
+        "thresholdValue": 1,
+        "duration": "60s",
+        "evaluationMissingData": "EVALUATION_MISSING_DATA_ACTIVE",
+        "trigger": {"count": 1}
+      }
+    },
+    {
+      "displayName": $(json_str "Conversations stored with no audio for $window"),
+      "conditionThreshold": {
+        "filter": $(json_str "$metric AND metric.label.kind=\"conversation\""),
+        "aggregations": [{"alignmentPeriod": "${CONVERSATION_WINDOW_S}s", "perSeriesAligner": "ALIGN_SUM", "crossSeriesReducer": "REDUCE_SUM"}],
+        "denominatorFilter": $(json_str "$metric"),
+        "denominatorAggregations": [{"alignmentPeriod": "${CONVERSATION_WINDOW_S}s", "perSeriesAligner": "ALIGN_SUM", "crossSeriesReducer": "REDUCE_SUM"}],
+        "comparison": "COMPARISON_GT",
+        "thresholdValue": 0.999,
+        "duration": "60s",
+        "evaluationMissingData": "EVALUATION_MISSING_DATA_INACTIVE",
+        "trigger": {"count": 1}
+      }
+    }
+  ]
+}
+EOF
+}
+CHANNEL=""
+CHANNEL_EMAIL=""
+POLICY=""
+POLICY_CONFIG=""
+POLICY_AFTER=""
+METRIC_CHANGE="" # "create" or "update"
+if [[ "$ALERT_MODE" == set ]]; then
+  ((${#CHANNELS[@]} == 0)) || IFS='|' read -r CHANNEL CHANNEL_EMAIL <<<"${CHANNELS[0]}"
+  ((${#POLICIES[@]} == 0)) || IFS='|' read -r POLICY POLICY_CONFIG POLICY_AFTER <<<"${POLICIES[0]}"
+  ALERT_TO="${ALERT_EMAIL:-$CHANNEL_EMAIL}"
+  [[ -n "$ALERT_TO" ]] || die "ALERT_AFTER changes the alert, and there is none yet: set ALERT_EMAIL to the address to mail too"
+  if [[ -z "$ALERT_AFTER_S" ]]; then # kept as deployed, else 24 hours
+    ALERT_AFTER_S=86400
+    if [[ "$POLICY_AFTER" =~ ^[0-9]{4,5}$ ]] && ((POLICY_AFTER >= 3600 && POLICY_AFTER <= 90000)); then
+      ALERT_AFTER_S="$POLICY_AFTER"
+    fi
+  fi
+  metric_json "" >"$WORK/alert-metric.json"
+  METRIC_CONFIG="c$(cksum <"$WORK/alert-metric.json" | cut -d' ' -f1)"
+  metric_json "$METRIC_CONFIG" >"$WORK/alert-metric.json"
+  if ((!METRIC_EXISTS)); then
+    METRIC_CHANGE="create"
+  elif [[ "$METRIC_NOW" != "$(metric_description "$METRIC_CONFIG")" ]]; then
+    METRIC_CHANGE="update"
+  fi
+  ((!METRIC_EXISTS)) || DONE+=("log-based metric $ALERT_METRIC (already there)")
+  [[ -z "$CHANNEL" ]] || DONE+=("alert email channel for $CHANNEL_EMAIL (already there)")
+  [[ -z "$POLICY" ]] || DONE+=("alerting policy $POLICY (already there)")
+fi
+
 # ---------------------------------------------------------------------------
 # 4. Make the changes, each only if needed.
 # ---------------------------------------------------------------------------
@@ -527,13 +735,91 @@ elif [[ "$REQUEST_LOG" == keep && "$EXCLUDED" == 1 ]]; then
   DONE+=("_Default log sink: exclusion $EXCLUSION removed")
 fi
 
-# The token is written from standard input, never a command line.
+# The alert's metric and channel come before the function, so that the metric counts
+# the test chunk of step 5; the policy comes after that chunk (alert_policy, below).
+# What gcloud prints goes to stderr: standard output is for the URL.
+case "$ALERT_MODE" in
+  set)
+    if [[ -n "$METRIC_CHANGE" ]]; then
+      run gcloud logging metrics "$METRIC_CHANGE" "$ALERT_METRIC" --project="$PROJECT" \
+        --config-from-file="$WORK/alert-metric.json" >&2
+      DONE+=("log-based metric $ALERT_METRIC (${METRIC_CHANGE}d)")
+    fi
+    for ((i = 1; i < ${#POLICIES[@]}; i++)); do # (index loops: bash 3.2 calls an empty "${a[@]}" unbound)
+      echo "Removing a second alerting policy for $FUNCTION_NAME (one is enough): ${POLICIES[i]%%|*}" >&2
+      run gcloud alpha monitoring policies delete "${POLICIES[i]%%|*}" --project="$PROJECT" --quiet >&2
+    done
+    if [[ -z "$CHANNEL" ]]; then
+      CHANNEL="$(run gcloud beta monitoring channels create --project="$PROJECT" --type=email \
+        --display-name="Omi audio alert ($FUNCTION_NAME)" --channel-labels="email_address=$ALERT_TO" \
+        --user-labels="$ALERT_LABEL=$FUNCTION_NAME" --format='value(name)')"
+      CHANNEL="${CHANNEL:-projects/$PROJECT/notificationChannels/NEW}" # a dry run creates nothing
+      DONE+=("alert email channel for $ALERT_TO")
+    elif [[ "$CHANNEL_EMAIL" != "$ALERT_TO" ]]; then
+      run gcloud beta monitoring channels update "$CHANNEL" --project="$PROJECT" \
+        --update-channel-labels="email_address=$ALERT_TO" >&2
+      DONE+=("alert email channel: now to $ALERT_TO")
+    fi
+    for ((i = 1; i < ${#CHANNELS[@]}; i++)); do
+      echo "Removing a second alert email channel for $FUNCTION_NAME (one is enough): ${CHANNELS[i]%%|*}" >&2
+      run gcloud beta monitoring channels delete "${CHANNELS[i]%%|*}" --project="$PROJECT" --force --quiet >&2
+    done
+    ;;
+  remove)
+    # The policy first: it refers to the channel, and it is what mails.
+    for ((i = 0; i < ${#POLICIES[@]}; i++)); do
+      run gcloud alpha monitoring policies delete "${POLICIES[i]%%|*}" --project="$PROJECT" --quiet >&2
+      DONE+=("alerting policy ${POLICIES[i]%%|*} removed")
+    done
+    for ((i = 0; i < ${#CHANNELS[@]}; i++)); do
+      run gcloud beta monitoring channels delete "${CHANNELS[i]%%|*}" --project="$PROJECT" --force --quiet >&2
+      DONE+=("alert email channel ${CHANNELS[i]%%|*} removed")
+    done
+    if ((METRIC_EXISTS)); then
+      run gcloud logging metrics delete "$ALERT_METRIC" --project="$PROJECT" --quiet >&2
+      DONE+=("log-based metric $ALERT_METRIC removed")
+    fi
+    if ((${#POLICIES[@]} + ${#CHANNELS[@]} + METRIC_EXISTS == 0)); then
+      echo "ALERT_EMAIL=none: there is no alert for $FUNCTION_NAME to remove." >&2
+    fi
+    ;;
+esac
+
+# The alerting policy, created or changed only when what it would be differs from
+# what is there. A log-based metric made moments ago can take up to 10 minutes to
+# become visible to Cloud Monitoring, which until then refuses a policy that names it.
+alert_policy() {
+  local config attempt verb
+  policy_json "$CHANNEL" "" >"$WORK/alert-policy.json"
+  config="c$(cksum <"$WORK/alert-policy.json" | cut -d' ' -f1)"
+  [[ "$config" != "$POLICY_CONFIG" ]] || return 0
+  policy_json "$CHANNEL" "$config" >"$WORK/alert-policy.json"
+  if [[ -n "$POLICY" ]]; then verb=(update "$POLICY"); else verb=(create); fi
+  for attempt in 1 2 3 4 5 6 7 8 9 10 11; do
+    if run gcloud alpha monitoring policies "${verb[@]}" --project="$PROJECT" \
+      --policy-from-file="$WORK/alert-policy.json" >&2 2>"$WORK/err"; then
+      cat "$WORK/err" >&2
+      DONE+=("alerting policy (${verb[0]}d): mail to $ALERT_TO after $(duration_text "$ALERT_AFTER_S") without audio")
+      return 0
+    fi
+    cat "$WORK/err" >&2
+    if ((attempt == 11)) || ! grep -Eq 'Cannot find metric|metric referenced by the provided filter is unknown' "$WORK/err"; then
+      die "the alerting policy was not ${verb[0]}d (see the error above). The function works; run deploy.sh again to finish the alert."
+    fi
+    echo "deploy.sh: Cloud Monitoring does not see the log-based metric $ALERT_METRIC yet (a new one can take up to 10 minutes); trying again in 60s" >&2
+    sleep 60
+  done
+}
+
+# The token is written from standard input, never a command line. It comes from a
+# process substitution, not a pipe: a dry run's `run` reads nothing, and a printf
+# writing into a pipe nobody reads dies of SIGPIPE, which pipefail made the run's end.
 if [[ -n "$ADD_TOKEN" ]]; then
   if ((SECRET_EXISTS)); then
-    printf '%s' "$ADD_TOKEN" | run gcloud secrets versions add "$SECRET" --project="$PROJECT" --data-file=-
+    run gcloud secrets versions add "$SECRET" --project="$PROJECT" --data-file=- < <(printf '%s' "$ADD_TOKEN")
   else
-    printf '%s' "$ADD_TOKEN" | run gcloud secrets create "$SECRET" --project="$PROJECT" \
-      --replication-policy=automatic --data-file=-
+    run gcloud secrets create "$SECRET" --project="$PROJECT" \
+      --replication-policy=automatic --data-file=- < <(printf '%s' "$ADD_TOKEN")
   fi
   if ((DRY_RUN == 0)); then
     probe gcloud secrets versions list "$SECRET" --project="$PROJECT" --filter='state=ENABLED' \
@@ -688,13 +974,21 @@ fi
 # 5. Prove the URL: post 0.1 s of silence with the token, expect 200 and the
 #    object in the bucket, then remove it. Only then print the URL.
 # ---------------------------------------------------------------------------
+alert_summary() {
+  case "$ALERT_MODE" in
+    set) echo "Alert: Cloud Monitoring mails $ALERT_TO when no audio chunk is stored for $(duration_text "$ALERT_AFTER_S"), or when conversations are stored with no audio for $(duration_text "$CONVERSATION_WINDOW_S")." ;;
+    remove) echo "Alert: none (ALERT_EMAIL=none). omi-audio status still tells when audio last arrived." ;;
+  esac
+}
 if ((DRY_RUN)); then
+  [[ "$ALERT_MODE" != set ]] || alert_policy # made after the test chunk in a real run
   cat <<EOF
 
 Dry run: nothing was changed. A real run would then post a 0.1 s test chunk to
     ${FUNCTION_URL}?token=****
 check the answer and the object in gs://${BUCKET}, and print that URL with the token.
 EOF
+  alert_summary
   exit 0
 fi
 
@@ -777,6 +1071,8 @@ prove() { # $1: token version, $2: which token, for messages
 
 prove "$CURRENT" current
 if [[ -n "$PREVIOUS" ]]; then prove "$PREVIOUS" previous; fi
+# Now that the metric has counted the test chunk, the policy starts with data.
+[[ "$ALERT_MODE" != set ]] || alert_policy
 
 read_token "$CURRENT"
 cat <<EOF
@@ -807,3 +1103,4 @@ fi
 if ((FINISH)) && ((${#VERSIONS[@]} == 2)); then
   echo "Rotation finished: only the token in the URL above is accepted now."
 fi
+alert_summary

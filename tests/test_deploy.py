@@ -33,345 +33,8 @@ READ_ONLY = ("describe", "list", "get-value", "access")
 # What every deploy gives the function besides its bucket (see bench/measure.py).
 DEPLOYED_ENV = {"THREADS": "16", "MALLOC_MMAP_THRESHOLD_": "131072", "NO_PROXY": "storage.googleapis.com"}
 
-# The stand-in gcloud. State lives in STUB_STATE (JSON) so a second run sees what
-# the first made; each call is appended to STUB_LOG; each formatted answer (resource,
-# format, output) to STUB_LOG.formats so the real gcloud can check the format.
-STUB = r'''#!PYTHON
-import json, os, re, sys  # the rest only where needed: each call starts a new interpreter
-from urllib.parse import quote
-
-args = sys.argv[1:]
-LOG = os.environ["STUB_LOG"]
-with open(LOG, "a") as f:
-    f.write(json.dumps(args) + "\n")
-with open(LOG + ".env", "a") as f:  # what deploy.sh let its children inherit
-    f.write("== gcloud\n" + json.dumps(dict(os.environ)) + "\n")
-state_path = os.environ["STUB_STATE"]
-S = json.load(open(state_path))
-P = S.get("project_id", "proj-1")
-flags = {a[2:].split("=", 1)[0]: (a.split("=", 1)[1] if "=" in a else "") for a in args if a.startswith("--")}
-pos = [a for a in args if not a.startswith("--")]
-joined = " ".join(args)
-
-
-def save():
-    with open(state_path, "w") as f:
-        json.dump(S, f, indent=1)
-
-
-def fail(message, code=1):
-    save()
-    print(f"ERROR: (gcloud.{'.'.join(pos[:3])}) {message}", file=sys.stderr)
-    sys.exit(code)
-
-
-def not_found(what):
-    fail(f"NOT_FOUND: {what} was not found")
-
-
-for rule in S.get("fail", []):  # injected failures: {"call": substring, "times": n, "message": ...}
-    if rule["call"] in joined and rule.get("times", 1) > 0:
-        rule["times"] = rule.get("times", 1) - 1
-        fail(rule.get("message", "There was a problem refreshing your current auth tokens: network unreachable"))
-
-
-def field(obj, path):
-    for part in path.split("."):
-        if part.endswith("[]"):
-            return [x.get(part[:-2].split(".")[-1]) for x in obj] if isinstance(obj, list) else None
-        if isinstance(obj, list):
-            obj = [x.get(part) for x in obj]
-        else:
-            obj = (obj or {}).get(part) if isinstance(obj, dict) else None
-    return obj
-
-
-def render(value, sep=";"):
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, list):
-        return sep.join(render(v) for v in value)
-    return str(value)
-
-
-def value_of(obj, expr):
-    if expr.endswith(".basename()"):
-        return render(field(obj, expr[: -len(".basename()")])).rsplit("/", 1)[-1]
-    if expr.endswith('.list(separator=",")'):
-        return render(field(obj, expr[: -len('.list(separator=",")')]), ",")
-    if "[]." in expr:
-        head, tail = expr.split("[].", 1)
-        items = field(obj, head) or []
-        return ";".join(render(i.get(tail)) for i in items)
-    return render(field(obj, expr))
-
-
-def show(resources):
-    """Print resources with --format (the subset deploy.sh uses), and record it."""
-    fmt = flags.get("format", "")
-    if "filter" in flags:
-        key, want = flags["filter"].split("=", 1)
-        resources = [r for r in resources if render(field(r, key)) == want]
-    lines = []
-    for r in resources:
-        if fmt.startswith("json("):
-            key = fmt[5:-1]
-            lines.append(json.dumps({key: r[key]} if key in r else None))
-        else:
-            sep = "\t"
-            if fmt.startswith('value[separator="|"]('):
-                sep, fmt_body = "|", fmt[len('value[separator="|"]('):-1]
-            else:
-                fmt_body = fmt[len("value("):-1]
-            exprs = [e for e in re.split(r',(?![^(]*\))', fmt_body)]
-            lines.append(sep.join(value_of(r, e) for e in exprs))
-    out = "\n".join(lines)
-    with open(LOG + ".formats", "a") as f:
-        f.write(json.dumps({"resources": resources, "args": args, "output": out}) + "\n")
-    print(out)
-    save()
-    sys.exit(0)
-
-
-def gcs(method, path, body=None):
-    import urllib.error, urllib.request
-    host = os.environ["STORAGE_EMULATOR_HOST"]
-    req = urllib.request.Request(host + path, method=method, data=json.dumps(body).encode() if body else None,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            data = r.read()
-            return json.loads(data) if data else {}
-    except urllib.error.HTTPError as e:
-        if e.code in (404, 409):  # missing; or a bucket an earlier test made (emptied below)
-            return None
-        raise
-
-
-def function_key(name, region):
-    return f"{region}/{name}"
-
-
-def start_server(fn):
-    """Serve the deployed configuration for real, as Cloud Run would."""
-    import hashlib, subprocess, time, urllib.error, urllib.request
-    config = {"env": fn["serviceConfig"].get("environmentVariables", {}), "break": S.get("break")}
-    for ref in fn["serviceConfig"].get("secretEnvironmentVariables", []):
-        versions = S["secrets"][ref["secret"]]["versions"]
-        v = versions[int(ref["version"]) - 1]
-        if v["state"] != "ENABLED":
-            fail(f"Revision failed: secret {ref['secret']} version {ref['version']} is {v['state']}")
-        config["env"] = {**config["env"], ref["key"]: v["data"]}
-    for name in sorted(os.listdir(fn["source"])):
-        with open(os.path.join(fn["source"], name), "rb") as f:
-            config[name] = hashlib.sha256(f.read()).hexdigest()
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-    old = fn.get("pid")
-    if old:
-        try:
-            os.kill(old, 0)
-            if fn.get("digest") == digest:  # the same function, configured the same: the server serves on
-                return
-            os.killpg(old, 15)  # a redeploy keeps the URL: the new server takes the old one's port
-            while True:
-                os.kill(old, 0)
-                time.sleep(0.02)
-        except ProcessLookupError:
-            pass
-    fn["digest"] = digest
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STUB_", "WEBHOOK_", "ALLOWED_", "GCS_"))}
-    env.update(config["env"])
-    env["K_SERVICE"] = fn["name"].rsplit("/", 1)[-1]
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # the upload stays as gcloud sent it
-    if S.get("break") == "wrong-token":
-        env["WEBHOOK_TOKEN"] = "someone-else-entirely-0123456789"
-    if S.get("break") == "storage-down":
-        env.update(STORAGE_EMULATOR_HOST="http://127.0.0.1:9", STORAGE_DEADLINE_SECONDS="1")
-        env["NO_RETRY_DEADLINE_SECONDS"] = "1"
-    import socket
-    port = fn.get("port")
-    if not port:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-    fn["port"] = port
-    source = fn["source"]
-    cli = os.path.join(os.path.dirname(sys.executable), "functions-framework")
-    with open(LOG + ".server", "ab") as log:
-        proc = subprocess.Popen([cli, f"--source={source}/main.py", "--target=receive_audio", "--host=127.0.0.1",
-                                 f"--port={port}"], cwd=source, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(400):
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            break
-        except urllib.error.HTTPError:
-            break
-        except OSError:
-            time.sleep(0.05)
-    fn["pid"] = proc.pid
-    S.setdefault("pids", []).append(proc.pid)
-    fn["url"] = "http://127.0.0.1:9" if S.get("break") == "no-server" else url
-
-
-def apply_map(current, update, remove, delim=","):
-    if remove:
-        for key in remove.split(","):
-            current.pop(key, None)
-    if update:
-        if update.startswith("^"):
-            delim, update = update[1:].split("^", 1)
-        for item in update.split(delim):
-            k, v = item.split("=", 1)
-            current[k] = v
-    return current
-
-
-cmd = pos[:3]
-if pos[:3] == ["config", "get-value", "project"]:
-    print(S.get("config_project", ""))
-    sys.exit(0)
-if pos[:2] == ["projects", "describe"]:
-    if pos[2] != P:
-        not_found(f"project {pos[2]}")
-    show([{"projectId": P, "projectNumber": "123456789012"}])
-if pos[:2] == ["services", "list"]:
-    show([{"config": {"name": s}} for s in S.setdefault("services", [])])
-if pos[:2] == ["services", "enable"]:
-    S["services"] += [s for s in pos[2:] if s not in S["services"]]
-elif pos[:2] == ["functions", "describe"]:
-    fn = S.setdefault("functions", {}).get(function_key(pos[2], flags["region"]))
-    if fn is None:
-        not_found(f"Resource 'projects/{P}/locations/{flags['region']}/functions/{pos[2]}'")
-    show([{k: v for k, v in fn.items() if k not in ("pid", "source", "port", "digest")}])
-elif pos[:2] == ["functions", "list"]:
-    show([{"name": fn["name"]} for fn in S.setdefault("functions", {}).values()])
-elif pos[:2] == ["functions", "deploy"]:
-    key = function_key(pos[2], flags["region"])
-    fn = S.setdefault("functions", {}).setdefault(key, {
-        "name": f"projects/{P}/locations/{flags['region']}/functions/{pos[2]}",
-        "url": f"https://{flags['region']}-{P}.cloudfunctions.net/{pos[2]}",
-        "serviceConfig": {}})
-    sc = fn["serviceConfig"]
-    sc["serviceAccountEmail"] = flags["service-account"]
-    sc["environmentVariables"] = apply_map(sc.get("environmentVariables", {}), flags.get("update-env-vars"),
-                                           flags.get("remove-env-vars"))
-    secrets = {r["key"]: f"{r['secret']}:{r['version']}" for r in sc.get("secretEnvironmentVariables", [])}
-    secrets = apply_map(secrets, flags.get("update-secrets"), flags.get("remove-secrets"))
-    overlap = set(secrets) & set(sc["environmentVariables"])
-    if overlap:
-        fail(f"INVALID_ARGUMENT: {overlap} is both a plain and a secret environment variable")
-    for k, ref in secrets.items():
-        name = ref.split(":")[0]
-        if f"serviceAccount:{sc['serviceAccountEmail']}" not in S["secrets"][name]["accessors"]:
-            fail(f"Permission denied on secret {name} for Revision service account {sc['serviceAccountEmail']}")
-    sc["secretEnvironmentVariables"] = [
-        {"key": k, "projectId": P, "secret": r.split(":")[0], "version": r.split(":")[1]}
-        for k, r in sorted(secrets.items())
-    ]
-    for f in ("memory", "cpu", "concurrency", "max-instances", "timeout"):
-        sc[f] = flags[f]
-    # Cloud Build gets what gcloud uploads: with ignore files off, the whole folder.
-    import shutil
-    uploads = S.setdefault("uploads", [])
-    copy = os.path.join(os.path.dirname(state_path), "uploads", str(len(uploads)))
-    shutil.copytree(flags["source"], copy, symlinks=True)
-    uploads.append(sorted(os.path.relpath(os.path.join(d, f), copy) for d, _, fs in os.walk(copy) for f in fs))
-    fn["source"] = copy
-    start_server(fn)
-elif pos[:2] == ["secrets", "describe"]:
-    if pos[2] not in S.setdefault("secrets", {}):
-        not_found(f"Secret [projects/{P}/secrets/{pos[2]}]")
-    show([{"name": f"projects/{P}/secrets/{pos[2]}"}])
-elif pos[:3] == ["secrets", "versions", "list"]:
-    if pos[3] not in S.setdefault("secrets", {}):
-        not_found(f"Secret [projects/{P}/secrets/{pos[3]}]")
-    show([{"name": f"projects/{P}/secrets/{pos[3]}/versions/{i + 1}", "state": v["state"]}
-          for i, v in enumerate(S["secrets"][pos[3]]["versions"])])
-elif pos[:3] == ["secrets", "versions", "access"]:
-    v = S["secrets"][flags["secret"]]["versions"][int(pos[3]) - 1]
-    if v["state"] != "ENABLED":
-        fail(f"FAILED_PRECONDITION: version {pos[3]} is {v['state']}")
-    sys.stdout.write(v["data"])
-    sys.exit(0)
-elif pos[:2] == ["secrets", "create"]:
-    assert flags["data-file"] == "-"
-    S.setdefault("secrets", {})[pos[2]] = {"versions": [{"state": "ENABLED", "data": sys.stdin.read()}],
-                                           "accessors": []}
-elif pos[:3] == ["secrets", "versions", "add"]:
-    assert flags["data-file"] == "-"
-    S["secrets"][pos[3]]["versions"].append({"state": "ENABLED", "data": sys.stdin.read()})
-elif pos[:3] == ["secrets", "versions", "disable"]:
-    S["secrets"][flags["secret"]]["versions"][int(pos[3]) - 1]["state"] = "DISABLED"
-elif pos[:2] == ["secrets", "add-iam-policy-binding"]:
-    S["secrets"][pos[2]]["accessors"].append(flags["member"])
-    assert flags["role"] == "roles/secretmanager.secretAccessor"
-elif pos[:3] == ["storage", "buckets", "describe"]:
-    b = S.setdefault("buckets", {}).get(pos[3][5:])
-    if b is None:
-        fail(f"{pos[3]} not found: 404.")
-    show([{k: v for k, v in b.items() if k != "bindings"}])
-elif pos[:3] == ["storage", "buckets", "create"]:
-    S.setdefault("buckets", {})[pos[3][5:]] = {
-        "location": flags["location"].upper(), "uniform_bucket_level_access": "uniform-bucket-level-access" in flags,
-        "public_access_prevention": "enforced" if "public-access-prevention" in flags else "inherited"}
-    gcs("POST", f"/storage/v1/b?project={P}", {"name": pos[3][5:]})
-    for o in (gcs("GET", f"/storage/v1/b/{pos[3][5:]}/o") or {}).get("items", []):
-        gcs("DELETE", f"/storage/v1/b/{pos[3][5:]}/o/{quote(o['name'], safe='')}")
-elif pos[:3] == ["storage", "buckets", "update"]:
-    b = S["buckets"][pos[3][5:]]
-    if "uniform-bucket-level-access" in flags:
-        b["uniform_bucket_level_access"] = True
-    if "public-access-prevention" in flags:
-        b["public_access_prevention"] = "enforced"
-    if "update-labels" in flags:
-        b.setdefault("labels", {}).update(kv.split("=", 1) for kv in flags["update-labels"].split(","))
-    if "lifecycle-file" in flags:
-        b["lifecycle_config"] = json.load(open(flags["lifecycle-file"]))
-    if "clear-lifecycle" in flags:
-        b.pop("lifecycle_config", None)
-elif pos[:3] == ["storage", "buckets", "add-iam-policy-binding"]:
-    S["buckets"][pos[3][5:]].setdefault("bindings", []).append([flags["member"], flags["role"]])
-elif pos[:3] == ["storage", "objects", "describe"]:
-    bucket, name = pos[3][5:].split("/", 1)
-    meta = gcs("GET", f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}")
-    if meta is None or S.get("break") == "object-missing":
-        fail(f"{pos[3]} not found: 404.")
-    show([{"name": name, "size": int(meta["size"]) - (1000 if S.get("break") == "object-cut" else 0)}])
-elif pos[:2] == ["storage", "rm"]:
-    bucket, name = pos[2][5:].split("/", 1)
-    gcs("DELETE", f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}")
-elif pos[:3] == ["iam", "service-accounts", "describe"]:
-    sa = S.setdefault("sas", {}).get(pos[3])
-    if sa is None:
-        not_found(f"Unknown service account {pos[3]}")
-    show([{"email": pos[3], "disabled": sa["disabled"]}])
-elif pos[:3] == ["iam", "service-accounts", "create"]:
-    S.setdefault("sas", {})[f"{pos[3]}@{P}.iam.gserviceaccount.com"] = {"disabled": False}
-elif pos[:3] == ["iam", "roles", "describe"]:
-    role = S.setdefault("roles", {}).get(pos[3])
-    if role is None:
-        not_found(f"The role named projects/{P}/roles/{pos[3]}")
-    show([{"name": f"projects/{P}/roles/{pos[3]}", **role}])
-elif pos[:3] == ["iam", "roles", "create"] or pos[:3] == ["iam", "roles", "update"]:
-    S.setdefault("roles", {})[pos[3]] = {"includedPermissions": sorted(flags["permissions"].split(","))}
-elif pos[:3] == ["iam", "roles", "undelete"]:
-    S["roles"][pos[3]].pop("deleted")
-elif pos[:3] == ["logging", "sinks", "describe"]:
-    show([{"name": "_Default", "exclusions": S.setdefault("exclusions", [])}])
-elif pos[:3] == ["logging", "sinks", "update"]:
-    if "add-exclusion" in flags:
-        raw = flags["add-exclusion"]
-        S.setdefault("exclusions", []).append(dict(kv.split("=", 1) for kv in raw.split(",")))
-    if "remove-exclusions" in flags:
-        S["exclusions"] = [e for e in S["exclusions"] if e["name"] != flags["remove-exclusions"]]
-else:
-    fail(f"stub: unexpected call {args}")
-save()
-'''
+# The stand-in gcloud (its own file: what it keeps, and where, is said there).
+FAKE_GCLOUD = ROOT / "tests" / "fake_gcloud.py"
 
 PYENV_SHIM = 'set -e\n[ -n "$PYENV_DEBUG" ] && set -x\n'
 
@@ -388,7 +51,7 @@ class Cloud:
         self.fake_gcs = fake_gcs
         self.bin = tmp / "bin"
         self.bin.mkdir()
-        (self.bin / "gcloud").write_text(STUB.replace("#!PYTHON", f"#!{sys.executable} -S", 1))
+        (self.bin / "gcloud").write_text(f"#!{sys.executable} -S\n" + FAKE_GCLOUD.read_text())
         (self.bin / "sleep").write_text(SLEEP)
         # The other programs deploy.sh starts record the environment they inherit, as gcloud
         # does, and their command line. python3 starts through a bash shim that begins as
@@ -534,7 +197,8 @@ def test_help_prints_usage_and_no_code():
     result = subprocess.run(["bash", str(DEPLOY), "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     assert result.stdout.startswith("Usage:")
-    for option in ("--dry-run", "--rotate-token", "--finish-rotation", "--allow-any-uid", "ALLOWED_UIDS"):
+    options = ("--dry-run", "--rotate-token", "--finish-rotation", "--allow-any-uid", "ALLOWED_UIDS", "ALERT_EMAIL")
+    for option in options:
         assert option in result.stdout
     assert not re.search(r"^\s*(set -|usage\(\)|\w+=\"?\$)", result.stdout, re.M), result.stdout
 
@@ -1049,6 +713,284 @@ def test_request_log_choice_is_kept_until_changed(cloud):
     assert cloud.state["exclusions"] == [] and "token included" in result.stderr
 
 
+# --- the alert ---------------------------------------------------------------------------
+
+METRIC = "omi-audio-stored"
+NOT_VISIBLE_YET = (
+    'NOT_FOUND: Cannot find metric(s) that match type = "logging.googleapis.com/user/omi-audio-stored". '
+    "If a metric was created recently, it could take up to 10 minutes to become available. Please try again soon."
+)
+
+
+def alert_of(cloud: Cloud) -> tuple[dict | None, list[dict], list[dict]]:
+    """The project's log-based metric, email channels and alerting policies."""
+    state = cloud.state
+    return state.get("log_metrics", {}).get(METRIC), state.get("channels", []), state.get("policies", [])
+
+
+def alert_calls(calls: list[list[str]]) -> list[list[str]]:
+    """The calls that read or change the alert."""
+    return [c for c in calls if "monitoring" in c[:2] or c[:2] == ["logging", "metrics"]]
+
+
+def window_of(condition: dict) -> str:
+    return condition["conditionThreshold"]["aggregations"][0]["alignmentPeriod"]
+
+
+def test_alert_email_makes_one_metric_channel_and_policy_that_watch_this_function(cloud):
+    result, calls = cloud.deploy(GCS_BUCKET_NAME="my-omi-audio", ALERT_EMAIL="you@example.com")
+    assert result.returncode == 0, result.stderr
+    assert "monitoring.googleapis.com" in cloud.state["services"]
+    metric, channels, policies = alert_of(cloud)
+    assert 'resource.labels.service_name="omi-audio"' in metric["filter"]
+    assert metric["metricDescriptor"]["labels"][0]["key"] == "kind"
+    (channel,) = channels
+    assert (channel["type"], channel["labels"]) == ("email", {"email_address": "you@example.com"})
+    (policy,) = policies
+    assert policy["notificationChannels"] == [channel["name"]] and policy["combiner"] == "OR"
+    no_audio, no_audio_beside_conversations = policy["conditions"]
+    assert window_of(no_audio) == "86400s"  # ALERT_AFTER's default, 24 h
+    assert no_audio["conditionThreshold"]["evaluationMissingData"] == "EVALUATION_MISSING_DATA_ACTIVE"
+    assert window_of(no_audio_beside_conversations) == "3600s"
+    assert "denominatorFilter" in no_audio_beside_conversations["conditionThreshold"]
+    assert "mails you@example.com when no audio chunk is stored for 24 h" in result.stdout
+    # The metric is there before the function's test chunk, which it counts; the policy
+    # comes after that chunk, so it starts with data.
+    order = [" ".join(c[:3]) for c in changing(calls)]
+    assert order.index("logging metrics create") < order.index("functions deploy omi-audio")
+    assert order.index("storage rm " + find(calls, "storage", "rm")[0][2]) < order.index("alpha monitoring policies")
+
+
+def test_an_alert_is_kept_on_a_rerun_and_changed_only_when_a_setting_changes(cloud):
+    fresh(cloud, ALERT_EMAIL="you@example.com")
+    metric, (channel,), (policy,) = alert_of(cloud)
+
+    for env in ({}, {"ALERT_EMAIL": "you@example.com"}):  # with or without the setting: nothing changes
+        result, calls = cloud.deploy(**env)
+        assert result.returncode == 0, result.stderr
+        assert [c for c in alert_calls(calls) if c in changing(calls)] == []
+        assert alert_of(cloud) == (metric, [channel], [policy])
+    assert alert_calls(calls) and not alert_calls(cloud.deploy()[1])  # without it, not even read
+
+    result, calls = cloud.deploy(ALERT_AFTER="12h")  # the address is kept
+    assert result.returncode == 0, result.stderr
+    _, channels, (updated,) = alert_of(cloud)
+    assert channels == [channel] and updated["name"] == policy["name"]
+    assert window_of(updated["conditions"][0]) == "43200s" and "for 12 h" in result.stdout
+
+    result, calls = cloud.deploy(ALERT_EMAIL="new@example.com")  # the wait is kept
+    assert result.returncode == 0, result.stderr
+    _, (moved,), (kept,) = alert_of(cloud)
+    assert moved["name"] == channel["name"] and moved["labels"]["email_address"] == "new@example.com"
+    assert kept == updated and not find(calls, "alpha", "monitoring", "policies", "update")
+
+
+def test_without_alert_email_no_alert_is_made_and_cloud_monitoring_stays_off(cloud):
+    result, calls = cloud.deploy(GCS_BUCKET_NAME="my-omi-audio")
+    assert result.returncode == 0, result.stderr
+    assert alert_calls(calls) == [] and "monitoring.googleapis.com" not in cloud.state["services"]
+    assert alert_of(cloud) == (None, [], [])
+    assert "Alert:" not in result.stdout
+
+
+def test_an_alert_is_removed_only_when_asked(cloud):
+    fresh(cloud, ALERT_EMAIL="you@example.com")
+    made = alert_of(cloud)
+    fresh(cloud)
+    assert alert_of(cloud) == made
+
+    result, calls = cloud.deploy(ALERT_EMAIL="none")
+    assert result.returncode == 0, result.stderr
+    assert alert_of(cloud) == (None, [], [])
+    assert [c[:4] for c in alert_calls(changing(calls))] == [
+        ["alpha", "monitoring", "policies", "delete"],  # first: it is what mails
+        ["beta", "monitoring", "channels", "delete"],
+        ["logging", "metrics", "delete", METRIC],
+    ]
+    assert "Alert: none" in result.stdout
+    result, calls = cloud.deploy(ALERT_EMAIL="none")
+    assert result.returncode == 0 and "no alert for omi-audio to remove" in result.stderr
+    assert alert_calls(changing(calls)) == []
+
+
+def test_a_dry_run_lists_the_alert_and_changes_nothing(cloud):
+    fresh(cloud)
+    result, calls = cloud.deploy("--dry-run", ALERT_EMAIL="you@example.com", ALERT_AFTER="6h")
+    assert result.returncode == 0, result.stderr
+    assert changing(calls) == []
+    for line in (
+        "+ gcloud services enable monitoring.googleapis.com",
+        f"+ gcloud logging metrics create {METRIC}",
+        "+ gcloud beta monitoring channels create",
+        "+ gcloud alpha monitoring policies create",
+    ):
+        assert line in result.stderr, line
+    assert "mails you@example.com when no audio chunk is stored for 6 h" in result.stdout
+
+    fresh(cloud, ALERT_EMAIL="you@example.com")
+    (policy,) = alert_of(cloud)[2]
+    result, calls = cloud.deploy("--dry-run", ALERT_AFTER="90m")
+    assert result.returncode == 0 and changing(calls) == []
+    assert f"+ gcloud alpha monitoring policies update {policy['name']}" in result.stderr
+    assert "channels create" not in result.stderr and "channels update" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ALERT_EMAIL": "you"}, "not an email address"),
+        ({"ALERT_EMAIL": "a@example.com,b@example.com"}, "not an email address"),
+        ({"ALERT_EMAIL": "you@example.com", "ALERT_AFTER": "30m"}, "1h to 25h"),
+        ({"ALERT_EMAIL": "you@example.com", "ALERT_AFTER": "26h"}, "at most 25 hours"),
+        ({"ALERT_EMAIL": "you@example.com", "ALERT_AFTER": "soon"}, "1h to 25h"),
+        ({"ALERT_EMAIL": "none", "ALERT_AFTER": "2h"}, "contradict"),
+        ({"ALERT_AFTER": "12h"}, "set ALERT_EMAIL"),  # no alert yet to change
+    ],
+)
+def test_bad_alert_settings_stop_before_changing_anything(cloud, env, message):
+    fresh(cloud)
+    result, calls = cloud.deploy(**env)
+    assert result.returncode != 0 and message in result.stderr
+    assert changing(calls) == []
+
+
+@pytest.mark.parametrize("call", ["logging metrics describe", "monitoring channels list", "monitoring policies list"])
+def test_a_failed_alert_lookup_stops_before_anything_changes(cloud, call):
+    fresh(cloud, ALERT_EMAIL="you@example.com")
+    made = alert_of(cloud)
+    cloud.edit(fail=[{"call": call, "times": 1, "message": "There was a problem refreshing your auth tokens"}])
+    result, calls = cloud.deploy(ALERT_EMAIL="new@example.com", ALERT_AFTER="2h")
+    assert result.returncode != 0 and "Nothing was changed" in result.stderr
+    assert changing(calls) == [] and alert_of(cloud) == made
+
+
+def test_a_metric_cloud_monitoring_does_not_see_yet_is_waited_for(cloud):
+    cloud.edit(fail=[{"call": "monitoring policies create", "times": 2, "message": NOT_VISIBLE_YET}])
+    result, _ = cloud.deploy(GCS_BUCKET_NAME="my-omi-audio", ALERT_EMAIL="you@example.com")
+    assert result.returncode == 0, result.stderr
+    assert (cloud.tmp / "calls.jsonl.sleeps").read_text().split() == ["60", "60"]
+    assert len(alert_of(cloud)[2]) == 1 and "up to 10 minutes" in result.stderr
+
+
+def test_a_policy_that_fails_keeps_the_url_back_and_a_rerun_finishes_the_alert(cloud):
+    cloud.edit(fail=[{"call": "monitoring policies create", "times": 1, "message": "PERMISSION_DENIED: no"}])
+    result, _ = cloud.deploy(GCS_BUCKET_NAME="my-omi-audio", ALERT_EMAIL="you@example.com")
+    assert result.returncode != 0 and "run deploy.sh again to finish the alert" in result.stderr
+    assert "alert email channel for you@example.com" in result.stderr  # in place so far
+    assert "?token=" not in result.stdout
+    result, calls = cloud.deploy(ALERT_EMAIL="you@example.com")
+    assert result.returncode == 0, result.stderr
+    metric, channels, policies = alert_of(cloud)
+    assert metric and len(channels) == 1 and len(policies) == 1
+    assert [c[:4] for c in alert_calls(changing(calls))] == [["alpha", "monitoring", "policies", "create"]]
+
+
+def test_a_second_channel_or_policy_for_the_function_is_removed(cloud):
+    """Two of each (say, a create whose answer was lost, then a re-run): one is kept."""
+    fresh(cloud, ALERT_EMAIL="you@example.com")
+    state = cloud.state
+    state["channels"].append({**state["channels"][0], "name": f"projects/{PROJECT}/notificationChannels/7"})
+    state["policies"].append({**state["policies"][0], "name": f"projects/{PROJECT}/alertPolicies/8"})
+    state["policies"][1]["notificationChannels"] = [f"projects/{PROJECT}/notificationChannels/7"]
+    cloud.save(state)
+    result, _ = cloud.deploy(ALERT_EMAIL="you@example.com")
+    assert result.returncode == 0, result.stderr
+    _, (channel,), (policy,) = alert_of(cloud)
+    assert policy["name"] != f"projects/{PROJECT}/alertPolicies/8"
+    assert policy["notificationChannels"] == [channel["name"]] != [f"projects/{PROJECT}/notificationChannels/7"]
+
+
+def logging_filter_matches(query: str, entry: dict) -> bool:
+    """Cloud Logging's query language, the part the alert's metric uses: comparisons
+    joined by AND, each `field="text"` (case-insensitive), `field=number` or
+    `field=~"RE2 regular expression"` (a search, anchored only by ^ and $)."""
+    for term in query.split(" AND "):
+        match = re.fullmatch(r'([\w.]+)(=~|=)("(?:[^"\\]|\\.)*"|\d+)', term)
+        assert match, f"not evaluated here: {term}"
+        path, op, literal = match.groups()
+        found: object = entry
+        for part in path.split("."):
+            found = found.get(part) if isinstance(found, dict) else None
+        if not literal.startswith('"'):
+            if type(found) not in (int, float) or found != int(literal):
+                return False
+        elif not isinstance(found, str):
+            return False
+        elif op == "=~" and not re.search(json.loads(literal), found):
+            return False
+        elif op == "=" and found.lower() != json.loads(literal).lower():
+            return False
+    return True
+
+
+def extracted_label(extractor: str, entry: dict) -> str | None:
+    """A log-based metric's REGEXP_EXTRACT(field, "re") label: the first group, or none."""
+    match = re.fullmatch(r'REGEXP_EXTRACT\(jsonPayload\.(\w+), ("(?:[^"\\]|\\.)*")\)', extractor)
+    assert match, extractor
+    found = re.search(json.loads(match.group(2)), entry["jsonPayload"].get(match.group(1), ""))
+    return found.group(1) if found else None
+
+
+def test_the_alert_counts_exactly_the_lines_main_writes_for_stored_chunks_and_conversations(
+    cloud, client, local_dir, monkeypatch, capsys
+):
+    """The metric's filter and label, evaluated on the log lines the function writes:
+    each chunk stored counts as "stored", each conversation event stored (or stored
+    before) as "conversation", and nothing else counts; the policy's conditions ask
+    for exactly those labels."""
+    fresh(cloud, ALERT_EMAIL="you@example.com")
+    metric, _, (policy,) = alert_of(cloud)
+    monkeypatch.setenv("WEBHOOK_TOKEN", "Local-Token-0123456789")
+    monkeypatch.setenv("ALLOWED_UIDS", "phone")
+    audio = {"content_type": "application/octet-stream", "data": b"\x01\x00" * 1600}
+    conversation = json.dumps(
+        {
+            "id": "conv-1",
+            "started_at": "2026-11-30T14:00:00+00:00",
+            "finished_at": "2026-11-30T14:05:00+00:00",
+            "structured": {"title": "A talk", "overview": "About things"},
+            "transcript_segments": [{"text": "hello", "speaker": "SPEAKER_00", "start": 0.0, "end": 1.0}],
+        }
+    )
+    posts = [
+        ("stored", "?token=Local-Token-0123456789&sample_rate=16000&uid=phone", audio, {"Idempotency-Key": "k-1"}),
+        (None, "?token=Local-Token-0123456789&sample_rate=16000&uid=phone", audio, {"Idempotency-Key": "k-1"}),
+        ("conversation", "?token=Local-Token-0123456789&uid=phone", {"json": json.loads(conversation)}, {}),
+        ("conversation", "?token=Local-Token-0123456789&uid=phone", {"json": json.loads(conversation)}, {}),
+        (None, "?token=Local-Token-0123456789&uid=phone", {"json": {"segments": [], "session_id": "s"}}, {}),
+        (None, "?token=Local-Token-0123456789&sample_rate=16000&uid=phone", {"data": b""}, {}),
+        (None, "?token=wrong-token-0123456789&sample_rate=16000&uid=phone", audio, {}),
+        (None, "?token=Local-Token-0123456789&sample_rate=16000&uid=stranger", audio, {}),
+        (None, "?token=Local-Token-0123456789&sample_rate=1&uid=phone", audio, {}),
+    ]
+    expected, lines = [], []
+    for kind, query, body, headers in posts:
+        capsys.readouterr()
+        client.post("/" + query, headers=headers, **body)
+        (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines() if text.startswith("{")]
+        lines.append(line)
+        expected.append(kind)
+    # A write that finds its own earlier attempt's object logs this instead of "stored".
+    lines.append({**lines[0], "message": "stored (found from an earlier attempt)"})
+    expected.append("stored")
+
+    counted = []
+    for line in lines:
+        resource = {"type": "cloud_run_revision", "labels": {"service_name": "omi-audio"}}
+        entry = {"resource": resource, "jsonPayload": line}
+        matched = logging_filter_matches(metric["filter"], entry)
+        # A line the filter matches counts, under its label ("" if the extractor finds none).
+        counted.append((extracted_label(metric["labelExtractors"]["kind"], entry) or "") if matched else None)
+        other_function = {"resource": {**resource, "labels": {"service_name": "other"}}, "jsonPayload": line}
+        assert not logging_filter_matches(metric["filter"], other_function)
+    assert counted == expected, [line["message"] for line in lines]
+    wanted = {
+        re.search(r'metric\.label\.kind="(\w+)"', c["conditionThreshold"]["filter"]).group(1)
+        for c in policy["conditions"]
+    }
+    assert wanted == {"stored", "conversation"}
+
+
 # --- rotation -----------------------------------------------------------------------------
 
 
@@ -1393,6 +1335,19 @@ def all_branches(cloud: Cloud, tmp: Path) -> None:
     cloud.save(state)
     result, _ = cloud.deploy()
     assert result.returncode == 0, result.stderr
+    # The alert: made (waiting once for its new metric); then its metric written by
+    # another version, a second channel and policy, and every setting changed; then removed.
+    cloud.edit(fail=[{"call": "monitoring policies create", "times": 1, "message": NOT_VISIBLE_YET}])
+    result, _ = cloud.deploy(ALERT_EMAIL="you@example.com", ALERT_AFTER="12h")
+    assert result.returncode == 0, result.stderr
+    state = cloud.state
+    state["log_metrics"][METRIC]["description"] = "written by another version of deploy.sh"
+    state["channels"].append({**state["channels"][0], "name": f"projects/{PROJECT}/notificationChannels/7"})
+    state["policies"].append({**state["policies"][0], "name": f"projects/{PROJECT}/alertPolicies/8"})
+    cloud.save(state)
+    for settings in ({"ALERT_EMAIL": "new@example.com", "ALERT_AFTER": "90m"}, {"ALERT_EMAIL": "none"}):
+        result, _ = cloud.deploy(**settings)
+        assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -1408,11 +1363,12 @@ def branches(tmp_path_factory, fake_gcs):
 
 
 def test_real_gcloud_accepts_every_call_and_formats_every_answer_as_the_stand_in_did(branches, tmp_path):
-    """Both checks read the same recorded run of every branch, which takes a minute
+    """The three checks read the same recorded run of every branch, which takes a minute
     of CPU to make: one test makes it once, whichever worker runs it."""
     need_gcloud()
     real_gcloud_accepts_every_call(branches, tmp_path)
     real_gcloud_formats_each_answer_as_the_stand_in_did(branches, tmp_path)
+    real_gcloud_reads_every_file_as_its_api_message(branches, tmp_path)
 
 
 def real_gcloud_accepts_every_call(cloud: Cloud, tmp_path: Path) -> None:
@@ -1436,6 +1392,10 @@ def real_gcloud_accepts_every_call(cloud: Cloud, tmp_path: Path) -> None:
     # Temporary paths (each run's lifecycle file and staged upload) are the same argument each
     # time, and so is the test chunk's object whatever its stamp.
     same = {"--lifecycle-file=": f"--lifecycle-file={lifecycle}", "--source=": f"--source={ROOT}"}
+    for read in cloud.state["files_read"]:  # the alert's metric and policy, as deploy.sh wrote them
+        path = tmp_path / f"{read['flag']}.json"
+        path.write_text(json.dumps(read["content"]))
+        same[f"--{read['flag']}="] = f"--{read['flag']}={path}"
 
     def shape(arg: str) -> str:
         arg = next((v for k, v in same.items() if arg.startswith(k)), arg)
@@ -1486,3 +1446,51 @@ def real_gcloud_formats_each_answer_as_the_stand_in_did(cloud: Cloud, tmp_path: 
             else:
                 assert result.stdout.rstrip("\n") == answer["output"], answer
     assert len(checked) >= 10
+
+
+# Run by the Python gcloud runs on: the API messages gcloud itself builds from these files.
+READ_AS_MESSAGES = """
+import json, sys
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/third_party"]
+from apitools.base.protorpclite import messages
+from apitools.base.py import encoding
+from googlecloudsdk.generated_clients.apis.logging.v2 import logging_v2_messages as logging
+from googlecloudsdk.generated_clients.apis.monitoring.v3 import monitoring_v3_messages as monitoring
+
+KINDS = {"config-from-file": logging.LogMetric, "policy-from-file": monitoring.AlertPolicy}
+
+def unknown(message, path):
+    found = [path + "." + name for name in message.all_unrecognized_fields()]
+    for field in message.all_fields():
+        value = message.get_assigned_value(field.name)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, messages.Message):
+                found += unknown(item, path + "." + field.name)
+    return found
+
+problems = []
+for read in json.load(open(sys.argv[2])):
+    kind = KINDS[read["flag"]]
+    problems += unknown(encoding.DictToMessage(read["content"], kind), kind.__name__)
+print(json.dumps(problems))
+"""
+
+
+def real_gcloud_reads_every_file_as_its_api_message(cloud: Cloud, tmp_path: Path) -> None:
+    """Each file deploy.sh handed gcloud (the alert's --config-from-file and
+    --policy-from-file), read into the API message the real gcloud sends (LogMetric,
+    AlertPolicy): no field, and no enum value, that the API does not know."""
+    sdk = Path(REAL_GCLOUD).resolve().parent.parent
+    bundled = sdk / "platform" / "bundledpythonunix" / "bin" / "python3"
+    python = os.environ.get("CLOUDSDK_PYTHON") or (str(bundled) if bundled.exists() else shutil.which("python3"))
+    files = cloud.state["files_read"]
+    assert {read["flag"] for read in files} == {"config-from-file", "policy-from-file"}
+    (tmp_path / "files.json").write_text(json.dumps(files))
+    result = subprocess.run(
+        [python, "-c", READ_AS_MESSAGES, str(sdk / "lib"), str(tmp_path / "files.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
