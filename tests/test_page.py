@@ -525,8 +525,9 @@ def test_page_bench_runs_and_prints_each_figure_with_its_goal(chromium):
         timeout=120,
         check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
+    # It ran to its verdict (exit 1 is a missed goal, which these 40 conversations cannot judge).
+    assert (result.returncode, lines[-1:]) in ((0, ["goals met"]), (1, ["GOAL MISSED"])), result.stdout + result.stderr
     for figure, goal in [("1. first view painted", "goal < 1000 ms"), ("2. search", "goal < 100 ms")]:
         assert any(line.startswith(figure) and goal in line for line in lines), result.stdout
     assert any(line.startswith("3. opening the longest conversation") for line in lines), result.stdout
