@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # What an export writes beside its recordings for the page (omi_audio.page: the page, and the
 # data every export into the folder merges into); tests/test_page.py checks them.
 PAGE_FILES = ("index.html", "index.json")
+# The omi-audio command, as `python -m omi_audio` in this interpreter.
+OMI_AUDIO = (sys.executable, "-m", "omi_audio")
 sys.path.insert(0, str(ROOT))
 
 # Under CI=true Hypothesis would load its "ci" profile, whose derandomize=True sends

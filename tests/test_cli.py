@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import OMI_AUDIO, ROOT
 
 from omi_audio import cli
 
@@ -34,8 +34,6 @@ def test_the_installed_command_runs_from_any_folder_with_every_subcommand(tmp_pa
 
 
 def test_python_m_omi_audio_is_the_same_command(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "omi_audio", "export", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([*OMI_AUDIO, "export", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: omi-audio export ")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from conftest import ROOT, assert_decodes, exported, pcm_tone, run, stderr_on_a_terminal
+from conftest import OMI_AUDIO, ROOT, assert_decodes, exported, pcm_tone, run, stderr_on_a_terminal
 from storage_proxy import StorageProxy
 
 import storage
@@ -310,9 +310,7 @@ def without_credentials(home: Path, key_file: str | None) -> dict[str, str]:
 @pytest.mark.parametrize("key_file", [None, "/nonexistent/key.json"])
 def test_missing_credentials_are_one_line_naming_the_fix_and_exit_1(tmp_path, key_file):
     command = [
-        sys.executable,
-        "-m",
-        "omi_audio",
+        *OMI_AUDIO,
         "export",
         "--uid",
         UID,
@@ -822,9 +820,7 @@ def test_an_interrupted_export_leaves_no_truncated_wav_and_resumes(bucket, fake_
     with StorageProxy(fake_gcs, delay=0.02) as proxy:
         env = {**os.environ, "STORAGE_EMULATOR_HOST": proxy.url}
         command = [
-            sys.executable,
-            "-m",
-            "omi_audio",
+            *OMI_AUDIO,
             "export",
             "--uid",
             UID,
@@ -873,7 +869,7 @@ def test_progress_bar_shows_on_a_terminal_and_quiet_silences_it(tmp_path, comman
     def shown(*extra: str) -> str:
         args = ["--uid", UID, "--local-dir", str(tmp_path / "rec"), *extra]
         out = ["--out", str(tmp_path / "out")] if command == "export" else []
-        return stderr_on_a_terminal([sys.executable, "-m", "omi_audio", command, *args, *out])
+        return stderr_on_a_terminal([*OMI_AUDIO, command, *args, *out])
 
     output = shown()
     assert all(part in output for part in bar), output

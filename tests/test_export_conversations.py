@@ -17,7 +17,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from conftest import PAGE_FILES, ROOT, assert_decodes, exported, pcm_tone, run, stderr_on_a_terminal
+from conftest import OMI_AUDIO, PAGE_FILES, ROOT, assert_decodes, exported, pcm_tone, run, stderr_on_a_terminal
 from storage_proxy import StorageProxy
 
 import names
@@ -603,9 +602,7 @@ def test_progress_bar_shows_on_a_terminal_and_quiet_silences_it(tmp_path, local_
 
     def shown(*extra: str) -> str:
         command = [
-            sys.executable,
-            "-m",
-            "omi_audio",
+            *OMI_AUDIO,
             "export",
             "--uid",
             UID,
@@ -667,9 +664,7 @@ def test_an_interrupted_export_leaves_whole_conversations_only_and_resumes(bucke
     with StorageProxy(fake_gcs, delay=0.02) as proxy:  # 20 ms a request: the long one takes seconds at one job
         env = {**os.environ, "STORAGE_EMULATOR_HOST": proxy.url}
         command = [
-            sys.executable,
-            "-m",
-            "omi_audio",
+            *OMI_AUDIO,
             "export",
             "--uid",
             UID,

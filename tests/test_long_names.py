@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import ROOT, objects, pcm_tone
+from conftest import OMI_AUDIO, ROOT, objects, pcm_tone
 
 import storage
 import wav
@@ -126,7 +125,7 @@ def test_the_function_stores_the_longest_uid_and_id_locally_and_status_reads_the
     assert Path(response.get_json()["conversation"]).read_bytes() == body
 
     report = subprocess.run(
-        [sys.executable, "-m", "omi_audio", "status", "--local-dir", str(local_dir), "--json", "--quiet",
+        [*OMI_AUDIO, "status", "--local-dir", str(local_dir), "--json", "--quiet",
          "--at", (received_at + timedelta(minutes=1)).isoformat()],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip

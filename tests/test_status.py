@@ -10,13 +10,12 @@ import json
 import os
 import re
 import subprocess
-import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import ROOT, pcm_tone, run
+from conftest import OMI_AUDIO, ROOT, pcm_tone, run
 from storage_proxy import StorageProxy
 
 import storage
@@ -274,7 +273,7 @@ def test_missing_credentials_are_one_line_naming_the_fix_and_exit_1(tmp_path, ke
         env["GOOGLE_APPLICATION_CREDENTIALS"] = key_file
 
     done = subprocess.run(
-        [sys.executable, "-m", "omi_audio", "status", "--bucket", "my-bucket"],
+        [*OMI_AUDIO, "status", "--bucket", "my-bucket"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -308,9 +307,7 @@ def test_runs_as_a_script_from_cron(tmp_path):
     store = storage.LocalStore(tmp_path / "rec")
     put(store, datetime.now(UTC) - timedelta(minutes=5), uid="Omi DevKit 2")
     command = [
-        sys.executable,
-        "-m",
-        "omi_audio",
+        *OMI_AUDIO,
         "status",
         "--local-dir",
         str(tmp_path / "rec"),
