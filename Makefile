@@ -129,7 +129,7 @@ profile: $(VENV)/.test
 # and the function's python312 alike. A pin already in a lock is kept while it still
 # fits; `make lock LOCK_UPGRADE=--upgrade` moves everything to the newest that fits.
 # `make check-lock` (run by CI) fails when a lock no longer matches its .in file.
-LOCKS := requirements.txt requirements-test.txt requirements-tools.txt
+LOCKS := requirements.txt requirements-test.txt requirements-tools.txt compactor/requirements.txt
 LOCK_DIR ?= .
 LOCK_UPGRADE ?=
 .PHONY: lock check-lock
@@ -140,7 +140,8 @@ lock: $(VENV)/.test
 	done
 
 check-lock: $(VENV)/.test
-	tmp="$$(mktemp -d)" && trap 'rm -rf "$$tmp"' EXIT && cp $(LOCKS) "$$tmp"/ && \
+	tmp="$$(mktemp -d)" && trap 'rm -rf "$$tmp"' EXIT && \
+		for lock in $(LOCKS); do mkdir -p "$$tmp/$$(dirname "$$lock")" && cp "$$lock" "$$tmp/$$lock" || exit 1; done && \
 		$(MAKE) --no-print-directory lock LOCK_DIR="$$tmp" && \
 		for lock in $(LOCKS); do \
 			diff -u "$$lock" "$$tmp/$$lock" >&2 || { echo "$$lock is stale: run make lock and commit it" >&2; exit 1; }; \
