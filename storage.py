@@ -17,6 +17,10 @@ Two backends share that naming and one small interface (`put`, `list_chunks`,
   file name is written in a shorter form that reads back to the same name
   (`local_path`).
 
+The compactor (`omi-audio compact`) lists, reads, creates and deletes whole
+objects through `list_objects`, `download`, `put_file` and `delete`; the
+function never calls them (its account may not delete).
+
 Conversation events sit beside the audio, one JSON object per version, named
 ``{uid}/conversations/{YYYYMMDD}T{HHMMSS}.{ffffff}Z_{id}_{digest}.json``
 (`put_conversation`, `list_conversations`, `newest_versions`).
@@ -33,12 +37,13 @@ import json
 import os
 import queue
 import re
+import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -82,6 +87,8 @@ CONVERSATION_LOOKBACK = timedelta(days=1)
 
 # How long one connection attempt to storage may take before it counts as failed.
 CONNECT_TIMEOUT_SECONDS = 3.0
+# The compactor's whole-object calls (a session object can be hundreds of MB).
+TRANSFER_TIMEOUT_SECONDS = 600.0
 # Backoff between retried writes: short first (most blips are brief), capped at a
 # second so that the end of an outage is noticed within a second.
 FIRST_BACKOFF_SECONDS = 0.2
@@ -138,6 +145,21 @@ class ChunkInfo:
     size: int
     metadata: dict[str, str]
     parts: ChunkName
+    generation: str = ""  # which version of the object (a delete can require it)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """Any object as listed: its name, size, version and when it was created."""
+
+    name: str
+    size: int
+    generation: str
+    created: datetime
+
+
+class NameTaken(Exception):
+    """`put_file` found the name already held: nothing was written."""
 
 
 def conversation_range(uid: str, since: datetime | None, until: datetime | None) -> tuple[str, str | None, str | None]:
@@ -205,6 +227,14 @@ class Store(Protocol):
     def list_conversations(
         self, uid: str, since: datetime | None = None, until: datetime | None = None
     ) -> Iterator[ConversationInfo]: ...
+
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+    def download(self, name: str, path: Path) -> None: ...
+
+    def put_file(self, name: str, path: Path, content_type: str, custom_time: datetime) -> None: ...
+
+    def delete(self, name: str, generation: str) -> bool: ...
 
 
 def store_from_env(environ: os._Environ | dict[str, str] = os.environ) -> Store:
@@ -384,7 +414,7 @@ class GcsStore:
         )
         for blob in blobs:
             if parts := parse_object_name(blob.name):
-                yield ChunkInfo(blob.name, blob.size or 0, dict(blob.metadata or {}), parts)
+                yield ChunkInfo(blob.name, blob.size or 0, dict(blob.metadata or {}), parts, str(blob.generation))
             elif unreadable and NAME_RE.fullmatch(blob.name):
                 unreadable(blob.name)
 
@@ -504,6 +534,52 @@ class GcsStore:
 
     def read(self, name: str) -> bytes:
         return self.bucket.blob(name).download_as_bytes()
+
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose name starts with `prefix`, in name order."""
+        for blob in self.client.list_blobs(self.bucket, prefix=prefix):
+            yield ObjectInfo(blob.name, blob.size or 0, str(blob.generation), blob.time_created)
+
+    def download(self, name: str, path: Path) -> None:
+        """Object `name` into the file `path`, streamed (its checksum checked by the library).
+
+        Raises:
+            FileNotFoundError: there is no such object.
+        """
+        try:
+            self.bucket.blob(name).download_to_filename(str(path), timeout=TRANSFER_TIMEOUT_SECONDS)
+        except api_exceptions.NotFound as exc:
+            raise FileNotFoundError(name) from exc
+
+    def put_file(self, name: str, path: Path, content_type: str, custom_time: datetime) -> None:
+        """Create object `name` from the file `path`, never replacing one.
+
+        The upload's CRC32C is checked against the file's; `custom_time` is what a
+        lifecycle rule's ``daysSinceCustomTime`` counts from.
+
+        Raises:
+            NameTaken: an object already holds the name.
+        """
+        blob = self.bucket.blob(name)
+        blob.custom_time = custom_time
+        try:
+            blob.upload_from_filename(
+                str(path),
+                content_type=content_type,
+                if_generation_match=0,
+                checksum="crc32c",
+                timeout=TRANSFER_TIMEOUT_SECONDS,
+            )
+        except api_exceptions.PreconditionFailed as exc:
+            raise NameTaken(name) from exc
+
+    def delete(self, name: str, generation: str) -> bool:
+        """Delete object `name` if it is still that `generation`; False if it is gone or was replaced."""
+        try:
+            self.bucket.delete_blob(name, if_generation_match=int(generation), timeout=TRANSFER_TIMEOUT_SECONDS)
+        except (api_exceptions.NotFound, api_exceptions.PreconditionFailed):
+            return False
+        return True
 
 
 def name_range(uid: str, since: datetime | None, until: datetime | None) -> tuple[str, str | None, str]:
@@ -716,7 +792,9 @@ class LocalStore:
             path = self.path(name)
             if (parts := parse_object_name(name)) and path.is_file():
                 listed += 1
-                yield ChunkInfo(name, path.stat().st_size, _read_metadata(_metadata_path(path)), parts)
+                stat = path.stat()
+                metadata = _read_metadata(_metadata_path(path))
+                yield ChunkInfo(name, stat.st_size, metadata, parts, _generation(stat))
             elif unreadable and not parts and NAME_RE.fullmatch(name) and path.is_file():
                 unreadable(name)
 
@@ -767,6 +845,60 @@ class LocalStore:
 
     def read(self, name: str) -> bytes:
         return self.path(name).read_bytes()
+
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every file under the folder `prefix` names (its temporary files left out), in name order."""
+        top = self.path(prefix)
+        found: list[ObjectInfo] = []
+        for folder, _, files in os.walk(top):
+            for file in files:
+                path = Path(folder) / file
+                if file.startswith(".incoming-"):
+                    continue
+                stat = path.stat()
+                name = prefix + path.relative_to(top).as_posix()
+                created = datetime.fromtimestamp(stat.st_mtime, UTC)
+                found.append(ObjectInfo(name, stat.st_size, _generation(stat), created))
+        return iter(sorted(found, key=lambda info: info.name))
+
+    def download(self, name: str, path: Path) -> None:
+        shutil.copyfile(self.path(name), path)
+
+    def put_file(self, name: str, path: Path, content_type: str, custom_time: datetime) -> None:
+        """Create `name` from the file `path`, never replacing one (same contract as `GcsStore.put_file`)."""
+        target = self.path(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as out, open(path, "rb") as source:
+                os.fchmod(out.fileno(), 0o644)
+                shutil.copyfileobj(source, out)
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(tmp, target)
+            except FileExistsError as exc:
+                raise NameTaken(name) from exc
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def delete(self, name: str, generation: str) -> bool:
+        """Delete `name` (and a chunk's metadata beside it) if it is still that `generation`."""
+        path = self.path(name)
+        try:
+            if _generation(path.stat()) != generation:
+                return False
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        if parse_object_name(name):
+            _metadata_path(path).unlink(missing_ok=True)
+        return True
+
+
+def _generation(stat: os.stat_result) -> str:
+    """A local file's version: a rewritten or replaced file gets another."""
+    return f"{stat.st_ino}.{stat.st_mtime_ns}"
 
 
 def _read_metadata(path: Path) -> dict[str, str]:

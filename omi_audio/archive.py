@@ -30,6 +30,7 @@ from typing import Any
 import names
 import storage
 import wav
+from omi_audio import compacted
 from omi_audio.capture import capture_starts
 
 FRAME_BYTES = wav.CHANNELS * wav.SAMPLE_WIDTH
@@ -55,6 +56,8 @@ class Chunk:
     sample_rate: int | None  # from metadata; None when missing or unreadable
     pcm_bytes: int
     key: str | None = None
+    generation: str = ""
+    packed: compacted.Packed | None = None  # where a compacted day holds its samples; None: its own object
 
 
 @dataclass
@@ -76,14 +79,15 @@ def select_chunks(
 ) -> Selection:
     """List `uid`'s chunks received in ``[since, until)``, ordered, duplicates dropped.
 
-    Only that range is listed, and only object names and metadata are read.
+    Only that range is listed, and only object names and metadata are read;
+    compacted days in the range are read from their indexes (see `compacted`),
+    and a chunk both loose and in an index is taken once, from its object.
     Order: receipt time in the name, then the name's collision suffix as a
     number.  Of several chunks with the same ``idempotency_key`` metadata the
     first in that order is kept.  `progress` is called with 1 per name listed.
     An object named like a chunk but with no real time in its name is left out,
     named in one call to `warn`.
     """
-    found: list[Chunk] = []
     skipped: list[str] = []
 
     def unreadable(name: str) -> None:
@@ -91,10 +95,20 @@ def select_chunks(
         if warn:
             warn(f"skipped {name}: its name holds no real time")
 
+    packed, dropped = compacted.CompactedDays(store, uid).chunks(since, until)
+    if progress and packed:
+        progress(len(packed))
+    found: list[Chunk] = []
     for info in store.list_chunks(uid, since, until, unreadable=unreadable):
         if progress:
             progress(1)
-        found.append(_chunk_from_listing(info))
+        chunk = chunk_from_metadata(info.name, info.parts, info.size, info.metadata)
+        chunk.generation = info.generation
+        found.append(chunk)
+    # A chunk still loose is read from its own object, even if a compacted day holds it
+    # too (the compactor deletes it after its index is written).
+    loose = {chunk.name for chunk in found}
+    found.extend(chunk for chunk in packed if chunk.name not in loose)
     found.sort(key=lambda chunk: (chunk.received_at, chunk.seq, chunk.name))
     kept: list[Chunk] = []
     seen: set[str] = set()
@@ -105,17 +119,16 @@ def select_chunks(
             seen.add(chunk.key)
             chunk.key = None  # no longer needed: keep the index small
         kept.append(chunk)
-    return Selection(kept, len(found) - len(kept), skipped)
+    return Selection(kept, dropped + len(found) - len(kept), skipped)
 
 
-def _chunk_from_listing(info: storage.ChunkInfo) -> Chunk:
-    metadata = info.metadata
+def chunk_from_metadata(name: str, parts: names.ChunkName, size: int, metadata: dict[str, str]) -> Chunk:
+    """A chunk as its listing (or a compacted day's index) describes it."""
     rate = _positive_int(metadata.get("sample_rate"))
     pcm_bytes = _positive_int(metadata.get("pcm_bytes"))
     if pcm_bytes is None:
-        pcm_bytes = max(info.size - wav.HEADER_SIZE, 0)
-    parts = info.parts
-    return Chunk(info.name, parts.received_at, parts.seq, info.size, rate, pcm_bytes, metadata.get("idempotency_key"))
+        pcm_bytes = max(size - wav.HEADER_SIZE, 0)
+    return Chunk(name, parts.received_at, parts.seq, size, rate, pcm_bytes, metadata.get("idempotency_key"))
 
 
 def _positive_int(value: str | None) -> int | None:

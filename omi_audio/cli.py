@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from omi_audio import export, importer, status
+from omi_audio import compact, export, importer, status
 
-COMMANDS = {"export": export, "status": status, "import": importer}
+COMMANDS = {"export": export, "status": status, "import": importer, "compact": compact}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,20 +50,16 @@ import sys
 import tempfile
 import threading
 import wave
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, TextIO, TypeVar
 
-from google.api_core import exceptions as api_exceptions
-
 import names
 import storage
 import wav
-from omi_audio import archive, console, conversations, page
+from omi_audio import archive, compacted, console, conversations, page
 from omi_audio.archive import DEFAULT_GAP_SECONDS, Chunk, Selection
 
 _T = TypeVar("_T")
@@ -71,10 +67,6 @@ _T = TypeVar("_T")
 # Concurrent downloads.  One small object costs tens of milliseconds on real GCS.
 DEFAULT_JOBS = 16
 MAX_JOBS = 256
-# Downloads run ahead of the writer by at most this many objects per job, and never
-# by more than this many bytes: that window is all the audio ever held in memory.
-WINDOW_PER_JOB = 4
-WINDOW_BYTES = 64 * 1024 * 1024
 # The most PCM one WAV file can hold, in whole frames; longer sessions become parts.
 MAX_PART_BYTES = wav.MAX_DATA_SIZE - wav.MAX_DATA_SIZE % (wav.CHANNELS * wav.SAMPLE_WIDTH)
 FRAME_BYTES = archive.FRAME_BYTES
@@ -347,41 +339,6 @@ def resume_plan(
     return Selection(todo, selection.duplicates, selection.skipped), starts, kept
 
 
-def download_in_order(
-    read: Callable[[str], bytes], chunks: list[Chunk], jobs: int
-) -> Iterator[tuple[Chunk, bytes | None]]:
-    """Yield each chunk with its object's bytes (None if it vanished), in order.
-
-    Up to `jobs` downloads run at once; results wait in a window of at most
-    ``WINDOW_PER_JOB * jobs`` objects and about ``WINDOW_BYTES`` bytes.
-    """
-
-    def fetch(name: str) -> bytes | None:
-        try:
-            return read(name)
-        except (FileNotFoundError, api_exceptions.NotFound):  # deleted since it was listed
-            return None
-
-    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="export")
-    window: deque[tuple[Chunk, Future[bytes | None]]] = deque()
-    window_bytes = 0
-    upcoming = iter(chunks)
-    try:
-        pending = next(upcoming, None)
-        while pending is not None or window:
-            while pending is not None and (
-                not window or (len(window) < WINDOW_PER_JOB * jobs and window_bytes + pending.size <= WINDOW_BYTES)
-            ):
-                window.append((pending, pool.submit(fetch, pending.name)))
-                window_bytes += pending.size
-                pending = next(upcoming, None)
-            chunk, future = window.popleft()
-            window_bytes -= chunk.size
-            yield chunk, future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def check_chunk(data: bytes, max_sample_rate: int = wav.MAX_SAMPLE_RATE) -> tuple[int, memoryview]:
     """Return (sample rate, whole-frame PCM) of one stored chunk.
 
@@ -447,7 +404,7 @@ def export_sessions(
         summary.sessions.append(session)
 
     try:
-        for chunk, data in download_in_order(reads_per_thread(store), selection.chunks, jobs):
+        for chunk, data in compacted.download_chunks(store, selection.chunks, jobs, out_dir):
             if progress:
                 progress(1)
             if data is None:
@@ -584,26 +541,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs", type=_jobs, default=DEFAULT_JOBS, metavar="N", help=f"concurrent downloads (default {DEFAULT_JOBS})"
     )
-
-
-def reads_per_thread(store: storage.Store) -> Callable[[str], bytes]:
-    """`store.read`, through a storage client of each download thread's own.
-
-    One client keeps at most 10 connections to storage; with more download
-    threads the others would open (and on Cloud Storage, handshake) a new
-    connection for every object.
-    """
-    if not isinstance(store, storage.GcsStore):
-        return store.read
-    local = threading.local()
-
-    def read(name: str) -> bytes:
-        own = getattr(local, "store", None)
-        if own is None:
-            own = local.store = storage.GcsStore(store.bucket_name)
-        return own.read(name)
-
-    return read
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -757,7 +694,7 @@ def export_by_conversation(args: argparse.Namespace, store: storage.Store, outpu
             todo,
             args.out,
             output,
-            lambda wanted: download_in_order(reads_per_thread(store), wanted, args.jobs),
+            lambda wanted: compacted.download_chunks(store, wanted, args.jobs, args.out),
             lambda data: check_chunk(data, output.max_sample_rate),
             progress.update,
             progress.warn,

@@ -36,7 +36,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import names
 import storage
-from omi_audio import archive, console
+from omi_audio import archive, compacted, console
 
 DEFAULT_DAYS = 14
 MAX_DAYS = 3660
@@ -154,9 +154,12 @@ def last_chunk_before(store: storage.Store, uid: str, before: datetime) -> datet
     (1, 2, 4, ... days) until one holds a chunk, each test a list call asking for
     one name; that window's older half is then halved down to a minute.
     """
+    days = compacted.CompactedDays(store, uid)  # compacted days hold chunks too
 
     def any_chunk(since: datetime, until: datetime) -> bool:
-        return next(iter(store.list_chunks(uid, since, until, limit=1)), None) is not None
+        if next(iter(store.list_chunks(uid, since, until, limit=1)), None) is not None:
+            return True
+        return bool(days.days_in(since, until)) and bool(days.chunks(since, until)[0])
 
     width, newer = timedelta(days=1), before
     while True:

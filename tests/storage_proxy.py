@@ -27,6 +27,9 @@ command costs in Cloud Storage operations.  Modes, any of them at once:
     resumable upload (the library's path for bodies over 8 MiB); Cloud Storage
     refuses to start one for a name already taken.  The proxy checks the name
     upstream and answers 412 itself;
+  * ``delete_preconditions``: fake-gcs-server deletes an object whatever
+    ``ifGenerationMatch`` a delete names; Cloud Storage answers 412 when the object
+    is another generation.  The proxy reads the generation upstream and answers 412;
   * ``taken_status=403``: to a caller without ``storage.objects.delete`` (our
     function's role), Cloud Storage may answer a write to a taken name with 403
     rather than 412.  The proxy turns every 412 into that 403.
@@ -116,6 +119,7 @@ class StorageProxy:
     upstream: str
     delay: float = 0.0
     resumable_preconditions: bool = False
+    delete_preconditions: bool = False
     taken_status: int = 412
     seen: list[Seen] = field(default_factory=list)
 
@@ -289,6 +293,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self._taken_by_precondition(body):
             self._refuse_taken(seen)
             return
+        if self._another_generation():
+            self._refuse_taken(seen, 412)
+            return
         status, reason, headers, payload = self._forward(body)
         if status == 412:
             self._refuse_taken(seen)
@@ -323,25 +330,39 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         bucket = url.path.split("/b/", 1)[1].split("/", 1)[0]
         name = (query.get("name") or [json.loads(body or b"{}").get("name", "")])[0]
+        return self._upstream_object(f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}") is not None
+
+    def _another_generation(self) -> bool:
+        """A delete asking ifGenerationMatch=G of an object that is now another generation."""
+        url = urlsplit(self.path)
+        wanted = parse_qs(url.query).get("ifGenerationMatch")
+        if not (self.owner.delete_preconditions and self.command == "DELETE" and wanted):
+            return False
+        held = self._upstream_object(url.path)
+        return held is not None and str(held.get("generation")) != wanted[0]
+
+    def _upstream_object(self, path: str) -> dict | None:
+        """An object's metadata as fake-gcs-server holds it, or None if there is no such object."""
         conn = http.client.HTTPConnection(self.owner._upstream_host, self.owner._upstream_port, timeout=30)
         try:
-            conn.request("GET", f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}")
+            conn.request("GET", path)
             response = conn.getresponse()
-            response.read()
-            return response.status == 200
+            payload = response.read()
+            return json.loads(payload) if response.status == 200 else None
         finally:
             conn.close()
 
-    def _refuse_taken(self, seen: Seen) -> None:
+    def _refuse_taken(self, seen: Seen, status: int | None = None) -> None:
         """Answer a write to a taken name as Cloud Storage does: 412, or 403 to a caller that may not delete."""
-        if self.owner.taken_status == 403:
+        status = status or self.owner.taken_status
+        if status == 403:
             message = "does not have storage.objects.delete access to the Google Cloud Storage object."
         else:
             message = "At least one of the pre-conditions you specified did not hold."
-        payload = json.dumps({"error": {"code": self.owner.taken_status, "message": message}}).encode()
+        payload = json.dumps({"error": {"code": status, "message": message}}).encode()
         with self.owner._lock:
-            self.owner.seen.append(Seen(self.command, self.path, f"taken-{self.owner.taken_status}"))
-        self.send_response(self.owner.taken_status)
+            self.owner.seen.append(Seen(self.command, self.path, f"taken-{status}"))
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
