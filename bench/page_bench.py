@@ -2,7 +2,8 @@
 
 2,000 synthetic conversations spread over a year (2 to 60 minutes each, a
 transcript line every 8 seconds: about 230 lines, 20 kB of text, per
-conversation) are written with `page.write_index`, then opened from file:// in
+conversation, and a loudness strip's character a second) are written with
+`page.write_index`, then opened from file:// in
 headless Debian Chromium on this machine, as the tests open it.
 
 * first view: from navigation start until the first screen of the list is
@@ -140,11 +141,12 @@ def main() -> int:
         index = page.write_index(Path(folder), "bench-owner", conversations, [], spans, tz=UTC)
         written_ms = (time.perf_counter() - started) * 1000
         lines = sum(len(c["cues"]) for c in conversations)
+        levels = sum(len(c["loudness"]) for c in conversations)
         size = index.stat().st_size
         version = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True, check=False).stdout.strip()
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {version}")
         print(
-            f"page: {len(conversations)} conversations, {lines:,} transcript lines, "
+            f"page: {len(conversations)} conversations, {lines:,} transcript lines, {levels:,} seconds of loudness, "
             f"{size / 2**20:.1f} MiB, written in {written_ms:.0f} ms"
         )
         url = index.as_uri()

@@ -109,6 +109,7 @@ class Planned:
     cut: archive.Cut | None
     holes: list[archive.Hole] = field(default_factory=list)  # as written (planned ones plus unreadable chunks)
     kept: bool = False
+    loudness: str | None = None  # its audio file's, measured as written (`omi_audio.loudness`)
 
     def gaps(self) -> list[dict[str, float]]:
         """Each hole inside the conversation's own span: its start and length in the file, in seconds,
@@ -284,7 +285,7 @@ class AudioCut:
         block = bytes(min(left, SILENCE_BLOCK_BYTES))
         while left:
             n = min(left, len(block))
-            self.writer.write(memoryview(block)[:n])
+            self.writer.write(memoryview(block)[:n], hole=True)
             left -= n
         self.written += frames
 
@@ -313,6 +314,7 @@ class AudioCut:
     def finish(self) -> None:
         self._silence(self.cut.frames - self.written)
         self.writer.finish(self.final)
+        self.item.loudness = self.writer.loudness.text()
         merged: list[archive.Hole] = []
         for hole in self.holes:
             if merged and merged[-1].at + merged[-1].frames == hole.at:
@@ -391,4 +393,5 @@ def page_conversation(item: Planned, suffix: str) -> dict[str, Any]:
         "coverage": cut.coverage if cut else 0.0,
         "gaps": item.gaps(),
         "cues": [{"start": c.start, "end": c.end, "speaker": c.speaker, "text": c.text} for c in cues_of(item)],
+        **({"loudness": item.loudness} if item.loudness is not None else {}),  # none for a file kept from before
     }

@@ -59,7 +59,7 @@ from typing import BinaryIO, TextIO, TypeVar
 import names
 import storage
 import wav
-from omi_audio import archive, compacted, console, conversations, page
+from omi_audio import archive, compacted, console, conversations, loudness, page
 from omi_audio.archive import DEFAULT_GAP_SECONDS, Chunk, Selection
 
 _T = TypeVar("_T")
@@ -94,6 +94,7 @@ class Session:
     chunks: int = 0
     files: list[str] = field(default_factory=list)
     first: int = 0  # position of its first chunk in the selection (planned sessions)
+    loudness: list[str] = field(default_factory=list)  # each written file's (`omi_audio.loudness`)
 
     @property
     def seconds(self) -> float | None:
@@ -199,6 +200,7 @@ class _PartWriter:
         self.wave.setsampwidth(wav.SAMPLE_WIDTH)
         self.wave.setframerate(sample_rate)
         self.size = 0
+        self.loudness = loudness.Meter(sample_rate)  # measured as written: the file is never read back
 
     @staticmethod
     def frames(path: Path) -> tuple[int, int] | None:
@@ -212,9 +214,14 @@ class _PartWriter:
             return None
         return rate, size // FRAME_BYTES
 
-    def write(self, pcm: memoryview) -> None:
+    def write(self, pcm: memoryview, hole: bool = False) -> None:
+        """Append `pcm`; `hole`: it is silence standing in for audio that was never stored."""
         self.wave.writeframesraw(pcm)
         self.size += len(pcm)
+        if hole:
+            self.loudness.hole(len(pcm) // FRAME_BYTES)
+        else:
+            self.loudness.add(pcm)
 
     def finish(self, final: Path) -> None:
         self.wave.close()  # writes the header's sizes
@@ -243,6 +250,7 @@ class _FlacWriter:
             fd, "w", samplerate=sample_rate, channels=1, format="FLAC", subtype="PCM_16", closefd=False
         )
         self.size = 0
+        self.loudness = loudness.Meter(sample_rate)
 
     @staticmethod
     def frames(path: Path) -> tuple[int, int] | None:
@@ -261,9 +269,13 @@ class _FlacWriter:
         except (OSError, RuntimeError, soundfile.LibsndfileError):
             return None
 
-    def write(self, pcm: memoryview) -> None:
+    def write(self, pcm: memoryview, hole: bool = False) -> None:
         self.file.buffer_write(pcm, dtype="int16")
         self.size += len(pcm)
+        if hole:
+            self.loudness.hole(len(pcm) // FRAME_BYTES)
+        else:
+            self.loudness.add(pcm)
 
     def finish(self, final: Path) -> None:
         self.file.close()  # libsndfile writes the stream's totals on close
@@ -399,6 +411,7 @@ def export_sessions(
         parts_known = len(session.files) > 0
         name = part_name(base, len(session.files) + 1, parts_known, output.suffix)
         writer.finish(out_dir / name)
+        session.loudness.append(writer.loudness.text())
         writer = None
         session.files.append(name)
         summary.sessions.append(session)
@@ -428,6 +441,7 @@ def export_sessions(
                 name = part_name(base, len(session.files) + 1, True, output.suffix)
                 writer.finish(out_dir / name)
                 session.files.append(name)
+                session.loudness.append(writer.loudness.text())
                 writer = output.writer(out_dir, rate)
             assert writer is not None
             writer.write(pcm)
@@ -749,7 +763,10 @@ def page_sessions(sessions: Iterable[Session], part_limit: int = MAX_PART_BYTES)
             rate = session.sample_rate or archive.ASSUMED_SAMPLE_RATE
             start = session.start + timedelta(seconds=full * n / rate)
             stem = name.rsplit(".", 1)[0]
-            entries.append({"stem": stem, "started_at": names.iso(start), "seconds": frames / rate, "audio": name})
+            entry = {"stem": stem, "started_at": names.iso(start), "seconds": frames / rate, "audio": name}
+            if n < len(session.loudness):  # measured when written (not for a file kept from before)
+                entry["loudness"] = session.loudness[n]
+            entries.append(entry)
     return entries
 
 

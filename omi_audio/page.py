@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import names
+from omi_audio import loudness
 
 TEMPLATE = Path(__file__).with_name("page.html")
 INDEX_NAME = "index.html"
@@ -39,6 +40,11 @@ MIN_MARK_SECONDS = 60.0
 # year's 365 timelines and 2,000 articles laid out at once took the first view past 1 s.
 DAY_HEAD_REM = 6.0  # the day's heading and timeline
 ARTICLE_REM = 8.75  # a closed article (heading, times, two lines of overview) and its margin
+
+# A day's strip draws loudness a character a minute: 24 h span about a thousand pixels,
+# so a finer one would not show, and a year of it stays small (the player's strip has
+# every second, from the page's data).
+STRIP_SECONDS_PER_LEVEL = 60
 
 # Where page.html takes a value: {{title}}, {{heading}}, {{days}}, {{kind}}, {{data}}.
 _MARKER_RE = re.compile(r"\{\{(\w+)\}\}")
@@ -98,9 +104,9 @@ def update_index(
     out_dir = Path(out_dir)
     held = read_index(out_dir)
     found_conversations = {_conversation_key(c): c for c in held["conversations"]}
-    found_conversations.update({_conversation_key(c): c for c in conversations})
+    found_conversations.update({_conversation_key(c): _keep_loudness(c, found_conversations) for c in conversations})
     found_sessions = {str(s["stem"]): s for s in held["sessions"]}
-    found_sessions.update({str(s["stem"]): s for s in sessions})
+    found_sessions.update({str(s["stem"]): _keep_loudness(s, found_sessions, str(s["stem"])) for s in sessions})
     merged = {
         "uids": sorted({*held["uids"], uid}),
         "conversations": sorted(
@@ -147,6 +153,15 @@ def read_index(out_dir: Path) -> dict:
         "sessions": [s for s in listed("sessions") if isinstance(s, dict) and s.get("stem")],
         "spans": spans,
     }
+
+
+def _keep_loudness(entry: dict, held: dict[str, dict], key: str | None = None) -> dict:
+    """`entry`, with the loudness measured when its file was written by an earlier export
+    (an export that keeps a file it finds whole does not read it again to measure it)."""
+    before = held.get(key or _conversation_key(entry))
+    if "loudness" in entry or not before or before.get("audio") != entry.get("audio") or "loudness" not in before:
+        return entry
+    return {**entry, "loudness": before["loudness"]}
 
 
 def _conversation_key(conversation: dict) -> str:
@@ -403,7 +418,12 @@ def _legend(talks: list[_Item], recordings: list[_Item]) -> str:
         keys.append("<span class=key-session></span> a recording")
     if talks or not recordings:
         keys.append("<span class=key-item></span> a conversation")
-    return f"<p class=legend>Each day's strip shows 24 hours: {', '.join(keys)} (click one to open it).</p>"
+    if any(_loudness(item) for item in (*talks, *recordings)):
+        keys.append(
+            "<span class=key-loud></span> how loud (a flat line: quiet; <span class=key-hole></span> none stored)"
+        )
+    shown = ", ".join(keys)
+    return f"<p class=legend>Each day's strip shows 24 hours: {shown} (click one to open it and play from there).</p>"
 
 
 def _nothing_html() -> str:
@@ -413,6 +433,31 @@ def _nothing_html() -> str:
 def _position(moment: datetime, day: _Day) -> float:
     whole = (day.end - day.start).total_seconds()
     return max(0.0, min(100.0, (moment - day.start).total_seconds() / whole * 100))
+
+
+def _audio_start(item: _Item) -> datetime | None:
+    """When the first sample of the item's audio file was captured."""
+    key = "audio_start" if item.kind == "conversation" else "started_at"
+    return names.parse_time(item.source.get(key)) if item.audio else None
+
+
+def _loudness(item: _Item) -> str:
+    levels = item.source.get("loudness")
+    return levels if isinstance(levels, str) else ""
+
+
+def _loudness_html(item: _Item, day: _Day) -> str:
+    """Where sound is in the item's audio, drawn by the script over the day's strip once in view."""
+    levels, start = _loudness(item), _audio_start(item)
+    if not levels or start is None:
+        return ""
+    whole = (day.end - day.start).total_seconds()
+    left = (start - day.start).total_seconds() / whole * 100  # past midnight: cut off by the strip's edge
+    width = len(levels) / whole * 100
+    coarse = loudness.coarse(levels, STRIP_SECONDS_PER_LEVEL)
+    return (
+        f'<canvas class=tl-loud style="left:{left:.3f}%;width:{width:.3f}%" data-loudness="{escape(coarse)}"></canvas>'
+    )
 
 
 def _timeline_html(day: _Day) -> str:
@@ -434,12 +479,15 @@ def _timeline_html(day: _Day) -> str:
             f'style="left:{left:.3f}%;width:{width:.3f}%" title="{escape(label)}">'
             f"<span class=visually-hidden>{escape(label)}</span></a>"
         )
+    # Each recording's loudness over its mark: a session's, or a conversation's when in none.
+    parts += [_loudness_html(item, day) for item in shown if item.kind == "session" or item.parent is None]
     ticks = "".join(
         f'<span class=tl-tick style="left:{hour / 24 * 100:.3f}%">{hour:02d}</span>' for hour in range(0, 25, 3)
     )
     return (
-        f'<div class=timeline aria-label="24 hours of {_day_label(day.day)}: stored audio and '
-        f'where each recording sits"><div class=tl-strip>{"".join(parts)}</div>'
+        f'<div class=timeline aria-label="24 hours of {_day_label(day.day)}: stored audio, how loud, and '
+        f'where each recording sits"><div class=tl-strip data-start="{day.start.timestamp():.0f}" '
+        f'data-seconds="{whole:.0f}">{"".join(parts)}</div>'
         f"<div class=tl-ticks aria-hidden=true>{ticks}</div></div>"
     )
 
@@ -567,9 +615,12 @@ def _item_data(item: _Item) -> dict:
         for cue in ((item.source.get("cues") or []) if item.kind == "conversation" else [])
     ]
     words = [str(item.source.get(key) or "") for key in ("title", "overview", "category")]
+    start = _audio_start(item)
     return {
         "stem": item.stem,
         "audio": item.audio,
+        "at": round(start.timestamp(), 3) if start else None,  # when its first sample was captured
+        "loudness": _loudness(item),
         "words": " ".join(words) if item.kind == "conversation" else item.title,
         "kind": item.kind,
         "speakers": list(speakers),

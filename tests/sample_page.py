@@ -5,6 +5,7 @@ conversations (`bench/page_bench.py`), plus the headless Chromium they open it i
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -15,8 +16,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy
+
 import wav
-from omi_audio import page
+from omi_audio import loudness, page
 
 UID = "demo-owner"
 RATE = 16000
@@ -123,6 +126,28 @@ def tone(seconds: float, pitch: float) -> bytes:
     return struct.pack(f"<{frames}h", *samples)
 
 
+@functools.cache
+def speech(number: int) -> tuple[bytes, str]:
+    """A sample conversation's audio as the export writes it, and its loudness as the export
+    measures it: each line spoken (a tone that swells and fades, some lines louder), a
+    second's pause after it, silence where it has a hole."""
+    _, _, _, _, _, seconds, _, gaps, _ = CONVERSATIONS[number]
+    n = numpy.arange(round(seconds * RATE))
+    line = (n / RATE // LINE_SECONDS).astype(int)
+    amplitude = numpy.where((n / RATE) % LINE_SECONDS < LINE_SECONDS - 1, 1500 + 2500 * (line % 3), 20)
+    swell = 0.55 + 0.45 * numpy.sin(2 * numpy.pi * n / RATE)
+    pcm = amplitude * swell * numpy.sin(2 * numpy.pi * (180 + 40 * number) * n / RATE)
+    meter, at = loudness.Meter(RATE), 0
+    for gap in gaps:
+        start, end = round(gap["start"] * RATE), round((gap["start"] + gap["seconds"]) * RATE)
+        pcm[start:end] = 0
+        meter.add(pcm[at:start].astype("<i2").tobytes())
+        meter.hole(end - start)
+        at = end
+    meter.add(pcm[at:].astype("<i2").tobytes())
+    return pcm.astype("<i2").tobytes(), meter.text()
+
+
 def sample_conversations() -> list[dict]:
     """The conversations as omi-audio export hands them to `page.write_index`."""
     result = []
@@ -149,6 +174,7 @@ def sample_conversations() -> list[dict]:
                 "coverage": (seconds - missing) / seconds if seconds else 0.0,
                 "gaps": gaps,
                 "cues": cues,
+                **({"loudness": speech(number)[1]} if seconds else {}),
             }
         )
     return result
@@ -169,7 +195,7 @@ def write_sample_export(out_dir: Path) -> list[dict]:
     conversations = sample_conversations()
     for number, c in enumerate(conversations):
         if c["audio"]:
-            (out_dir / c["audio"]).write_bytes(wav.frame(tone(c["audio_seconds"], 180 + 40 * number), RATE))
+            (out_dir / c["audio"]).write_bytes(wav.frame(speech(number)[0], RATE))
     page.write_index(out_dir, UID, conversations, [], audio_spans(conversations), tz=UTC)
     return conversations
 
@@ -181,9 +207,19 @@ WORDS = (
 ).split()
 
 
+def synthetic_loudness(seconds: float, rng: random.Random) -> str:
+    """A loudness string as the export measures it: runs of speech and pauses, a rare hole."""
+    runs, total = [], math.ceil(seconds)
+    while total > 0:
+        length = min(total, rng.randint(1, 12))
+        runs.append(rng.choice("456789") * length if rng.random() < 0.7 else rng.choice("0-01") * length)
+        total -= length
+    return "".join(runs)
+
+
 def year_of_conversations(count: int, seconds_per_cue: float, seed: int = 1) -> tuple[list[dict], list[tuple]]:
     """`count` synthetic conversations of 2 to 60 minutes spread over a year, a line
-    every `seconds_per_cue` seconds, and the audio stored around each."""
+    every `seconds_per_cue` seconds, its loudness, and the audio stored around each."""
     rng = random.Random(seed)
     start_of_year = datetime(2026, 1, 1, tzinfo=UTC)
     conversations, spans = [], []
@@ -218,6 +254,7 @@ def year_of_conversations(count: int, seconds_per_cue: float, seed: int = 1) -> 
                 "coverage": rng.uniform(0.7, 1.0),
                 "gaps": [],
                 "cues": cues,
+                "loudness": synthetic_loudness(seconds, rng),
             }
         )
         spans.append((start - timedelta(minutes=20), start + timedelta(seconds=seconds + 600)))

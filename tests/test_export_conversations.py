@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import html
 import json
+import math
 import os
 import re
 import signal
@@ -1004,3 +1005,57 @@ def test_terminal_text_replaces_c0_del_and_c1_and_keeps_the_rest():
     assert console.terminal_text(controls) == "\ufffd" * 65
     kept = "Zoë 会议 \N{ROCKET} \u00a0\u202e ~"
     assert console.terminal_text(kept) == kept
+
+
+# -- the loudness strip's data, measured as each file is written ----------------------------
+
+
+def test_a_conversations_loudness_is_a_character_a_second_of_its_file_with_its_hole_marked(source, tmp_path, capsys):
+    store, args = source
+    store_audio(store, T0, 60, skip=range(20, 25))  # seconds 20 to 25 never arrived
+    put_conversation(store, conversation("c-1", STARTED, FINISHED, "Product launch planning"))
+
+    code, _, _ = run(capsys, *BY_CONVERSATION, *args, "--out", str(tmp_path / "out"))
+
+    assert code == 0
+    [entry] = json.loads((tmp_path / "out" / "index.json").read_bytes())["conversations"]
+    levels = entry["loudness"]
+    assert len(levels) == math.ceil(entry["audio_seconds"])
+    [gap] = entry["gaps"]
+    hole = range(math.ceil(gap["start"]), math.floor(gap["start"] + gap["seconds"]))
+    assert len(hole) >= 4 and all(levels[s] == "-" for s in hole)
+    stored = set(range(len(levels))) - set(range(hole.start - 1, hole.stop + 1))
+    assert {levels[s] for s in stored} == {"9"}  # the stored audio is loud noise
+    found = articles(tmp_path / "out" / "index.html")
+    assert found["2026-11-30_1403_Product-launch-planning"]["loudness"] == levels
+
+
+@pytest.mark.parametrize("form", ["wav", "flac"])
+def test_each_session_file_gets_its_loudness_a_character_a_second(form, tmp_path, local_dir, capsys):
+    store = storage.LocalStore(local_dir)
+    store_audio(store, T0, 5)
+    store_audio(store, T0 + timedelta(hours=1), 3, seed=1)
+    out = tmp_path / "out"
+
+    code, _, _ = run(capsys, "export", "--uid", UID, "--local-dir", str(local_dir), "--out", str(out), "--format", form)
+
+    assert code == 0
+    sessions = json.loads((out / "index.json").read_bytes())["sessions"]
+    assert [(s["seconds"], s["loudness"]) for s in sessions] == [(5.0, "99999"), (3.0, "999")]
+
+
+def test_a_conversation_kept_by_skip_existing_keeps_the_loudness_measured_when_it_was_written(
+    tmp_path, local_dir, capsys
+):
+    store = storage.LocalStore(local_dir)
+    store_audio(store, T0, 45)
+    put_conversation(store, conversation("c-1", STARTED, FINISHED, "One"))
+    out = tmp_path / "out"
+    args = ("--local-dir", str(local_dir), "--out", str(out))
+    assert run(capsys, *BY_CONVERSATION, *args)[0] == 0
+    measured = json.loads((out / "index.json").read_bytes())["conversations"][0]["loudness"]
+
+    code, printed, _ = run(capsys, *BY_CONVERSATION, *args, "--skip-existing")
+
+    assert code == 0 and "1 already complete, kept" in printed
+    assert json.loads((out / "index.json").read_bytes())["conversations"][0]["loudness"] == measured

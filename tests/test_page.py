@@ -640,3 +640,73 @@ def test_every_export_into_a_folder_is_on_its_one_page_each_conversation_inside_
     assert sorted(strip) == sorted([*sessions, "2026-12-07_1403_Retro", "2026-11-30_1403_Launch-plan"])
     assert "2 conversations · 2 recordings" in chromium.find_element(By.CSS_SELECTOR, ".summary").text
     capsys.readouterr()
+
+
+# --- the loudness strips ----------------------------------------------------------------------
+
+# A pixel of a loudness canvas as drawn (a column a second; 10 rows, row 9 the bottom): [r, g, b, alpha].
+PIXEL = "return [...arguments[0].getContext('2d').getImageData(arguments[1], arguments[2], 1, 1).data]"
+
+
+def test_the_loudness_strip_under_the_player_shows_speech_quiet_and_the_hole_apart(driver):
+    from selenium.webdriver.common.by import By
+
+    article = open_article(driver, LAUNCH)
+    strip = article.find_element(By.CSS_SELECTOR, "audio + canvas.loudness")
+    levels = sample_conversations()[0]["loudness"]
+    assert js(driver, "return [arguments[0].width, arguments[0].height]", strip) == [len(levels), 10]
+    speech, quiet, hole = levels.index("6"), levels.index("0"), levels.index("-")
+    assert js(driver, PIXEL, strip, speech, 9 - 6)[3] > 0 and js(driver, PIXEL, strip, speech, 9 - 7)[3] == 0
+    assert js(driver, PIXEL, strip, quiet, 9)[3] > 0 and js(driver, PIXEL, strip, quiet, 8)[3] == 0  # a flat line
+    assert js(driver, PIXEL, strip, hole, 0)[3] > 0  # a hole fills its column, in its own colour
+    assert js(driver, PIXEL, strip, hole, 9)[:3] != js(driver, PIXEL, strip, speech, 9)[:3]
+    label = strip.get_attribute("aria-label")
+    assert label == strip.get_attribute("title") and "no audio stored for 0:06" in label
+
+
+def test_a_click_on_the_loudness_strip_plays_from_that_second(driver):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    article = open_article(driver, LAUNCH)
+    strip = article.find_element(By.CSS_SELECTOR, "canvas.loudness")
+    width = strip.rect["width"]
+    seconds = len(sample_conversations()[0]["loudness"])
+    ActionChains(driver).move_to_element_with_offset(strip, round((40.5 / seconds - 0.5) * width), 0).click().perform()
+    wait(driver, lambda d: not player(d, LAUNCH)["paused"] and player(d, LAUNCH)["ready"] >= 2)
+    js(driver, "document.getElementById(arguments[0]).querySelector('audio').pause()", LAUNCH)
+    assert 40 <= player(driver, LAUNCH)["time"] < 41.5
+
+
+def test_a_recordings_loudness_is_on_the_day_strip_and_a_click_there_plays_from_that_moment(chromium, tmp_path):
+    """A 6-minute session (at 8 kHz, to keep its file small): its loudness drawn over its
+    mark once in view, and a click on the mark plays it from the moment under the pointer."""
+    from selenium.webdriver.common.by import By
+
+    from omi_audio import loudness
+
+    start = datetime(2026, 11, 28, 11, 0, 7, tzinfo=UTC)
+    rate, seconds = 8000, 360
+    pcm = b"".join(tone(1, 220)[: 2 * rate] if s % 60 < 30 else bytes(2 * rate) for s in range(seconds))
+    (tmp_path / "s.wav").write_bytes(wav.frame(pcm, rate))
+    levels = loudness.of_pcm(pcm, rate)
+    session = {"stem": "s", "started_at": start.isoformat(), "seconds": seconds, "audio": "s.wav", "loudness": levels}
+    page.write_index(tmp_path, UID, [], [session], [(start, start + timedelta(seconds=seconds))], tz=UTC)
+    chromium.get_log("browser")
+    chromium.get((tmp_path / "index.html").as_uri())
+
+    canvas = chromium.find_element(By.CSS_SELECTOR, ".tl-strip canvas.tl-loud")
+    assert canvas.get_attribute("data-loudness") == loudness.coarse(levels, page.STRIP_SECONDS_PER_LEVEL)
+    wait(chromium, lambda d: js(d, "return arguments[0].width", canvas) <= 6)  # drawn: at most a column a minute
+    assert js(chromium, PIXEL, canvas, 0, 9)[3] > 0
+    mark = chromium.find_element(By.CSS_SELECTOR, '.tl-item[data-stem="s"]')
+    js(chromium, "addEventListener('click', (e) => { window.clickedAt = e.clientX; }, true)")
+    mark.click()
+    wait(chromium, lambda d: not player(d, "s")["paused"] and player(d, "s")["ready"] >= 2)
+    js(chromium, "document.getElementById('s').querySelector('audio').pause()")
+    strip = js(chromium, "const r = arguments[0].parentElement.getBoundingClientRect(); return [r.left, r.width]", mark)
+    clicked = js(chromium, "return window.clickedAt")
+    moment = (clicked - strip[0]) / strip[1] * 86400 - (11 * 3600 + 7)  # seconds into the recording
+    assert 30 < moment < seconds
+    assert player(chromium, "s")["time"] == pytest.approx(moment, abs=1.5)
+    assert [e for e in chromium.get_log("browser") if e["level"] == "SEVERE"] == []
