@@ -11,6 +11,7 @@ reads it: its name, receipt time and bytes.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -389,3 +390,24 @@ def test_the_command_compacts_a_local_folder_and_reports_each_day(tmp_path, caps
     code, out, err = run(capsys, "compact", "--local-dir", str(root), "--before", BEFORE.isoformat(), "--quiet")
     assert (code, out) == (0, "")
     assert "nothing to compact" in err
+
+
+def test_the_daily_function_compacts_the_bucket_and_logs_each_day(bucket, monkeypatch, capsys):
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("compactor_main", ROOT / "compactor" / "main.py")
+    daily = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(daily)
+    store = storage.GcsStore(bucket.name)
+    fill_day(store, DAY)
+    before = seen_by_readers(store)
+    monkeypatch.setenv("COMPACT_AFTER_DAYS", "2")
+    summary, status = daily.compact_daily(None)
+    assert (status, summary["compacted"], summary["failed"]) == (200, 1, 0)
+    assert (seen_by_readers(store), loose(store)) == (before, [])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(line["severity"], line.get("day")) for line in lines] == [("INFO", DAY.isoformat()), ("INFO", None)]
+    monkeypatch.setenv("COMPACT_AFTER_DAYS", "0")
+    assert daily.compact_daily(None)[1] == 200
