@@ -228,7 +228,7 @@ class Store(Protocol):
         self, uid: str, since: datetime | None = None, until: datetime | None = None
     ) -> Iterator[ConversationInfo]: ...
 
-    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]: ...
+    def list_objects(self, prefix: str, start: str | None = None, end: str | None = None) -> Iterator[ObjectInfo]: ...
 
     def download(self, name: str, path: Path) -> None: ...
 
@@ -535,9 +535,9 @@ class GcsStore:
     def read(self, name: str) -> bytes:
         return self.bucket.blob(name).download_as_bytes()
 
-    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Every object whose name starts with `prefix`, in name order."""
-        for blob in self.client.list_blobs(self.bucket, prefix=prefix):
+    def list_objects(self, prefix: str, start: str | None = None, end: str | None = None) -> Iterator[ObjectInfo]:
+        """Every object whose name starts with `prefix` (and is in ``[start, end)``), in name order."""
+        for blob in self.client.list_blobs(self.bucket, prefix=prefix, start_offset=start, end_offset=end):
             yield ObjectInfo(blob.name, blob.size or 0, str(blob.generation), blob.time_created)
 
     def download(self, name: str, path: Path) -> None:
@@ -846,8 +846,8 @@ class LocalStore:
     def read(self, name: str) -> bytes:
         return self.path(name).read_bytes()
 
-    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Every file under the folder `prefix` names (its temporary files left out), in name order."""
+    def list_objects(self, prefix: str, start: str | None = None, end: str | None = None) -> Iterator[ObjectInfo]:
+        """Every file under the folder `prefix` names (and in ``[start, end)``; temporary files left out)."""
         top = self.path(prefix)
         found: list[ObjectInfo] = []
         for folder, _, files in os.walk(top):
@@ -857,6 +857,8 @@ class LocalStore:
                     continue
                 stat = path.stat()
                 name = prefix + path.relative_to(top).as_posix()
+                if (start and name < start) or (end and name >= end):
+                    continue
                 created = datetime.fromtimestamp(stat.st_mtime, UTC)
                 found.append(ObjectInfo(name, stat.st_size, _generation(stat), created))
         return iter(sorted(found, key=lambda info: info.name))

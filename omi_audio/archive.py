@@ -76,11 +76,13 @@ def select_chunks(
     until: datetime | None = None,
     progress: Callable[[int], None] | None = None,
     warn: Callable[[str], None] | None = None,
+    days: compacted.CompactedDays | None = None,
 ) -> Selection:
     """List `uid`'s chunks received in ``[since, until)``, ordered, duplicates dropped.
 
     Only that range is listed, and only object names and metadata are read;
-    compacted days in the range are read from their indexes (see `compacted`),
+    compacted days in the range are read from their indexes (see `compacted`;
+    one more list call, of those days' folders, or use `days` already listed),
     and a chunk both loose and in an index is taken once, from its object.
     Order: receipt time in the name, then the name's collision suffix as a
     number.  Of several chunks with the same ``idempotency_key`` metadata the
@@ -95,7 +97,8 @@ def select_chunks(
         if warn:
             warn(f"skipped {name}: its name holds no real time")
 
-    packed, dropped = compacted.CompactedDays(store, uid).chunks(since, until)
+    days = days or compacted.CompactedDays(store, uid, since, until)  # `days` may cover a wider range
+    packed, dropped = days.chunks(since, until)
     if progress and packed:
         progress(len(packed))
     found: list[Chunk] = []

@@ -439,6 +439,54 @@ def delete_all(store: storage.Store, objects: list[tuple[str, str]], jobs: int) 
         list(pool.map(lambda item: own().delete(*item), objects))
 
 
+# ------------------------------------------------------------------- verify
+
+
+def verify_day(store: storage.Store, uid: str, day: date, index: compacted.Index) -> list[str]:
+    """What is wrong with a compacted day: each audio object decoded and checked against its index."""
+    problems = []
+    held = {info.name for info in store.list_objects(compacted.day_folder(uid, day))}
+    frames_used: dict[str, int] = {}
+    for row in index.chunks:
+        end = row["first_frame"] + row["data_size"] // archive.FRAME_BYTES
+        frames_used[row["object"]] = max(frames_used.get(row["object"], 0), end)
+    with tempfile.TemporaryDirectory(prefix="omi-audio-verify-") as work:
+        for item in index.objects:
+            if item["name"] not in held:
+                problems.append(f"{item['name']} is missing")
+                continue
+            path = Path(work) / "object"
+            store.download(item["name"], path)
+            digest, frames = hashlib.sha256(), 0
+            for block in compacted.decoded_blocks(path, item["form"]):
+                digest.update(block)
+                frames += len(block) // archive.FRAME_BYTES
+            if (digest.hexdigest(), frames) != (item["pcm_sha256"], item["frames"]):
+                problems.append(f"{item['name']} does not hold the samples its index records")
+            if frames_used.get(item["name"], 0) != item["frames"]:
+                problems.append(f"{item['name']}: its chunks do not account for its {item['frames']} frames")
+            path.unlink()
+    return problems
+
+
+def verify_store(store: storage.Store, uids: list[str] | None, report: Callable[[str], None]) -> int:
+    """Check every compacted day of `uids` (default: all); returns how many failed."""
+    failed = 0
+    for uid in uids if uids is not None else store.list_uids():
+        days = compacted.CompactedDays(store, uid)
+        for day in sorted(days.folders()):
+            try:
+                index = days.index(day)
+                problems = verify_day(store, uid, day, index) if index else ["no index: an unfinished run"]
+            except Exception as exc:  # unreadable index, a storage error: say so, check the rest
+                problems = [f"{type(exc).__name__}: {exc}"]
+            failed += bool(problems)
+            count = f"{len(index.chunks):,} chunks in {len(index.objects)} object(s)" if index else ""
+            verdict = "; ".join(problems) if problems else f"ok, {count}"
+            report(f"{console.terminal_text(uid)} {day.isoformat()}: {console.terminal_text(verdict)}")
+    return failed
+
+
 # ------------------------------------------------------------------- command
 
 
@@ -452,6 +500,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"compact the days before this date (default: {DEFAULT_AFTER_DAYS} days before today; never today)",
     )
     parser.add_argument("--dry-run", action="store_true", help="say what would be written and deleted; change nothing")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="compact nothing: download every compacted day's audio and check its samples against the index",
+    )
     parser.add_argument(
         "--format", choices=FORMS, default="flac", help="audio objects as FLAC (default; the same samples) or WAV"
     )
@@ -518,6 +571,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if before > today:
         console.say(f"note: --before {before} is after today; compacting the days before today ({today})")
     uids = [console.resolve_uid(store, args.uid)] if args.uid else None
+    if args.verify:
+        failed = verify_store(store, uids, print)
+        if failed:
+            console.say(f"{failed} compacted day(s) failed the check")
+        return 1 if failed else 0
     progress = console.Progress(None, args.quiet, desc="compacting")
     results = compact_store(
         store, before, uids, args.format, args.dry_run, lambda result: print(describe(result)), progress

@@ -193,11 +193,18 @@ class DayFolder:
         return self.indexes[-1] if self.indexes else None
 
 
-def list_days(store: storage.Store, uid: str) -> dict[date, DayFolder]:
-    """Every compacted day folder of `uid`, from one listing."""
+def list_days(
+    store: storage.Store, uid: str, since: datetime | None = None, until: datetime | None = None
+) -> dict[date, DayFolder]:
+    """`uid`'s compacted day folders, from one listing.
+
+    Only the days that can hold chunks received in ``[since, until)`` are listed.
+    """
     folders: dict[date, DayFolder] = {}
     top = uid_folder(uid)
-    for info in store.list_objects(top):
+    start = day_folder(uid, since.date()) if since else None
+    end = day_folder(uid, (until - timedelta(microseconds=1)).date() + timedelta(days=1)) if until else None
+    for info in store.list_objects(top, start, end):
         day_text, _, file = info.name.removeprefix(top).partition("/")
         if not _DAY_RE.fullmatch(day_text) or "/" in file:
             continue
@@ -221,17 +228,21 @@ def read_index(store: storage.Store, info: storage.ObjectInfo) -> Index:
 
 
 class CompactedDays:
-    """A uid's compacted days as readers need them; listed once, each index read once."""
+    """A uid's compacted days as readers need them: the days that can hold chunks received in
+    ``[since, until)`` (None: no bound), listed once, each index read once."""
 
-    def __init__(self, store: storage.Store, uid: str) -> None:
+    def __init__(
+        self, store: storage.Store, uid: str, since: datetime | None = None, until: datetime | None = None
+    ) -> None:
         self.store = store
         self.uid = uid
+        self.since, self.until = since, until
         self._folders: dict[date, DayFolder] | None = None
         self._indexes: dict[date, Index | None] = {}
 
     def folders(self) -> dict[date, DayFolder]:
         if self._folders is None:
-            self._folders = list_days(self.store, self.uid)
+            self._folders = list_days(self.store, self.uid, self.since, self.until)
         return self._folders
 
     def index(self, day: date) -> Index | None:

@@ -154,7 +154,7 @@ def last_chunk_before(store: storage.Store, uid: str, before: datetime) -> datet
     (1, 2, 4, ... days) until one holds a chunk, each test a list call asking for
     one name; that window's older half is then halved down to a minute.
     """
-    days = compacted.CompactedDays(store, uid)  # compacted days hold chunks too
+    days = compacted.CompactedDays(store, uid, before - LOOKBACK_LIMIT, before)  # they hold chunks too
 
     def any_chunk(since: datetime, until: datetime) -> bool:
         if next(iter(store.list_chunks(uid, since, until, limit=1)), None) is not None:
@@ -176,7 +176,7 @@ def last_chunk_before(store: storage.Store, uid: str, before: datetime) -> datet
             older = middle
         else:
             newer = middle
-    found = archive.select_chunks(store, uid, older, newer).chunks
+    found = archive.select_chunks(store, uid, older, newer, days=days).chunks
     return found[-1].received_at if found else None
 
 

@@ -411,3 +411,24 @@ def test_the_daily_function_compacts_the_bucket_and_logs_each_day(bucket, monkey
     assert [(line["severity"], line.get("day")) for line in lines] == [("INFO", DAY.isoformat()), ("INFO", None)]
     monkeypatch.setenv("COMPACT_AFTER_DAYS", "0")
     assert daily.compact_daily(None)[1] == 200
+
+
+def test_verify_checks_every_compacted_day_and_finds_a_damaged_object(tmp_path, capsys):
+    root = tmp_path / "recordings"
+    store = storage.LocalStore(root)
+    fill_day(store, DAY)
+    fill_day(store, NEXT_DAY, 8000)
+    compact_all(store)
+    code, out, _ = run(capsys, "compact", "--local-dir", str(root), "--verify")
+    assert code == 0
+    assert out.splitlines() == [
+        f"{UID} {DAY}: ok, 7 chunks in 2 object(s)",
+        f"{UID} {NEXT_DAY}: ok, 7 chunks in 2 object(s)",
+    ]
+    damaged = compacted.CompactedDays(store, UID).index(NEXT_DAY).objects[0]["name"]
+    other = compacted.CompactedDays(store, UID).index(NEXT_DAY).objects[1]["name"]
+    store.path(damaged).write_bytes(store.path(other).read_bytes())  # another session's samples
+    code, out, err = run(capsys, "compact", "--local-dir", str(root), "--verify")
+    assert code == 1
+    assert f"{damaged} does not hold the samples its index records" in out
+    assert "1 compacted day(s) failed the check" in err

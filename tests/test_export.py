@@ -507,7 +507,7 @@ def test_exporting_one_day_of_thirty_lists_only_that_day(bucket, fake_gcs, tmp_p
         f"one day of {days}: {exported[0]} names listed in {exported[1]} call(s), {exported[2]} downloads; "
         f"no range: {whole} names"
     )
-    assert exported == (per_day, 1, per_day)
+    assert exported == (per_day, 2, per_day)  # the day's chunks, and the day's compacted folder (empty)
     assert whole == per_day * days
 
 

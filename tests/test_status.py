@@ -200,12 +200,15 @@ def test_the_last_chunk_before_the_reported_days_is_found_without_listing_the_ar
         f"{proxy.downloads} downloads"
     )
     assert proxy.downloads == 0
-    # Probes that ask for one name each, then one minute of chunks (at most 6 here): never the 600.
-    _window, *probes, final, conversations = proxy.list_calls
+    # Probes that ask for one name each, then one minute of chunks (at most 6 here): never the 600;
+    # compacted days are listed twice (the reported days, the look back), each a range of day folders.
+    compacted_calls = [call for call in proxy.list_calls if call.query["prefix"] == [f"{UID}/compacted/"]]
+    assert len(compacted_calls) == 2 and all(call.names == 0 and call.query["startOffset"] for call in compacted_calls)
+    _window, *probes, final, conversations = [call for call in proxy.list_calls if call not in compacted_calls]
     assert conversations.query["prefix"] == [f"{UID}/conversations/"] and conversations.names == 0
     assert all(call.query.get("maxResults") == ["1"] and call.names <= 1 for call in probes)
     assert final.names <= 6 and proxy.names_listed <= len(proxy.list_calls) + 6
-    assert len(proxy.list_calls) <= 41
+    assert len(proxy.list_calls) <= 43
 
 
 def test_status_lists_only_the_days_it_reports(bucket, fake_gcs, monkeypatch, capsys):
@@ -219,7 +222,8 @@ def test_status_lists_only_the_days_it_reports(bucket, fake_gcs, monkeypatch, ca
     assert code == 0
     assert [day["chunks"] for day in doc["uids"][0]["days"]] == [10, 10, 10]
     print(f"3 days of 30: {len(proxy.list_calls)} list call(s), {proxy.names_listed} names")
-    assert (len(proxy.list_calls), proxy.names_listed, proxy.downloads) == (2, 30, 0)  # the audio, the conversations
+    # the audio, its compacted days' folders (none here), the conversations
+    assert (len(proxy.list_calls), proxy.names_listed, proxy.downloads) == (3, 30, 0)
 
 
 def test_with_no_uid_every_uid_is_reported_from_one_folder_listing(bucket, fake_gcs, monkeypatch, capsys):
@@ -387,7 +391,7 @@ def test_conversations_are_counted_from_their_names_and_metadata_without_downloa
     assert code == 0
     assert [day["conversations"] for day in doc["uids"][0]["days"]] == [6, 3]  # the three before are not shown
     assert [c["title"] for c in doc["uids"][0]["conversations"]] == [f"n° {n}" for n in range(8, -1, -1)]
-    assert (proxy.downloads, len(proxy.list_calls), proxy.names_listed) == (0, 2, 10)
+    assert (proxy.downloads, len(proxy.list_calls), proxy.names_listed) == (0, 3, 10)  # + compacted days (none)
 
 
 def test_a_mistyped_uid_is_unknown_naming_the_known_ones_not_stale(source, capsys):
