@@ -432,3 +432,25 @@ def test_verify_checks_every_compacted_day_and_finds_a_damaged_object(tmp_path, 
     assert code == 1
     assert f"{damaged} does not hold the samples its index records" in out
     assert "1 compacted day(s) failed the check" in err
+
+
+def test_a_conversation_exported_before_and_after_compaction_gives_the_same_files(tmp_path, capsys):
+    from test_export_conversations import T0, conversation, put_conversation, store_audio
+    from test_export_conversations import UID as OWNER
+
+    root = tmp_path / "recordings"
+    store = storage.LocalStore(root)
+    store_audio(store, T0, 90, skip=range(30, 35))  # a hole of 5 s inside the conversation
+    put_conversation(store, conversation("c1", T0 + timedelta(seconds=10), T0 + timedelta(seconds=70)))
+    args = ["--local-dir", str(root), "--uid", OWNER, "--by", "conversation", "--since", "2026-11-30", "--quiet"]
+
+    def exported(out: Path) -> dict[str, bytes]:
+        code, _, err = run(capsys, "export", *args, "--out", str(out))
+        assert (code, err) == (0, "")
+        return {path.name: path.read_bytes() for path in sorted(out.iterdir()) if path.is_file()}
+
+    before = exported(tmp_path / "before")
+    assert {name.rsplit(".", 1)[-1] for name in before} >= {"wav", "vtt", "json", "html"}
+    results = compact.compact_store(store, T0.date() + timedelta(days=1), [OWNER])
+    assert [result.action for result in results] == ["compacted"]
+    assert exported(tmp_path / "after") == before
