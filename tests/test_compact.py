@@ -123,6 +123,8 @@ def test_a_compacted_day_is_one_object_per_session_and_one_index(store):
     assert all(name.startswith(folder) for name in held)
     assert len(result.objects) == 2  # two sessions, an hour apart
     assert sorted(held) == sorted([*result.objects, compacted.index_name(UID, DAY, 1)])
+    if isinstance(store, storage.GcsStore):  # retention counts a compacted day from its end, as its last chunk
+        assert {store.bucket.get_blob(name).custom_time for name in held} == {compacted.day_end(DAY)}
 
 
 def test_duplicates_are_folded_once_and_the_index_names_them(store):
@@ -262,7 +264,7 @@ def test_a_run_stopped_in_a_bucket_then_run_again_loses_nothing(store):
     assert (seen_by_readers(store), loose(store)) == (before, [])
 
 
-def test_storage_faults_during_a_run_leave_the_day_whole_and_a_rerun_finishes(bucket, fake_gcs, monkeypatch):
+def test_storage_faults_and_slow_calls_during_a_run_are_retried_through_and_lose_nothing(bucket, fake_gcs, monkeypatch):
     with StorageProxy(fake_gcs, resumable_preconditions=True, delete_preconditions=True) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
         store = storage.GcsStore(bucket.name)
@@ -270,9 +272,13 @@ def test_storage_faults_during_a_run_leave_the_day_whole_and_a_rerun_finishes(bu
         before = seen_by_readers(store)
         proxy.arm("503", times=3, match=lambda method, path: method in ("POST", "DELETE"))
         proxy.arm("reset", times=2, match=lambda method, path: method == "GET")
-        compact.compact_store(store, BEFORE, [UID])
+        proxy.delay = 0.05  # and every call slow
+        results = compact.compact_store(store, BEFORE, [UID])
+        assert sum(1 for seen in proxy.seen if seen.action in ("503", "reset")) == 5
+        assert [(result.action, result.error) for result in results] == [("compacted", None)]  # retried through
         assert seen_by_readers(store) == before
         proxy.clear()
+        proxy.delay = 0
         compact_all(store)
         assert (seen_by_readers(store), loose(store)) == (before, [])
 
