@@ -99,16 +99,25 @@ status: $(VENV)/.tools
 bench-page: $(VENV)/.test
 	$(PY) bench/page_bench.py
 
+# omi-audio compact (needs espeak-ng, else a speech-like fallback signal, said so): speech
+# as FLAC against WAV (goal <= 0.6) and objects a day (<= sessions + 2); a day of 28,800
+# chunks through a 20 ms proxy (< 3 min, < 256 MiB peak RSS); 30 days exported compacted
+# against in chunks; a year's cost.  Exit 1 when a goal is missed.  Quick: ARGS='--chunks 3000'.
+.PHONY: bench-compact
+bench-compact: $(VENV)/.test
+	$(PY) bench/compact_bench.py $(ARGS)
+
 # receive_audio against its floor (echo function + bare upload), side by side:
 # latency, throughput, cold start, memory, each with its goal;
-# then export's and the page's benchmarks: all three run, and make bench fails if the
-# export's or the page's does.
+# then the export's, the page's and the compactor's benchmarks: all run, and make bench
+# fails if any of those three does.
 .PHONY: bench
 bench: $(VENV)/.test
 	$(PY) bench/measure.py
 	status=0; \
 	$(MAKE) --no-print-directory bench-export || status=1; \
 	$(MAKE) --no-print-directory bench-page || status=1; \
+	$(MAKE) --no-print-directory bench-compact || status=1; \
 	exit $$status
 
 # docs/page.png, the README's picture of index.html, from a small sample export
