@@ -377,8 +377,9 @@ def main() -> int:
         f"  export's own CPU time: {archive_cpu:.2f} s / {single_cpu:.2f} s = {archive_cpu / single_cpu:.2f}x"
         " (reported, not the goal)"
     )
-    # Listed once: the conversations (one call), then the day's chunks, 1,000 names a call.
-    list_goal = 1 + -(-stored // 1000)
+    # Listed once: the conversations (one call), the day's compacted folder (one), then the
+    # day's chunks, 1,000 names a call.
+    list_goal = 2 + -(-stored // 1000)
     # Downloaded: the conversations' documents, and each one's chunks plus at most one straddling either edge.
     download_goal = conversations + inside + 2 * conversations
     print(

@@ -591,7 +591,8 @@ def test_a_day_of_conversations_lists_it_once_and_downloads_only_the_chunks_insi
     assert code == 0
     print(f"{len(proxy.list_calls)} list calls, {proxy.names_listed} names, {proxy.downloads} downloads")
     assert proxy.names_listed == 600 + 2  # every chunk of the day once, and the two conversations
-    assert len(proxy.list_calls) == 1 + 1  # the conversations, then one range of chunks (600 names: one page)
+    # the conversations, the range's compacted day folders (none), one range of chunks (600 names: one page)
+    assert len(proxy.list_calls) == 1 + 1 + 1
     # Each conversation's chunks: its 30 s (20 s) and the pads, plus at most one chunk straddling each edge.
     assert 30 + 20 + 4 * PAD <= proxy.downloads - 2 <= 30 + 20 + 4 * PAD + 4
 
