@@ -90,10 +90,11 @@ def day_end(day: date) -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class Packed:
-    """Where a compacted chunk's samples are: `frames` whole frames from `first_frame` of `object`.
+    """Where a compacted chunk's samples are: from frame `first_frame` of audio object `object`.
 
-    `data_size` and `rate` are the chunk's WAV header fields; `tail` is the half
-    frame an odd-sized chunk ends with (b"" otherwise).
+    `data_size` and `rate` are the chunk's WAV header fields (its whole frames are
+    ``data_size // 2``); `tail` is the half frame an odd-sized chunk ends with (b""
+    otherwise).
     """
 
     object: str
