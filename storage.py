@@ -89,6 +89,9 @@ CONVERSATION_LOOKBACK = timedelta(days=1)
 CONNECT_TIMEOUT_SECONDS = 3.0
 # The compactor's whole-object calls (a session object can be hundreds of MB).
 TRANSFER_TIMEOUT_SECONDS = 600.0
+# A file over 8 MiB is uploaded in pieces of this size, each held in memory (the
+# library's default, 100 MiB, took a day's compaction to 298 MiB of RSS; 8 MiB: 124).
+UPLOAD_PIECE_BYTES = 8 << 20
 # Backoff between retried writes: short first (most blips are brief), capped at a
 # second so that the end of an outage is noticed within a second.
 FIRST_BACKOFF_SECONDS = 0.2
@@ -560,7 +563,7 @@ class GcsStore:
         Raises:
             NameTaken: an object already holds the name.
         """
-        blob = self.bucket.blob(name)
+        blob = self.bucket.blob(name, chunk_size=UPLOAD_PIECE_BYTES)
         blob.custom_time = custom_time
         try:
             blob.upload_from_filename(

@@ -56,6 +56,7 @@ DESCRIPTION = (
 )
 DEFAULT_AFTER_DAYS = 2  # deploy.sh's COMPACT_AFTER_DAYS: days that are left as chunks
 DEFAULT_JOBS = 16  # concurrent reads and deletes: each is one small request
+DELETE_WINDOW = 1000  # deletes handed to the threads at a time
 # An object in a day's folder that no index names is an upload of a run that did
 # not commit: deleted only once this old, so that a run still going keeps its own.
 UNCOMMITTED_AGE = timedelta(hours=1)
@@ -448,7 +449,8 @@ def delete_all(store: storage.Store, objects: list[tuple[str, str]], jobs: int) 
         return
     own = compacted.per_thread(store)
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="delete") as pool:
-        list(pool.map(lambda item: own().delete(*item), objects))
+        for start in range(0, len(objects), DELETE_WINDOW):  # not a day's 28,800 futures at once
+            list(pool.map(lambda item: own().delete(*item), objects[start : start + DELETE_WINDOW]))
 
 
 # ------------------------------------------------------------------- verify

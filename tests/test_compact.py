@@ -460,3 +460,12 @@ def test_a_conversation_exported_before_and_after_compaction_gives_the_same_file
     results = compact.compact_store(store, T0.date() + timedelta(days=1), [OWNER])
     assert [result.action for result in results] == ["compacted"]
     assert exported(tmp_path / "after") == before
+
+
+def test_a_session_over_8_mib_is_uploaded_in_pieces_and_reads_back(store):
+    for second in range(300):  # 9.6 MB of noise: its FLAC is over 8 MiB, a resumable upload
+        put(store, at(DAY, second), pcm_tone(1, seed=second))
+    before = seen_by_readers(store)
+    [result] = compact_all(store)
+    assert result.stored_bytes > 8 << 20
+    assert seen_by_readers(store) == before
