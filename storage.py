@@ -92,6 +92,7 @@ TRANSFER_TIMEOUT_SECONDS = 600.0
 # A file over 8 MiB is uploaded in pieces of this size, each held in memory (the
 # library's default, 100 MiB, took a day's compaction to 298 MiB of RSS; 8 MiB: 124).
 UPLOAD_PIECE_BYTES = 8 << 20
+BATCH_DELETES = 100  # the most requests Cloud Storage takes in one batch
 # Backoff between retried writes: short first (most blips are brief), capped at a
 # second so that the end of an outage is noticed within a second.
 FIRST_BACKOFF_SECONDS = 0.2
@@ -238,6 +239,8 @@ class Store(Protocol):
     def put_file(self, name: str, path: Path, content_type: str, custom_time: datetime) -> None: ...
 
     def delete(self, name: str, generation: str) -> bool: ...
+
+    def delete_many(self, objects: list[tuple[str, str]]) -> None: ...
 
 
 def store_from_env(environ: os._Environ | dict[str, str] = os.environ) -> Store:
@@ -584,6 +587,21 @@ class GcsStore:
             return False
         return True
 
+    def delete_many(self, objects: list[tuple[str, str]]) -> None:
+        """Try to delete each (name, generation), as `delete` does, up to 100 in one request.
+
+        A JSON API batch: one request instead of 100 (each delete costs this process
+        about 2.4 ms of CPU on its own).  Which parts failed is not reported: the
+        caller lists what is left and deletes that one by one.
+        """
+        for start in range(0, len(objects), BATCH_DELETES):
+            try:
+                with self.client.batch(raise_exception=False):
+                    for name, generation in objects[start : start + BATCH_DELETES]:
+                        self.bucket.delete_blob(name, if_generation_match=int(generation))
+            except Exception:  # the whole batch failed (503, a reset): what is left is deleted one by one
+                continue
+
 
 def name_range(uid: str, since: datetime | None, until: datetime | None) -> tuple[str, str | None, str]:
     """(folder prefix, first name, end name) of `uid`'s chunks received in ``[since, until)``.
@@ -899,6 +917,10 @@ class LocalStore:
         if parse_object_name(name):
             _metadata_path(path).unlink(missing_ok=True)
         return True
+
+    def delete_many(self, objects: list[tuple[str, str]]) -> None:
+        for name, generation in objects:
+            self.delete(name, generation)
 
 
 def _generation(stat: os.stat_result) -> str:

@@ -240,7 +240,7 @@ def sessions_in(times: list[datetime]) -> int:
 
 
 def kinds(seen: list[Seen]) -> Counter:
-    """Requests by kind: list, download, bucket read, metadata read, upload, delete."""
+    """Requests by kind: list, download, bucket read, metadata read, upload, delete, batch (of deletes)."""
     counts: Counter = Counter()
     for s in seen:
         if s.is_list:
@@ -248,7 +248,9 @@ def kinds(seen: list[Seen]) -> Counter:
         elif s.is_download:
             counts["download"] += 1
         elif s.method == "DELETE":
-            counts["delete"] += 1
+            counts["delete"] += 1  # one by one, or a part of a batch
+        elif s.method == "POST" and s.path.startswith("/batch/"):
+            counts["batch"] += 1
         elif s.method in ("POST", "PUT") and ("/upload/" in s.path or "upload_id" in s.path):
             counts["upload"] += 1
         elif s.method == "GET" and _BUCKET_PATH.fullmatch(urlsplit(s.path).path):
@@ -338,7 +340,7 @@ def one_day(speech: bytes, count: int, url: str, tmp: Path) -> dict:
     started = time.perf_counter()
     put_chunks(bucket_name, zip(times, chunks, strict=True))
     filled = time.perf_counter() - started
-    with StorageProxy(url, delay=LATENCY) as proxy:
+    with StorageProxy(url, delay=LATENCY, delete_preconditions=True, batches=True) as proxy:
         command = omi_audio("compact", "--bucket", bucket_name, "--uid", UID, "--before", str(DAY + timedelta(days=1)))
         elapsed, cpu, rss = timed_run([*command, "--quiet"], through(proxy.url), tmp / "compact.log")
         seen = list(proxy.seen)

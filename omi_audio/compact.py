@@ -18,7 +18,8 @@ The order of work makes every step safe to interrupt; a re-run finishes the job:
    chunks' samples; upload it (a checksum-checked create that never replaces;
    its name holds its digest, so a re-run finds its own earlier upload);
 4. write the next index: the commit;
-5. delete the chunks it holds, each only if it is still the version listed;
+5. delete the chunks it holds, each only if it is still the version listed
+   (100 to a request; what a failed request left is listed and deleted one by one);
 6. delete what the new index does not name: older indexes last.
 
 A chunk that arrives for a compacted day later is read beside the index
@@ -56,7 +57,6 @@ DESCRIPTION = (
 )
 DEFAULT_AFTER_DAYS = 2  # deploy.sh's COMPACT_AFTER_DAYS: days that are left as chunks
 DEFAULT_JOBS = 16  # concurrent reads and deletes: each is one small request
-DELETE_WINDOW = 1000  # deletes handed to the threads at a time
 # An object in a day's folder that no index names is an upload of a run that did
 # not commit: deleted only once this old, so that a run still going keeps its own.
 UNCOMMITTED_AGE = timedelta(hours=1)
@@ -438,19 +438,23 @@ def finish(
     if dry_run:
         result.action = "would finish" if action == "finished" else "would compact"
         return result
-    delete_all(store, todo, jobs)
-    delete_all(store, [(info.name, info.generation) for info in old_indexes], jobs)  # the index goes last
+    own = compacted.per_thread(store)
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="delete") as pool:
+        batches = [todo[start : start + storage.BATCH_DELETES] for start in range(0, len(todo), storage.BATCH_DELETES)]
+        list(pool.map(lambda batch: own().delete_many(batch), batches))
+        left = held(store, state) & set(todo)  # a batch, or a part of one, that failed
+        list(pool.map(lambda item: own().delete(*item), sorted(left)))
+    for info in old_indexes:  # the index goes last
+        store.delete(info.name, info.generation)
     return result
 
 
-def delete_all(store: storage.Store, objects: list[tuple[str, str]], jobs: int) -> None:
-    """Delete each (name, generation), `jobs` at a time; one that changed or went is left as it is."""
-    if not objects:
-        return
-    own = compacted.per_thread(store)
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="delete") as pool:
-        for start in range(0, len(objects), DELETE_WINDOW):  # not a day's 28,800 futures at once
-            list(pool.map(lambda item: own().delete(*item), objects[start : start + DELETE_WINDOW]))
+def held(store: storage.Store, state: Day) -> set[tuple[str, str]]:
+    """(name, generation) of every chunk and compacted object the day holds now."""
+    since, until = compacted.day_start(state.day), compacted.day_end(state.day)
+    chunks = {(info.name, info.generation) for info in store.list_chunks(state.uid, since, until)}
+    folder = store.list_objects(compacted.day_folder(state.uid, state.day))
+    return chunks | {(info.name, info.generation) for info in folder}
 
 
 # ------------------------------------------------------------------- verify

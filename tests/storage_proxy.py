@@ -30,6 +30,11 @@ command costs in Cloud Storage operations.  Modes, any of them at once:
   * ``delete_preconditions``: fake-gcs-server deletes an object whatever
     ``ifGenerationMatch`` a delete names; Cloud Storage answers 412 when the object
     is another generation.  The proxy reads the generation upstream and answers 412;
+  * ``batches``: fake-gcs-server has no batch endpoint (``/batch/storage/v1``, up
+    to 100 requests in one multipart/mixed body, as the compactor sends its
+    deletes).  The proxy answers it as Cloud Storage does: each part is handled as
+    if sent alone (recorded, faults and preconditions applied, forwarded), and the
+    answers go back as the parts of one multipart/mixed answer;
   * ``taken_status=403``: to a caller without ``storage.objects.delete`` (our
     function's role), Cloud Storage may answer a write to a taken name with 403
     rather than 412.  The proxy turns every 412 into that 403.
@@ -40,6 +45,7 @@ in a process of its own (``bench/export_bench.py``), printing its URL once liste
 
 from __future__ import annotations
 
+import email.parser
 import http.client
 import json
 import re
@@ -50,6 +56,7 @@ import struct
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -120,6 +127,7 @@ class StorageProxy:
     delay: float = 0.0
     resumable_preconditions: bool = False
     delete_preconditions: bool = False
+    batches: bool = False
     taken_status: int = 412
     seen: list[Seen] = field(default_factory=list)
 
@@ -273,6 +281,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _proxy(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.owner.batches and self.command == "POST" and urlsplit(self.path).path == "/batch/storage/v1":
+            self._batch(body)
+            return
         action, seen = self.owner._decide(self.command, self.path)
         if self.owner.delay:
             time.sleep(self.owner.delay)
@@ -316,6 +327,52 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _proxy
+
+    def _batch(self, body: bytes) -> None:
+        """Answer a JSON API batch: each part as if it came alone, the answers as one multipart/mixed."""
+        action, _ = self.owner._decide(self.command, self.path)
+        if self.owner.delay:
+            time.sleep(self.owner.delay)
+        if action != "forward":
+            self._answer(503, "Service Unavailable", [("Content-Type", "application/json")], b"{}")
+            self.wfile.write(b"{}")
+            return
+        request = email.parser.BytesParser().parsebytes(
+            f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body
+        )
+        boundary = f"batch_{uuid.uuid4().hex}"
+        answer = []
+        for part in request.get_payload():
+            line = part.get_payload(decode=False).split("\n", 1)[0]
+            method, path, _ = line.strip().split(" ", 2)
+            path = urlsplit(path)._replace(scheme="", netloc="").geturl()
+            status, reason, payload = self._one_of_batch(method, path)
+            answer.append(
+                f"--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <response-{part['Content-ID']}>\r\n\r\n"
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\n\r\n{payload.decode()}\r\n"
+            )
+        payload = ("".join(answer) + f"--{boundary}--\r\n").encode()
+        self._answer(200, "OK", [("Content-Type", f"multipart/mixed; boundary={boundary}")], payload)
+        self.wfile.write(payload)
+
+    def _one_of_batch(self, method: str, path: str) -> tuple[int, str, bytes]:
+        """One part of a batch, recorded and answered as if it had come alone."""
+        action, _ = self.owner._decide(method, path)
+        if action != "forward":
+            return 503, "Service Unavailable", b'{"error": {"code": 503, "message": "injected"}}'
+        query = parse_qs(urlsplit(path).query)
+        if method == "DELETE" and self.owner.delete_preconditions and "ifGenerationMatch" in query:
+            held = self._upstream_object(urlsplit(path).path)
+            if held is not None and str(held.get("generation")) != query["ifGenerationMatch"][0]:
+                return 412, "Precondition Failed", b'{"error": {"code": 412, "message": "precondition"}}'
+        conn = http.client.HTTPConnection(self.owner._upstream_host, self.owner._upstream_port, timeout=30)
+        try:
+            conn.request(method, path)
+            response = conn.getresponse()
+            return response.status, response.reason, response.read()
+        finally:
+            conn.close()
 
     def _taken_by_precondition(self, body: bytes) -> bool:
         """A resumable upload asking ifGenerationMatch=0 for a name that exists (Cloud Storage refuses it)."""

@@ -91,7 +91,7 @@ def store(request, tmp_path, monkeypatch) -> Iterator[storage.Store]:
         return
     bucket = request.getfixturevalue("bucket")
     fake_gcs = request.getfixturevalue("fake_gcs")
-    with StorageProxy(fake_gcs, resumable_preconditions=True, delete_preconditions=True) as proxy:
+    with StorageProxy(fake_gcs, resumable_preconditions=True, delete_preconditions=True, batches=True) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
         yield storage.GcsStore(bucket.name)
 
@@ -226,6 +226,10 @@ class StopsAt:
     def delete(self, *args):
         return self._change(self.store.delete, *args)
 
+    def delete_many(self, objects):
+        for item in objects:
+            self.delete(*item)
+
 
 def changes_of_a_whole_run(store_factory) -> int:
     counting = StopsAt(store_factory(), 10**9, after=False)
@@ -265,7 +269,7 @@ def test_a_run_stopped_in_a_bucket_then_run_again_loses_nothing(store):
 
 
 def test_storage_faults_and_slow_calls_during_a_run_are_retried_through_and_lose_nothing(bucket, fake_gcs, monkeypatch):
-    with StorageProxy(fake_gcs, resumable_preconditions=True, delete_preconditions=True) as proxy:
+    with StorageProxy(fake_gcs, resumable_preconditions=True, delete_preconditions=True, batches=True) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
         store = storage.GcsStore(bucket.name)
         fill_day(store, DAY)
@@ -286,16 +290,16 @@ def test_storage_faults_and_slow_calls_during_a_run_are_retried_through_and_lose
 def test_a_chunk_changed_after_it_was_listed_is_not_deleted_and_is_folded_in_next(store, monkeypatch):
     fill_day(store, DAY)
     victim = loose(store)[0]
-    real_delete = type(store).delete
+    real_delete_many = type(store).delete_many
 
-    def replace_then_delete(self, name, generation):
-        if name == victim:  # someone rewrote the chunk after the run listed it
-            data = self.read(name)
-            real_delete(self, name, generation)
-            put_back(self, name, data)
-        return real_delete(self, name, generation)
+    def rewrite_then_delete(self, objects):
+        if any(name == victim for name, _ in objects):  # someone rewrote the chunk after the run listed it
+            data = self.read(victim)
+            self.delete(victim, next(info.generation for info in self.list_chunks(UID) if info.name == victim))
+            put_back(self, victim, data)
+        return real_delete_many(self, objects)
 
-    monkeypatch.setattr(type(store), "delete", replace_then_delete)
+    monkeypatch.setattr(type(store), "delete_many", rewrite_then_delete)
     compact_all(store)
     monkeypatch.undo()
     assert loose(store) == [victim]
@@ -469,3 +473,16 @@ def test_a_session_over_8_mib_is_uploaded_in_pieces_and_reads_back(store):
     [result] = compact_all(store)
     assert result.stored_bytes > 8 << 20
     assert seen_by_readers(store) == before
+
+
+def test_a_bucket_s_chunks_are_deleted_100_to_a_request(bucket, fake_gcs, monkeypatch):
+    with StorageProxy(fake_gcs, delete_preconditions=True, batches=True) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        store = storage.GcsStore(bucket.name)
+        for second in range(250):
+            put(store, at(DAY, second), pcm_tone(0.1, seed=second))
+        proxy.reset()
+        compact_all(store)
+        batches = [seen for seen in proxy.seen if seen.method == "POST" and seen.path.startswith("/batch/")]
+        deletes = [seen for seen in proxy.seen if seen.method == "DELETE"]
+        assert (len(batches), len(deletes), loose(store)) == (3, 250, [])
