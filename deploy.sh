@@ -59,6 +59,9 @@ Settings (environment variables; on a re-run, unset means "keep as deployed"):
                         'none' removes that alert; unset leaves it as it is
   ALERT_AFTER           hours without a chunk before the mail, 1h to 25h
                         (e.g. 12h, 90m); default 24h, kept on a re-run
+  COMPACT_AFTER_DAYS    each day, a second function folds every whole UTC day
+                        older than N days into a few large objects (0-3650,
+                        default 2); 0 turns that off and removes its schedule
 EOF
 }
 
@@ -165,6 +168,21 @@ fi
 if [[ -n "$RETENTION_DAYS" ]] && ! command -v python3 >/dev/null; then
   die "RETENTION_DAYS needs python3 (to merge the rule into the bucket's other lifecycle rules)"
 fi
+COMPACT_AFTER_DAYS="${COMPACT_AFTER_DAYS:-}"
+if [[ -n "$COMPACT_AFTER_DAYS" ]] &&
+  { [[ ! "$COMPACT_AFTER_DAYS" =~ ^(0|[1-9][0-9]{0,3})$ ]] || ((COMPACT_AFTER_DAYS > 3650)); }; then
+  die "COMPACT_AFTER_DAYS must be a whole number of days from 0 to 3650 (0 turns the daily compaction off)"
+fi
+# The compaction function is named after the receiving one, and its upload is the
+# compactor's main.py and lock, the root's modules and the tools' package.
+COMPACT_FUNCTION="${FUNCTION_NAME}-compact"
+if [[ "$COMPACT_AFTER_DAYS" != 0 ]]; then
+  ((${#COMPACT_FUNCTION} <= 63)) ||
+    die "FUNCTION_NAME '$FUNCTION_NAME' is too long to name its daily compaction '$COMPACT_FUNCTION' (63 characters at most): use a FUNCTION_NAME of 55 characters or fewer, or COMPACT_AFTER_DAYS=0"
+  for f in compactor/main.py compactor/requirements.txt omi_audio/__init__.py; do
+    [[ -f "$SOURCE_DIR/$f" ]] || die "$SOURCE_DIR/$f is missing: the daily compaction needs it (or set COMPACT_AFTER_DAYS=0 to deploy without it)"
+  done
+fi
 REQUEST_LOG="${REQUEST_LOG:-}"
 [[ "$REQUEST_LOG" =~ ^(|exclude|keep)$ ]] || die "REQUEST_LOG must be 'exclude' or 'keep'"
 if [[ -n "${ALLOWED_UIDS+set}" ]]; then
@@ -270,6 +288,13 @@ SERVICES=(cloudfunctions.googleapis.com run.googleapis.com cloudbuild.googleapis
 [[ "$ALERT_MODE" != set || -z "$ALERT_EMAIL" ]] || SERVICES+=(monitoring.googleapis.com)
 probe gcloud services list --enabled --project="$PROJECT" --format='value(config.name)' || true
 ENABLED_SERVICES="$OUT"
+# Cloud Scheduler starts the daily compaction, so it is enabled only with compaction
+# on: here when that is certain already (given, or a first deploy, which defaults to
+# on); else once the deployed setting is read (below).
+if [[ "$COMPACT_AFTER_DAYS" == [1-9]* ]] ||
+  { [[ -z "$COMPACT_AFTER_DAYS" ]] && ! grep -qxF cloudfunctions.googleapis.com <<<"$ENABLED_SERVICES"; }; then
+  SERVICES+=(cloudscheduler.googleapis.com)
+fi
 MISSING_SERVICES=()
 for s in "${SERVICES[@]}"; do
   grep -qxF "$s" <<<"$OUT" || MISSING_SERVICES+=("$s")
@@ -290,12 +315,15 @@ api_on() {
 describe_function() { # $1: the fields to print
   probe gcloud functions describe "$FUNCTION_NAME" --gen2 --project="$PROJECT" --region="$REGION" --format="$1"
 }
+# The label omi_audio_compact_after_days records COMPACT_AFTER_DAYS on the receiving
+# function, so a re-run keeps it, 0 included (when nothing else of compaction exists).
+FUNCTION_FIELDS='value[separator="|"](url,serviceConfig.serviceAccountEmail,serviceConfig.environmentVariables.GCS_BUCKET_NAME,labels.omi_audio_compact_after_days)'
 
 # The region: as given, else where the function already runs, else us-central1.
 REGION="${REGION_SET:-us-central1}"
 FUNCTION_EXISTS=0
 if api_on cloudfunctions; then
-  if describe_function 'value[separator="|"](url,serviceConfig.serviceAccountEmail,serviceConfig.environmentVariables.GCS_BUCKET_NAME)'; then
+  if describe_function "$FUNCTION_FIELDS"; then
     FUNCTION_EXISTS=1
   elif [[ -z "$REGION_SET" ]]; then
     probe gcloud functions list --project="$PROJECT" --format='value(name)' || true
@@ -304,7 +332,7 @@ if api_on cloudfunctions; then
         REGION="${name#*/locations/}"
         REGION="${REGION%%/*}"
         echo "Found $FUNCTION_NAME in region $REGION; updating it there (set REGION to choose)." >&2
-        describe_function 'value[separator="|"](url,serviceConfig.serviceAccountEmail,serviceConfig.environmentVariables.GCS_BUCKET_NAME)' &&
+        describe_function "$FUNCTION_FIELDS" &&
           FUNCTION_EXISTS=1
         break
       fi
@@ -315,8 +343,9 @@ FUNCTION_URL="https://${REGION}-${PROJECT}.cloudfunctions.net/${FUNCTION_NAME}"
 DEPLOYED_SA=""
 DEPLOYED_BUCKET=""
 DEPLOYED_UIDS=""
+DEPLOYED_COMPACT=""
 if ((FUNCTION_EXISTS)); then
-  IFS='|' read -r FUNCTION_URL DEPLOYED_SA DEPLOYED_BUCKET <<<"$OUT"
+  IFS='|' read -r FUNCTION_URL DEPLOYED_SA DEPLOYED_BUCKET DEPLOYED_COMPACT <<<"$OUT"
   describe_function 'value(serviceConfig.environmentVariables.ALLOWED_UIDS)'
   DEPLOYED_UIDS="$OUT"
 fi
@@ -369,11 +398,13 @@ fi
 
 BUCKET_EXISTS=0
 BUCKET_LABEL=""
+AUTOCLASS=""
+AUTOCLASS_TERMINAL=""
 echo '{}' >"$WORK/lifecycle-now.json"
 if api_on storage && probe gcloud storage buckets describe "gs://$BUCKET" --project="$PROJECT" \
-  --format='value[separator="|"](uniform_bucket_level_access,public_access_prevention,location,labels.omi_audio_only)'; then
+  --format='value[separator="|"](uniform_bucket_level_access,public_access_prevention,location,labels.omi_audio_only,autoclass.enabled,autoclass.terminalStorageClass)'; then
   BUCKET_EXISTS=1
-  IFS='|' read -r UBLA PAP LOCATION BUCKET_LABEL <<<"$OUT"
+  IFS='|' read -r UBLA PAP LOCATION BUCKET_LABEL AUTOCLASS AUTOCLASS_TERMINAL <<<"$OUT"
   probe gcloud storage buckets describe "gs://$BUCKET" --project="$PROJECT" --format='json(lifecycle_config)' ||
     die "bucket gs://$BUCKET vanished while being read; run deploy.sh again"
   printf '%s' "$OUT" >"$WORK/lifecycle-now.json"
@@ -390,6 +421,70 @@ ROLE_STATE="missing"
 if api_on iam && probe gcloud iam roles describe "$ROLE_ID" --project="$PROJECT" \
   --format='value[separator="|"](deleted,includedPermissions.list(separator=","))'; then
   ROLE_STATE="$OUT"
+fi
+
+# The daily compaction: a second, private function that folds each finished UTC day
+# of chunks into a few large objects (omi-audio compact), started once a day by a
+# Cloud Scheduler job. It runs as its own service account, holding a custom role with
+# list, read, create and delete on this bucket only; the job calls it with an OIDC
+# token of another account, which may invoke that function and nothing else.
+# COMPACT_AFTER_DAYS unset keeps what the receiving function's label records, else 2.
+if [[ -z "$COMPACT_AFTER_DAYS" ]]; then
+  COMPACT_AFTER_DAYS=2
+  if [[ "$DEPLOYED_COMPACT" =~ ^(0|[1-9][0-9]{0,3})$ ]] && ((DEPLOYED_COMPACT <= 3650)); then
+    COMPACT_AFTER_DAYS="$DEPLOYED_COMPACT"
+  fi
+fi
+COMPACT_JOB="${FUNCTION_NAME}-compact-daily"
+COMPACT_SA_EMAIL="omi-audio-compactor@${PROJECT}.iam.gserviceaccount.com"
+INVOKER_SA_EMAIL="omi-audio-scheduler@${PROJECT}.iam.gserviceaccount.com"
+COMPACT_ROLE_ID="omiAudioCompactor"
+COMPACT_ROLE_PERMISSIONS="storage.objects.create,storage.objects.delete,storage.objects.get,storage.objects.list"
+# 03:17 UTC: after the day's last late batches (the phone retries for hours), off the
+# hour that every other schedule picks.
+COMPACT_SCHEDULE="17 3 * * *"
+COMPACT_TIME_ZONE="Etc/UTC"
+# A job waits at most 30 minutes for an HTTP answer (Cloud Scheduler's limit); the
+# function runs on to its own timeout, and the next day's run resumes what is left.
+COMPACT_DEADLINE="1800s"
+SCHEDULER_ON=0
+grep -qxF cloudscheduler.googleapis.com <<<"$ENABLED_SERVICES" && SCHEDULER_ON=1
+if ((COMPACT_AFTER_DAYS > 0 && !SCHEDULER_ON)) && [[ " ${SERVICES[*]} " != *" cloudscheduler.googleapis.com "* ]]; then
+  run gcloud services enable cloudscheduler.googleapis.com --project="$PROJECT"
+  MISSING_SERVICES+=(cloudscheduler.googleapis.com)
+  DONE+=("enabled API: cloudscheduler.googleapis.com")
+fi
+COMPACT_EXISTS=0
+COMPACT_URI=""
+COMPACT_CONFIG_NOW=""
+if api_on cloudfunctions && probe gcloud functions describe "$COMPACT_FUNCTION" --gen2 --project="$PROJECT" --region="$REGION" \
+  --format='value[separator="|"](serviceConfig.uri,labels.omi_audio_config)'; then
+  COMPACT_EXISTS=1
+  IFS='|' read -r COMPACT_URI COMPACT_CONFIG_NOW <<<"$OUT"
+fi
+JOB_EXISTS=0
+JOB_NOW=""
+if ((SCHEDULER_ON)) && probe gcloud scheduler jobs describe "$COMPACT_JOB" --project="$PROJECT" --location="$REGION" \
+  --format='value[separator="|"](schedule,timeZone,httpTarget.uri,httpTarget.oidcToken.serviceAccountEmail,httpTarget.oidcToken.audience,attemptDeadline,state)'; then
+  JOB_EXISTS=1
+  JOB_NOW="$OUT"
+fi
+# Whether an account exists (stops here if it is disabled).
+account_exists() { # $1: email, $2: what it could not do, disabled
+  api_on iam && probe gcloud iam service-accounts describe "$1" --project="$PROJECT" --format='value(disabled)' || return 1
+  [[ "$OUT" != True ]] ||
+    die "service account $1 is disabled, so $2. If that was not deliberate: gcloud iam service-accounts enable $1 --project=$PROJECT, then run deploy.sh again (or set COMPACT_AFTER_DAYS=0)."
+}
+COMPACT_SA_EXISTS=0
+INVOKER_SA_EXISTS=0
+COMPACT_ROLE_STATE="missing"
+if ((COMPACT_AFTER_DAYS > 0)); then
+  account_exists "$COMPACT_SA_EMAIL" "the daily compaction could not reach the bucket" && COMPACT_SA_EXISTS=1
+  account_exists "$INVOKER_SA_EMAIL" "Cloud Scheduler could not start the daily compaction" && INVOKER_SA_EXISTS=1
+  if api_on iam && probe gcloud iam roles describe "$COMPACT_ROLE_ID" --project="$PROJECT" \
+    --format='value[separator="|"](deleted,includedPermissions.list(separator=","))'; then
+    COMPACT_ROLE_STATE="$OUT"
+  fi
 fi
 
 EXCLUDED=0
@@ -518,9 +613,21 @@ SUFFIXES = ["Z.wav", *(f"{d}.wav" for d in range(10))]
 EARLIER = sorted([f"{d}Z.wav" for d in range(10)] + [f"Z-{n}.wav" for n in range(1, 10)])  # an earlier deploy.sh's
 
 
+# A compacted day's objects ("<uid folder>/compacted/<YYYY-MM-DD>/...", written by
+# omi-audio compact) end in one of these and carry a customTime at the end of the UTC
+# day they hold: the second rule deletes them that many days after that day, as the
+# first deletes a chunk that many days after it was received.
+COMPACTED = [".flac", ".wav", ".json.gz"]
+
+
 def is_ours(rule):
-    suffixes = sorted(rule.get("condition", {}).get("matchesSuffix") or [])
-    return rule.get("action", {}).get("type") == "Delete" and suffixes in (sorted(SUFFIXES), EARLIER)
+    condition = rule.get("condition", {})
+    suffixes = sorted(condition.get("matchesSuffix") or [])
+    if rule.get("action", {}).get("type") != "Delete":
+        return False
+    if "daysSinceCustomTime" in condition:
+        return suffixes == sorted(COMPACTED) and set(condition) <= {"daysSinceCustomTime", "matchesSuffix", "matchesPrefix"}
+    return suffixes in (sorted(SUFFIXES), EARLIER)
 
 
 # The uid's folder, as the function names it: names.py beside this script (standard library only).
@@ -538,7 +645,8 @@ if days_given:
         if r.get("action", {}).get("type") == "Delete" and set(r.get("condition", {})) == {"age"}:
             say(f"Note: the bucket also has a rule deleting EVERY object older than {r['condition']['age']} days "
                 "(an earlier deploy.sh wrote such a rule); it is kept. Remove it in the console if unwanted.")
-days = None if days_given == "forever" else int(days_given) if days_given else (ours[0]["condition"].get("age") if ours else None)
+found = [r["condition"].get("age", r["condition"].get("daysSinceCustomTime")) for r in ours]
+days = None if days_given == "forever" else int(days_given) if days_given else (found[0] if found else None)
 allowed = open(uids_path, "rb").read().decode().strip()  # the function's own reading of ALLOWED_UIDS
 uids = sorted({u.strip() for u in allowed.split(",")}) if allowed else []
 want = list(kept)
@@ -567,6 +675,10 @@ if days is not None:
         condition["matchesPrefix"] = sorted(earlier_prefixes | {folder(u) + "/" for u in uids})
         where = "in the folders " + ", ".join(condition["matchesPrefix"])
     want.append({"action": {"type": "Delete"}, "condition": condition})
+    compacted = {"daysSinceCustomTime": days, "matchesSuffix": COMPACTED}
+    if "matchesPrefix" in condition:
+        compacted["matchesPrefix"] = condition["matchesPrefix"]
+    want.append({"action": {"type": "Delete"}, "condition": compacted})
 
 
 def canonical(rs):
@@ -580,7 +692,8 @@ with open(summary_path, "w") as summary:  # said when the change is made
         print("Retention: rule removed; the function's audio is kept until you delete it.", file=summary)
     else:
         print(f"Retention: audio older than {days} days is deleted: objects whose names end in Z.wav or in a "
-              f"digit and .wav, {where}. Conversations (.json) are kept.", file=summary)
+              f"digit and .wav, and compacted days' objects (.flac, .wav, .json.gz) {days} days after the end of "
+              f"the UTC day they hold, {where}. Conversations (.json) are kept.", file=summary)
 json.dump({"rule": want}, sys.stdout)
 sys.exit(3 if want else 4)
 PY
@@ -869,6 +982,22 @@ case "$LIFECYCLE_CHANGE" in
     ;;
 esac
 
+# The storage class, with compaction on: Autoclass moves each object by its own reads,
+# down to Archive while a compacted day lies unread and back to Standard when it is
+# read (a chunk, under 128 KiB, stays in Standard). Only in a bucket deploy.sh made:
+# in any other, the owner's other objects would move too.
+if ((COMPACT_AFTER_DAYS > 0)) && [[ "$AUTOCLASS" != True || "$AUTOCLASS_TERMINAL" != ARCHIVE ]]; then
+  if ((!DEDICATED)); then
+    echo "Storage class: gs://$BUCKET is left as it is (deploy.sh did not create it, so Autoclass would move your other objects too); if that suits them, let compacted days move to Archive by themselves: gcloud storage buckets update gs://$BUCKET --enable-autoclass --autoclass-terminal-storage-class=ARCHIVE" >&2
+  elif grep -q '"SetStorageClass"' "$WORK/lifecycle-now.json"; then
+    echo "Storage class: gs://$BUCKET has a lifecycle rule that changes storage classes, which Autoclass does not allow beside it; the class is left as it is. Remove that rule and run deploy.sh again to turn Autoclass on." >&2
+  else
+    run gcloud storage buckets update "gs://$BUCKET" --project="$PROJECT" \
+      --enable-autoclass --autoclass-terminal-storage-class=ARCHIVE
+    DONE+=("bucket gs://$BUCKET: Autoclass on, down to Archive")
+  fi
+fi
+
 # The identity the function runs as, holding the custom role on this bucket only.
 if ((!SA_EXISTS)); then
   run gcloud iam service-accounts create "$SA_NAME" --project="$PROJECT" \
@@ -894,6 +1023,42 @@ else
 fi
 retry gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" --project="$PROJECT" \
   --member="serviceAccount:$SA_EMAIL" --role="projects/$PROJECT/roles/$ROLE_ID"
+# The compaction's identity: its own account, holding a custom role with exactly what
+# omi-audio compact does (list a day's chunks, read them, write the compacted objects,
+# delete the chunks they replace) on this bucket only; and the account Cloud Scheduler
+# signs its daily call with, allowed to invoke the compaction function alone (below).
+if ((COMPACT_AFTER_DAYS > 0)); then
+  if ((!COMPACT_SA_EXISTS)); then
+    run gcloud iam service-accounts create "${COMPACT_SA_EMAIL%@*}" --project="$PROJECT" \
+      --display-name="Omi audio compaction (compacts gs://$BUCKET daily)"
+    DONE+=("service account $COMPACT_SA_EMAIL")
+  fi
+  if ((!INVOKER_SA_EXISTS)); then
+    run gcloud iam service-accounts create "${INVOKER_SA_EMAIL%@*}" --project="$PROJECT" \
+      --display-name="Omi audio scheduler (starts $COMPACT_FUNCTION daily)"
+    DONE+=("service account $INVOKER_SA_EMAIL")
+  fi
+  IFS='|' read -r ROLE_DELETED ROLE_HAS <<<"$COMPACT_ROLE_STATE"
+  if [[ "$COMPACT_ROLE_STATE" == missing ]]; then
+    run gcloud iam roles create "$COMPACT_ROLE_ID" --project="$PROJECT" --title="Omi audio compactor" \
+      --description="List, read, write and delete audio objects to compact finished days" \
+      --permissions="$COMPACT_ROLE_PERMISSIONS" --stage=GA
+    DONE+=("custom role $COMPACT_ROLE_ID")
+  else
+    if [[ "$ROLE_DELETED" == True ]]; then
+      echo "Custom role $COMPACT_ROLE_ID was deleted; restoring it." >&2
+      run gcloud iam roles undelete "$COMPACT_ROLE_ID" --project="$PROJECT"
+    fi
+    if [[ "$ROLE_HAS" != "$COMPACT_ROLE_PERMISSIONS" ]]; then
+      run gcloud iam roles update "$COMPACT_ROLE_ID" --project="$PROJECT" --permissions="$COMPACT_ROLE_PERMISSIONS" --quiet
+      DONE+=("custom role $COMPACT_ROLE_ID: permissions set")
+    fi
+  fi
+  retry gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" --project="$PROJECT" \
+    --member="serviceAccount:$COMPACT_SA_EMAIL" --role="projects/$PROJECT/roles/$COMPACT_ROLE_ID" >&2
+  DONE+=("access: $COMPACT_SA_EMAIL may list, read, write and delete in gs://$BUCKET")
+fi
+
 # Only the function's identity may read the token (besides project owners).
 retry gcloud secrets add-iam-policy-binding "$SECRET" --project="$PROJECT" \
   --member="serviceAccount:$SA_EMAIL" --role=roles/secretmanager.secretAccessor
@@ -928,7 +1093,8 @@ REMOVE_VARS=WEBHOOK_TOKEN # where an earlier deploy.sh kept the token in plain t
 # --timeout=60s: the function answers within its storage deadlines (20 s for the
 #   backend, 27 s for the phone); 60 s is only a backstop, past their 30 s timeout.
 # --update-*/--remove-*: only the settings named here change; anything else
-#   already on the function (ALLOWED_UIDS when not given) stays as it is.
+#   already on the function (ALLOWED_UIDS when not given) stays as it is. The label
+#   records COMPACT_AFTER_DAYS for the next run (the function does not read it).
 echo "The upload: $(cd "$STAGE" && echo *) (copied from $SOURCE_DIR, nothing else)" >&2
 if ! run gcloud functions deploy "$FUNCTION_NAME" \
   --gen2 \
@@ -944,6 +1110,7 @@ if ! run gcloud functions deploy "$FUNCTION_NAME" \
   --update-env-vars="$ENV_VARS" \
   --remove-secrets=WEBHOOK_TOKEN_PREVIOUS \
   --update-secrets="$SECRETS" \
+  --update-labels="omi_audio_compact_after_days=$COMPACT_AFTER_DAYS" \
   --memory=1Gi \
   --cpu=1 \
   --concurrency=16 \
@@ -964,6 +1131,94 @@ EOF
   exit 1
 fi
 DONE+=("function $FUNCTION_NAME in $REGION (token version $CURRENT${PREVIOUS:+, previous $PREVIOUS})")
+
+# The daily compaction (COMPACT_AFTER_DAYS above 0): the function, who may start it,
+# and the job that starts it. Its upload is a staged copy too: the compactor's main.py
+# and requirements.txt, the root's modules but main.py, and the tools' package.
+# Its flags, each for a reason:
+#   --no-allow-unauthenticated: only the scheduler's account may start it.
+#   --timeout=3600s: the longest an HTTP function may run; a backlog of days is
+#     compacted in several runs, each resuming where the last stopped.
+#   --memory=512Mi, --cpu=1: omi-audio compact holds one session's audio at a time;
+#     the FLAC encoding and the sample-for-sample check are CPU work.
+#   --max-instances=1, --concurrency=1: one run at a time, never two on one day.
+# The label omi_audio_config is a checksum of the upload and these flags: a re-run
+# deploys it again only when one of them changed.
+compaction_summary() {
+  if ((COMPACT_AFTER_DAYS > 0)); then
+    echo "Compaction: every day at 03:17 UTC, $COMPACT_FUNCTION folds each uid's chunks of every whole UTC day older than $COMPACT_AFTER_DAYS days into a few large objects (<uid>/compacted/<day>/), then removes those chunks; the tools read both. COMPACT_AFTER_DAYS=0 turns it off."
+  else
+    echo "Compaction: off (COMPACT_AFTER_DAYS=0): every chunk stays one object."
+  fi
+}
+if ((COMPACT_AFTER_DAYS > 0)); then
+  COMPACT_STAGE="$WORK/compactor"
+  mkdir "$COMPACT_STAGE"
+  for f in "$SOURCE_DIR"/*.py; do
+    [[ "$f" == */main.py ]] || cp "$f" "$COMPACT_STAGE/"
+  done
+  cp "$SOURCE_DIR/compactor/main.py" "$SOURCE_DIR/compactor/requirements.txt" "$COMPACT_STAGE/"
+  cp -R "$SOURCE_DIR/omi_audio" "$COMPACT_STAGE/omi_audio"
+  find "$COMPACT_STAGE" -name __pycache__ -prune -exec rm -rf {} +
+  COMPACT_FLAGS=(--gen2 --project="$PROJECT" --region="$REGION" --runtime=python312
+    --entry-point=compact_daily --trigger-http --no-allow-unauthenticated
+    --service-account="$COMPACT_SA_EMAIL"
+    --update-env-vars="GCS_BUCKET_NAME=$BUCKET,COMPACT_AFTER_DAYS=$COMPACT_AFTER_DAYS"
+    --memory=512Mi --cpu=1 --concurrency=1 --max-instances=1 --timeout=3600s)
+  COMPACT_CONFIG="c$( (
+    cd "$COMPACT_STAGE" && find . -type f | LC_ALL=C sort | while read -r f; do printf '%s %s\n' "$f" "$(cksum <"$f")"; done
+    printf '%s\n' "${COMPACT_FLAGS[@]}"
+  ) | cksum | cut -d' ' -f1)"
+  if ((!COMPACT_EXISTS)) || [[ "$COMPACT_CONFIG_NOW" != "$COMPACT_CONFIG" ]]; then
+    echo "The compaction's upload: $(cd "$COMPACT_STAGE" && echo *) (copied from $SOURCE_DIR)" >&2
+    run gcloud functions deploy "$COMPACT_FUNCTION" "${COMPACT_FLAGS[@]}" --source="$COMPACT_STAGE" \
+      --update-labels="omi_audio_config=$COMPACT_CONFIG" --quiet >&2
+    DONE+=("function $COMPACT_FUNCTION in $REGION")
+    if ((DRY_RUN == 0)); then
+      probe gcloud functions describe "$COMPACT_FUNCTION" --gen2 --project="$PROJECT" --region="$REGION" \
+        --format='value(serviceConfig.uri)' || die "$COMPACT_FUNCTION was deployed but cannot be read back; run deploy.sh again"
+      COMPACT_URI="$OUT"
+    fi
+  else
+    DONE+=("function $COMPACT_FUNCTION in $REGION (already there)")
+  fi
+  COMPACT_URI="${COMPACT_URI:-https://$COMPACT_FUNCTION-PROJECT_HASH.a.run.app}" # a dry run deploys nothing
+  retry gcloud functions add-invoker-policy-binding "$COMPACT_FUNCTION" --project="$PROJECT" --region="$REGION" \
+    --member="serviceAccount:$INVOKER_SA_EMAIL" >&2
+  # The job calls the function's own URL with an OIDC token for that URL, signed as
+  # the scheduler's account; it is changed only when one of these differs.
+  JOB_FLAGS=(--project="$PROJECT" --location="$REGION" --schedule="$COMPACT_SCHEDULE" --time-zone="$COMPACT_TIME_ZONE"
+    --uri="$COMPACT_URI" --http-method=POST --oidc-service-account-email="$INVOKER_SA_EMAIL"
+    --oidc-token-audience="$COMPACT_URI" --attempt-deadline="$COMPACT_DEADLINE")
+  JOB_WANT="$COMPACT_SCHEDULE|$COMPACT_TIME_ZONE|$COMPACT_URI|$INVOKER_SA_EMAIL|$COMPACT_URI|$COMPACT_DEADLINE"
+  if ((!JOB_EXISTS)); then
+    run gcloud scheduler jobs create http "$COMPACT_JOB" "${JOB_FLAGS[@]}" >&2
+    DONE+=("scheduler job $COMPACT_JOB")
+  elif [[ "${JOB_NOW%|*}" != "$JOB_WANT" ]]; then
+    run gcloud scheduler jobs update http "$COMPACT_JOB" "${JOB_FLAGS[@]}" >&2
+    DONE+=("scheduler job $COMPACT_JOB (updated)")
+  fi
+  if [[ "${JOB_NOW##*|}" == PAUSED ]]; then
+    echo "Note: the scheduler job $COMPACT_JOB is paused, so no compaction runs; it is left paused. To resume it: gcloud scheduler jobs resume $COMPACT_JOB --location=$REGION --project=$PROJECT" >&2
+  fi
+else
+  # Off: the job first (nothing starts the function again), then the compactor's access
+  # to the bucket, then the function. The audio stays as it is.
+  if ((JOB_EXISTS)); then
+    run gcloud scheduler jobs delete "$COMPACT_JOB" --project="$PROJECT" --location="$REGION" --quiet >&2
+    DONE+=("scheduler job $COMPACT_JOB removed")
+  fi
+  if ((COMPACT_EXISTS)); then
+    run gcloud storage buckets remove-iam-policy-binding "gs://$BUCKET" --project="$PROJECT" \
+      --member="serviceAccount:$COMPACT_SA_EMAIL" --role="projects/$PROJECT/roles/$COMPACT_ROLE_ID" >&2 ||
+      echo "Note: the compaction account's access to gs://$BUCKET was not there to remove (see above)." >&2
+    run gcloud functions delete "$COMPACT_FUNCTION" --gen2 --project="$PROJECT" --region="$REGION" --quiet >&2
+    DONE+=("function $COMPACT_FUNCTION removed")
+  fi
+  if ((JOB_EXISTS || COMPACT_EXISTS)); then
+    echo "COMPACT_AFTER_DAYS=0: the daily compaction is off; its schedule and function are removed. No audio was touched: compacted days stay compacted (the tools read them as before) and new chunks stay one object each." >&2
+  fi
+fi
 
 if ((FINISH)) && ((${#VERSIONS[@]} == 2)); then
   run gcloud secrets versions disable "${VERSIONS[1]}" --secret="$SECRET" --project="$PROJECT"
@@ -989,6 +1244,7 @@ Dry run: nothing was changed. A real run would then post a 0.1 s test chunk to
 check the answer and the object in gs://${BUCKET}, and print that URL with the token.
 EOF
   alert_summary
+  compaction_summary
   exit 0
 fi
 
@@ -1104,3 +1360,4 @@ if ((FINISH)) && ((${#VERSIONS[@]} == 2)); then
   echo "Rotation finished: only the token in the URL above is accepted now."
 fi
 alert_summary
+compaction_summary

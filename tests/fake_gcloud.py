@@ -248,7 +248,7 @@ elif pos[:2] == ["functions", "describe"]:
     fn = S.setdefault("functions", {}).get(function_key(pos[2], flags["region"]))
     if fn is None:
         not_found(f"Resource 'projects/{P}/locations/{flags['region']}/functions/{pos[2]}'")
-    show([{k: v for k, v in fn.items() if k not in ("pid", "source", "port", "digest")}])
+    show([{k: v for k, v in fn.items() if k not in ("pid", "source", "port", "digest", "invokers")}])
 elif pos[:2] == ["functions", "list"]:
     show([{"name": fn["name"]} for fn in S.setdefault("functions", {}).values()])
 elif pos[:2] == ["functions", "deploy"]:
@@ -280,16 +280,78 @@ elif pos[:2] == ["functions", "deploy"]:
         for k, r in sorted(secrets.items())
     ]
     for f in ("memory", "cpu", "concurrency", "max-instances", "timeout"):
-        sc[f] = flags[f]
+        sc[f] = flags.get(f)
+    fn["labels"] = apply_map(fn.get("labels", {}), flags.get("update-labels"), None)
+    fn["entryPoint"] = flags["entry-point"]
+    # Who may call it (IAM on its Cloud Run service, not part of what describe prints).
+    if "allow-unauthenticated" in flags:
+        fn["invokers"] = ["allUsers"]
+    elif "no-allow-unauthenticated" in flags:
+        fn["invokers"] = [m for m in fn.get("invokers", []) if m != "allUsers"]
     # Cloud Build gets what gcloud uploads: with ignore files off, the whole folder.
+    # The webhook's uploads are "uploads"; any other function's go under its name.
     import shutil
 
-    uploads = S.setdefault("uploads", [])
-    copy = os.path.join(os.path.dirname(state_path), "uploads", str(len(uploads)))
+    if flags["entry-point"] == "receive_audio":
+        uploads = S.setdefault("uploads", [])
+        copy = os.path.join(os.path.dirname(state_path), "uploads", str(len(uploads)))
+    else:
+        uploads = S.setdefault("other_uploads", {}).setdefault(pos[2], [])
+        copy = os.path.join(os.path.dirname(state_path), "uploads", f"{pos[2]}-{len(uploads)}")
     shutil.copytree(flags["source"], copy, symlinks=True)
     uploads.append(sorted(os.path.relpath(os.path.join(d, f), copy) for d, _, fs in os.walk(copy) for f in fs))
     fn["source"] = copy
-    start_server(fn)
+    if flags["entry-point"] == "receive_audio":
+        start_server(fn)
+    else:  # served by Cloud Run only: its own run.app address, which IAM guards
+        sc["uri"] = f"https://{pos[2]}-a1b2c3d4e5-uc.a.run.app"
+elif pos[:2] == ["functions", "delete"]:
+    key = function_key(pos[2], flags["region"])
+    fn = S.setdefault("functions", {}).pop(key, None)
+    if fn is None:
+        not_found(f"Resource 'projects/{P}/locations/{flags['region']}/functions/{pos[2]}'")
+    if fn.get("pid"):
+        try:
+            os.killpg(fn["pid"], 15)
+        except ProcessLookupError:
+            pass
+elif pos[:2] == ["functions", "add-invoker-policy-binding"]:
+    fn = S.setdefault("functions", {}).get(function_key(pos[2], flags["region"]))
+    if fn is None:
+        not_found(f"Resource 'projects/{P}/locations/{flags['region']}/functions/{pos[2]}'")
+    if flags["member"] not in fn.setdefault("invokers", []):
+        fn["invokers"].append(flags["member"])
+elif pos[:2] == ["scheduler", "jobs"]:
+    if "cloudscheduler.googleapis.com" not in S.setdefault("services", []):
+        fail(f"PERMISSION_DENIED: Cloud Scheduler API has not been used in project {P} before or it is disabled.")
+    verb = pos[2]
+    name = pos[4] if verb in ("create", "update") else pos[3]
+    jobs = S.setdefault("scheduler_jobs", {})
+    key = f"{flags['location']}/{name}"
+    if verb == "describe":
+        if key not in jobs:
+            not_found(f"Job projects/{P}/locations/{flags['location']}/jobs/{name}")
+        show([jobs[key]])
+    elif verb in ("create", "update"):
+        assert pos[3] == "http", args
+        if (verb == "create") == (key in jobs):
+            fail(f"ALREADY_EXISTS: Job {name} already exists" if key in jobs else f"NOT_FOUND: Job {name}")
+        job = jobs.get(key) or {"name": f"projects/{P}/locations/{flags['location']}/jobs/{name}", "state": "ENABLED"}
+        job.update(schedule=flags["schedule"], timeZone=flags["time-zone"], attemptDeadline=flags["attempt-deadline"])
+        job["httpTarget"] = {
+            "uri": flags["uri"],
+            "httpMethod": flags["http-method"],
+            "oidcToken": {
+                "serviceAccountEmail": flags["oidc-service-account-email"],
+                "audience": flags["oidc-token-audience"],
+            },
+        }
+        jobs[key] = job
+    elif verb == "delete":
+        if jobs.pop(key, None) is None:
+            not_found(f"Job projects/{P}/locations/{flags['location']}/jobs/{name}")
+    else:
+        fail(f"stub: unexpected call {args}")
 elif pos[:2] == ["secrets", "describe"]:
     if pos[2] not in S.setdefault("secrets", {}):
         not_found(f"Secret [projects/{P}/secrets/{pos[2]}]")
@@ -349,8 +411,20 @@ elif pos[:3] == ["storage", "buckets", "update"]:
         b["lifecycle_config"] = json.load(open(flags["lifecycle-file"]))
     if "clear-lifecycle" in flags:
         b.pop("lifecycle_config", None)
-elif pos[:3] == ["storage", "buckets", "add-iam-policy-binding"]:
-    S["buckets"][pos[3][5:]].setdefault("bindings", []).append([flags["member"], flags["role"]])
+    if "enable-autoclass" in flags:
+        if any(r["action"]["type"] == "SetStorageClass" for r in b.get("lifecycle_config", {}).get("rule", [])):
+            fail("INVALID_ARGUMENT: SetStorageClass lifecycle actions are not allowed with Autoclass")
+        terminal = flags.get("autoclass-terminal-storage-class") or "NEARLINE"
+        b["autoclass"] = {"enabled": True, "terminalStorageClass": terminal}
+elif pos[:3] == ["storage", "buckets", "add-iam-policy-binding"]:  # a binding already there is kept once
+    bindings = S["buckets"][pos[3][5:]].setdefault("bindings", [])
+    if [flags["member"], flags["role"]] not in bindings:
+        bindings.append([flags["member"], flags["role"]])
+elif pos[:3] == ["storage", "buckets", "remove-iam-policy-binding"]:
+    bindings = S["buckets"][pos[3][5:]].setdefault("bindings", [])
+    if [flags["member"], flags["role"]] not in bindings:
+        fail("Policy binding with the specified principal, role, and condition not found!")
+    bindings.remove([flags["member"], flags["role"]])
 elif pos[:3] == ["storage", "objects", "describe"]:
     bucket, name = pos[3][5:].split("/", 1)
     meta = gcs("GET", f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}")

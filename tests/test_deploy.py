@@ -33,6 +33,20 @@ READ_ONLY = ("describe", "list", "get-value", "access")
 # What every deploy gives the function besides its bucket (see bench/measure.py).
 DEPLOYED_ENV = {"THREADS": "16", "MALLOC_MMAP_THRESHOLD_": "131072", "NO_PROXY": "storage.googleapis.com"}
 
+# The daily compaction: its function, job, accounts and role (all made by default).
+COMPACT_FN = "omi-audio-compact"
+COMPACTOR = f"omi-audio-compactor@{PROJECT}.iam.gserviceaccount.com"
+SCHEDULER = f"omi-audio-scheduler@{PROJECT}.iam.gserviceaccount.com"
+WRITER_ROLE = f"projects/{PROJECT}/roles/omiAudioWriter"
+COMPACTOR_ROLE = f"projects/{PROJECT}/roles/omiAudioCompactor"
+COMPACT_PERMISSIONS = [
+    "storage.objects.create",
+    "storage.objects.delete",
+    "storage.objects.get",
+    "storage.objects.list",
+]
+COMPACTED_SUFFIXES = [".flac", ".wav", ".json.gz"]
+
 # The stand-in gcloud (its own file: what it keeps, and where, is said there).
 FAKE_GCLOUD = ROOT / "tests" / "fake_gcloud.py"
 
@@ -230,7 +244,10 @@ def test_first_deploy_creates_everything_and_proves_the_url(cloud, tmp_path):
     bucket = state["buckets"]["my-omi-audio"]
     assert bucket["uniform_bucket_level_access"] is True and bucket["public_access_prevention"] == "enforced"
     assert bucket["labels"] == {"omi_audio_only": "true"}  # made for the function alone (see retention)
-    assert bucket["bindings"] == [[f"serviceAccount:{SA}", f"projects/{PROJECT}/roles/omiAudioWriter"]]
+    assert bucket["bindings"] == [
+        [f"serviceAccount:{SA}", WRITER_ROLE],
+        [f"serviceAccount:{COMPACTOR}", COMPACTOR_ROLE],
+    ]
     assert state["roles"]["omiAudioWriter"]["includedPermissions"] == ["storage.objects.create", "storage.objects.get"]
     assert not find(calls, "projects", "add-iam-policy-binding")
 
@@ -239,7 +256,7 @@ def test_first_deploy_creates_everything_and_proves_the_url(cloud, tmp_path):
     assert env_of(fn) == {"GCS_BUCKET_NAME": "my-omi-audio", **DEPLOYED_ENV}
     assert secrets_of(fn) == {"WEBHOOK_TOKEN": "1"}
     assert (sc["concurrency"], sc["memory"], sc["serviceAccountEmail"]) == ("16", "1Gi", SA)
-    (deploy_call,) = find(calls, "functions", "deploy")
+    (deploy_call,) = find(calls, "functions", "deploy", "omi-audio")
     f = flags(deploy_call)
     # A staged copy of the script's folder (not the caller's): the function's files alone.
     assert f["source"] != str(ROOT)
@@ -305,13 +322,19 @@ def test_rerun_months_later_changes_nothing_and_keeps_every_setting(cloud, tmp_p
     assert fn["serviceConfig"]["serviceAccountEmail"] == f"my-writer@{PROJECT}.iam.gserviceaccount.com"
     assert after["buckets"]["my-omi-audio"]["lifecycle_config"] == before["buckets"]["my-omi-audio"]["lifecycle_config"]
     assert after["exclusions"] == before["exclusions"] and after["roles"] == before["roles"]
+    assert after["scheduler_jobs"] == before["scheduler_jobs"]
+    assert after["functions"][f"europe-west1/{COMPACT_FN}"] == before["functions"][f"europe-west1/{COMPACT_FN}"]
+    assert after["buckets"]["my-omi-audio"] == before["buckets"]["my-omi-audio"]  # Autoclass, bindings included
     made = [c[:3] for c in changing(calls)]
     assert made == [
-        ["storage", "buckets", "add-iam-policy-binding"],  # idempotent grants
+        ["storage", "buckets", "add-iam-policy-binding"],  # idempotent grants: the webhook's,
+        ["storage", "buckets", "add-iam-policy-binding"],  # the compaction's,
         ["secrets", "add-iam-policy-binding", SECRET],
         ["functions", "deploy", "omi-audio"],
+        ["functions", "add-invoker-policy-binding", COMPACT_FN],  # and the scheduler's
         ["storage", "rm", made[-1][2]],  # the test chunk
     ]
+    assert "Compaction: every day at 03:17 UTC" in result.stdout
     assert f"?token={token}" in result.stdout and "new token" not in result.stdout
     # The proof chunk went in under the first allowed uid (the only one the function accepts).
     (check,) = find(calls, "storage", "objects", "describe")
@@ -396,6 +419,7 @@ def test_a_token_given_on_a_plain_rerun_is_refused_not_silently_ignored(cloud):
         "iam service-accounts describe",
         "iam roles describe",
         "logging sinks describe",
+        "scheduler jobs describe",
     ],
 )
 def test_a_failed_lookup_stops_before_anything_changes(cloud, call):
@@ -445,15 +469,21 @@ def conversation_names(uids: list[str]) -> list[str]:
     return [f"{storage.uid_prefix(uid)}/conversations/{stamp}_conv~5Fid_{'0' * 32}.json" for uid in uids]
 
 
-def deleted_by(lifecycle: dict, name: str, age_days: int) -> bool:
-    """Whether Cloud Storage's lifecycle deletes `name` at `age_days`: a rule applies when
-    all its conditions hold (a prefix list and a suffix list each hold when any entry does)."""
+def deleted_by(lifecycle: dict, name: str, age_days: int, custom_days: int | None = None) -> bool:
+    """Whether Cloud Storage's lifecycle deletes `name` at `age_days` after its creation and
+    `custom_days` after its customTime (None: it has none, as a chunk): a rule applies when
+    all its conditions hold (a prefix list and a suffix list each hold when any entry does;
+    daysSinceCustomTime never holds for an object without a customTime)."""
     for rule in lifecycle.get("rule", []):
         if rule["action"]["type"] != "Delete":
             continue
         condition = rule["condition"]
-        assert set(condition) <= {"age", "matchesPrefix", "matchesSuffix"}, condition  # all this evaluates
+        assert set(condition) <= {"age", "daysSinceCustomTime", "matchesPrefix", "matchesSuffix"}, condition
         if condition.get("age", 0) > age_days:
+            continue
+        if "daysSinceCustomTime" in condition and (
+            custom_days is None or condition["daysSinceCustomTime"] > custom_days
+        ):
             continue
         if "matchesPrefix" in condition and not any(name.startswith(p) for p in condition["matchesPrefix"]):
             continue
@@ -477,8 +507,9 @@ def existing_bucket(cloud: Cloud, rules: list[dict], **extra) -> None:
 def test_retention_in_a_bucket_deploy_sh_made_deletes_every_audio_name_and_no_conversation(cloud):
     fresh(cloud, RETENTION_DAYS="30")
     lifecycle = lifecycle_of(cloud)
-    (rule,) = lifecycle["rule"]
+    rule, compacted = lifecycle["rule"]
     assert rule["condition"]["age"] == 30 and "matchesPrefix" not in rule["condition"]
+    assert compacted["condition"] == {"daysSinceCustomTime": 30, "matchesSuffix": COMPACTED_SUFFIXES}
     ours = audio_names([*RETENTION_UIDS, "deploy-check", "stranger"])  # any uid may write here
     assert len(ours) == 10 * len(STAMPS) * len(SEQS)
     assert all(deleted_by(lifecycle, name, 30) for name in ours)
@@ -521,7 +552,11 @@ def test_retention_in_a_bucket_deploy_sh_did_not_make_deletes_only_the_allowed_u
     result, calls = cloud.deploy(RETENTION_DAYS="60", ALLOWED_UIDS="ph")  # replaces only its own rule
     assert result.returncode == 0, result.stderr
     lifecycle = lifecycle_of(cloud)
-    assert [r["condition"]["age"] for r in lifecycle["rule"]] == [7, 60]
+    assert [r["condition"].get("age", r["condition"].get("daysSinceCustomTime")) for r in lifecycle["rule"]] == [
+        7,
+        60,
+        60,
+    ]
     # A uid taken off the list keeps its old audio in the rule; the new one is added.
     assert all(deleted_by(lifecycle, name, 60) for name in audio_names([*allowed, "ph"]))
     assert not any(deleted_by(lifecycle, name, 59) for name in audio_names([*allowed, "ph"]))
@@ -580,8 +615,9 @@ def test_an_earlier_deploy_sh_retention_rule_is_pointed_out_then_replaced(cloud)
     assert lifecycle_of(cloud)["rule"] == [EARLIER_RULE]
     result, _ = cloud.deploy(ALLOWED_UIDS="phone")
     assert result.returncode == 0, result.stderr
-    (rule,) = lifecycle_of(cloud)["rule"]
+    rule, compacted = lifecycle_of(cloud)["rule"]
     assert rule["condition"]["age"] == 30 and rule["condition"]["matchesPrefix"] == ["phone/"]
+    assert compacted["condition"]["daysSinceCustomTime"] == 30 and compacted["condition"]["matchesPrefix"] == ["phone/"]
     assert all(deleted_by(lifecycle_of(cloud), name, 30) for name in audio_names(["phone"]))
     assert not deleted_by(lifecycle_of(cloud), "music/Track 2Z.wav", 30)
 
@@ -591,8 +627,8 @@ def test_the_rule_escapes_uid_folders_exactly_as_the_function_does(cloud):
     existing_bucket(cloud, [])
     uids = ["Zoë", "a b", "~7E", "..", "ÿ", "名前", "naïve café", "emoji 🎙", "-_-", "A.Z"]
     fresh(cloud, RETENTION_DAYS="9", ALLOWED_UIDS=",".join(uids))
-    (rule,) = lifecycle_of(cloud)["rule"]
-    assert rule["condition"]["matchesPrefix"] == sorted(storage.uid_prefix(u) + "/" for u in uids)
+    for rule in lifecycle_of(cloud)["rule"]:  # the chunks' rule and the compacted days'
+        assert rule["condition"]["matchesPrefix"] == sorted(storage.uid_prefix(u) + "/" for u in uids)
 
 
 def test_retention_forever_clears_a_lifecycle_holding_only_its_rule(cloud):
@@ -1070,7 +1106,8 @@ def test_a_failure_midway_says_what_exists_and_a_rerun_resumes(cloud):
     assert result.returncode != 0 and "GCS_BUCKET_NAME" in result.stderr
     result, calls = cloud.deploy(GCS_BUCKET_NAME="my-omi-audio")
     assert result.returncode == 0, result.stderr
-    assert not [c for c in calls if "create" in c[:3]]
+    # Nothing made twice (the compaction's job comes after the function, so first now).
+    assert not [c for c in calls if "create" in c[:3] and c[:2] != ["scheduler", "jobs"]]
     assert cloud.token(1) == token and f"?token={token}" in result.stdout
 
 
@@ -1178,6 +1215,248 @@ def test_no_token_reaches_a_child_a_trace_or_a_command_line_however_the_shell_is
         assert not [name for name in environ if name.startswith("BASH_FUNC_")], program  # nor its functions
 
 
+# --- the daily compaction ---------------------------------------------------------------
+
+
+def compactor_files() -> set[str]:
+    """What the compaction's upload holds: its main.py and lock, the root's modules but
+    the webhook's main.py, and the tools' package without byte code."""
+    package = {
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "omi_audio").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    return (function_files() - {"main.py"}) | package | {"main.py", "requirements.txt"}
+
+
+def compaction_of(cloud: Cloud, region: str = "us-central1") -> tuple[dict | None, dict | None]:
+    """The compaction function and its scheduler job, or None where there is none."""
+    state = cloud.state
+    fn = state.get("functions", {}).get(f"{region}/{COMPACT_FN}")
+    return fn, state.get("scheduler_jobs", {}).get(f"{region}/{COMPACT_FN}-daily")
+
+
+def put_object(cloud: Cloud, name: str, bucket: str = "my-omi-audio") -> None:
+    url = f"{cloud.fake_gcs}/upload/storage/v1/b/{bucket}/o"
+    requests.post(url, params={"uploadType": "media", "name": name}, data=b"audio", timeout=10).raise_for_status()
+
+
+def test_first_deploy_sets_up_a_private_daily_compaction_with_its_own_narrow_access(cloud):
+    result = fresh(cloud)
+    state = cloud.state
+    fn, job = compaction_of(cloud)
+    sc = fn["serviceConfig"]
+    assert fn["entryPoint"] == "compact_daily"
+    assert env_of(fn) == {"GCS_BUCKET_NAME": "my-omi-audio", "COMPACT_AFTER_DAYS": "2"}
+    assert sc["secretEnvironmentVariables"] == []  # it never sees the token
+    assert sc["serviceAccountEmail"] == COMPACTOR
+    assert (sc["timeout"], sc["memory"], sc["max-instances"], sc["concurrency"]) == ("3600s", "512Mi", "1", "1")
+    # Private: only the scheduler's account may call it; the webhook stays public.
+    assert fn["invokers"] == [f"serviceAccount:{SCHEDULER}"]
+    assert cloud.function()["invokers"] == ["allUsers"]
+    upload = Path(fn["source"])
+    assert set(state["other_uploads"][COMPACT_FN][-1]) == compactor_files()
+    assert (upload / "main.py").read_bytes() == (ROOT / "compactor" / "main.py").read_bytes()
+    assert (upload / "requirements.txt").read_bytes() == (ROOT / "compactor" / "requirements.txt").read_bytes()
+
+    # Its role: list, read, create, delete, bound on this bucket only; the webhook's unchanged.
+    assert state["roles"]["omiAudioCompactor"]["includedPermissions"] == COMPACT_PERMISSIONS
+    assert state["roles"]["omiAudioWriter"]["includedPermissions"] == ["storage.objects.create", "storage.objects.get"]
+    assert [f"serviceAccount:{COMPACTOR}", COMPACTOR_ROLE] in state["buckets"]["my-omi-audio"]["bindings"]
+    grants = [c for c in cloud.all_calls if "add-iam-policy-binding" in c[:3] or "add-invoker-policy-binding" in c[:2]]
+    assert {(c[0], flags(c)["member"], flags(c).get("role")) for c in grants} == {
+        ("storage", f"serviceAccount:{SA}", WRITER_ROLE),
+        ("storage", f"serviceAccount:{COMPACTOR}", COMPACTOR_ROLE),
+        ("secrets", f"serviceAccount:{SA}", "roles/secretmanager.secretAccessor"),
+        ("functions", f"serviceAccount:{SCHEDULER}", None),
+    }
+
+    # Started once a day, in the function's region, with an OIDC token for its own URL.
+    assert "cloudscheduler.googleapis.com" in state["services"]
+    assert (job["schedule"], job["timeZone"]) == ("17 3 * * *", "Etc/UTC")
+    target = job["httpTarget"]
+    assert target["uri"] == sc["uri"] and target["httpMethod"] == "POST"
+    assert target["oidcToken"] == {"serviceAccountEmail": SCHEDULER, "audience": sc["uri"]}
+    assert state["buckets"]["my-omi-audio"]["autoclass"] == {"enabled": True, "terminalStorageClass": "ARCHIVE"}
+    assert cloud.function()["labels"] == {"omi_audio_compact_after_days": "2"}
+    assert "Compaction: every day at 03:17 UTC" in result.stdout and "older than 2 days" in result.stdout
+
+
+def test_compaction_off_removes_its_schedule_and_function_and_keeps_the_audio(cloud):
+    fresh(cloud)
+    audio = ["phone/20261128T101500.000000Z.wav", "phone/compacted/2026-11-28/20261128T101500.000000Z.flac"]
+    for name in audio:
+        put_object(cloud, name)
+
+    result, calls = cloud.deploy(COMPACT_AFTER_DAYS="0")
+    assert result.returncode == 0, result.stderr
+    assert compaction_of(cloud) == (None, None)
+    assert find(calls, "scheduler", "jobs", "delete") and find(calls, "functions", "delete")
+    assert "the daily compaction is off; its schedule and function are removed" in result.stderr
+    assert "Compaction: off" in result.stdout
+    assert sorted(bucket_objects(cloud)) == sorted(audio)  # no audio touched
+    # Its access to the bucket goes with it; the webhook's stays.
+    assert cloud.state["buckets"]["my-omi-audio"]["bindings"] == [[f"serviceAccount:{SA}", WRITER_ROLE]]
+    assert cloud.function()["labels"] == {"omi_audio_compact_after_days": "0"}
+
+    result, calls = cloud.deploy()  # a plain re-run keeps it off
+    assert result.returncode == 0, result.stderr
+    assert compaction_of(cloud) == (None, None)
+    assert not [c for c in changing(calls) if "scheduler" in c or COMPACT_FN in c or "remove-iam-policy-binding" in c]
+    assert "Compaction: off" in result.stdout and "removed" not in result.stderr
+
+    result, _ = cloud.deploy(COMPACT_AFTER_DAYS="5")  # and on again
+    assert result.returncode == 0, result.stderr
+    fn, job = compaction_of(cloud)
+    assert env_of(fn)["COMPACT_AFTER_DAYS"] == "5" and job["httpTarget"]["uri"] == fn["serviceConfig"]["uri"]
+
+
+def test_a_first_deploy_with_compaction_off_leaves_cloud_scheduler_off(cloud):
+    result = fresh(cloud, COMPACT_AFTER_DAYS="0")
+    state = cloud.state
+    assert "cloudscheduler.googleapis.com" not in state["services"]
+    assert compaction_of(cloud) == (None, None)
+    assert "omiAudioCompactor" not in state["roles"] and COMPACTOR not in state["sas"]
+    assert "autoclass" not in state["buckets"]["my-omi-audio"]
+    assert "Compaction: off" in result.stdout
+
+
+def test_a_changed_compaction_setting_redeploys_it_and_moves_nothing_else(cloud):
+    fresh(cloud)
+    result, calls = cloud.deploy(COMPACT_AFTER_DAYS="30")
+    assert result.returncode == 0, result.stderr
+    assert env_of(compaction_of(cloud)[0])["COMPACT_AFTER_DAYS"] == "30"
+    assert len(find(calls, "functions", "deploy", COMPACT_FN)) == 1
+    assert not find(calls, "scheduler", "jobs", "update")  # same URL, same schedule
+    # A job changed by hand is put back; a paused one is left paused, and said so.
+    state = cloud.state
+    state["scheduler_jobs"][f"us-central1/{COMPACT_FN}-daily"].update(schedule="0 12 * * *", state="PAUSED")
+    cloud.save(state)
+    result, calls = cloud.deploy()
+    assert result.returncode == 0, result.stderr
+    assert find(calls, "scheduler", "jobs", "update") and not find(calls, "functions", "deploy", COMPACT_FN)
+    assert compaction_of(cloud)[1]["schedule"] == "17 3 * * *"
+    assert "is paused" in result.stderr and compaction_of(cloud)[1]["state"] == "PAUSED"
+
+
+@pytest.mark.parametrize("value", ["-1", "3651", "99999", "two", "2d", "1.5", "02"])
+def test_a_bad_compact_after_days_is_refused_and_nothing_changes(cloud, value):
+    fresh(cloud)
+    before = cloud.state
+    result, calls = cloud.deploy(COMPACT_AFTER_DAYS=value)
+    assert result.returncode != 0
+    assert "COMPACT_AFTER_DAYS must be a whole number of days from 0 to 3650" in result.stderr
+    assert calls == [] and cloud.state == before
+
+
+def test_a_function_name_too_long_for_its_compaction_is_refused_unless_compaction_is_off(cloud):
+    name = "a" * 56
+    result, calls = cloud.deploy(GCS_BUCKET_NAME="b-1", FUNCTION_NAME=name)
+    assert result.returncode != 0 and "too long" in result.stderr and calls == []
+    result, _ = cloud.deploy(GCS_BUCKET_NAME="b-1", FUNCTION_NAME=name, COMPACT_AFTER_DAYS="0")
+    assert result.returncode == 0, result.stderr
+
+
+def test_autoclass_is_turned_on_only_in_a_bucket_deploy_sh_made(cloud):
+    existing_bucket(cloud, [])
+    result, calls = cloud.deploy(GCS_BUCKET_NAME="my-omi-audio")
+    assert result.returncode == 0, result.stderr
+    assert "autoclass" not in cloud.state["buckets"]["my-omi-audio"]
+    assert not [c for c in calls if "--enable-autoclass" in c]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("Storage class:")]
+    assert "deploy.sh did not create it" in line
+    assert "gcloud storage buckets update gs://my-omi-audio --enable-autoclass" in line
+
+    # Labelled as the function's alone (the owner's word): turned on, once.
+    state = cloud.state
+    state["buckets"]["my-omi-audio"]["labels"] = {"omi_audio_only": "true"}
+    state["buckets"]["my-omi-audio"]["autoclass"] = {"enabled": True, "terminalStorageClass": "NEARLINE"}
+    cloud.save(state)
+    result, calls = cloud.deploy()
+    assert result.returncode == 0, result.stderr
+    assert cloud.state["buckets"]["my-omi-audio"]["autoclass"] == {"enabled": True, "terminalStorageClass": "ARCHIVE"}
+    assert len([c for c in calls if "--enable-autoclass" in c]) == 1
+    result, calls = cloud.deploy()
+    assert result.returncode == 0, result.stderr
+    assert not find(calls, "storage", "buckets", "update") and "Storage class:" not in result.stderr
+
+
+COMPACTED_DAY = "2026-11-28"
+
+
+def compacted_names(uids: list[str]) -> list[str]:
+    """A compacted day's objects for each uid (sessions in FLAC or WAV, and the index)."""
+    return [
+        f"{storage.uid_prefix(uid)}/compacted/{COMPACTED_DAY}/{name}"
+        for uid in uids
+        for name in ("20261128T101500.123456Z.flac", "20261128T120000.000000Z-3.wav", "index.json.gz")
+    ]
+
+
+@pytest.mark.parametrize("dedicated", [True, False])
+def test_retention_deletes_a_compacted_day_that_many_days_after_the_day_it_holds(cloud, dedicated):
+    """A compacted object is written days after its audio arrived, with a customTime at
+    the end of the day it holds: the second rule counts from there."""
+    if dedicated:
+        fresh(cloud, RETENTION_DAYS="30")
+        ours, foreign = ["phone", "stranger", "Omi DevKit 2"], []
+    else:
+        existing_bucket(cloud, [])
+        fresh(cloud, RETENTION_DAYS="30", ALLOWED_UIDS="phone,Omi DevKit 2")
+        ours, foreign = ["phone", "Omi DevKit 2"], ["stranger", "ph"]
+    lifecycle = lifecycle_of(cloud)
+    names = compacted_names(ours)
+    # Compacted two days after the day: its age is 2 days less than the day's.
+    assert all(deleted_by(lifecycle, name, age_days=28, custom_days=30) for name in names)
+    assert not any(deleted_by(lifecycle, name, age_days=29, custom_days=29) for name in names)
+    assert not any(deleted_by(lifecycle, name, 10_000, custom_days=10_000) for name in compacted_names(foreign))
+    never = [*conversation_names(ours), f"phone/compacted/{COMPACTED_DAY}/notes.txt", "phone/compacted.json"]
+    assert not any(deleted_by(lifecycle, name, 10_000, custom_days=10_000) for name in never)
+
+    result, _ = cloud.deploy(RETENTION_DAYS="forever")  # removes both rules
+    assert result.returncode == 0, result.stderr
+    assert lifecycle_of(cloud).get("rule", []) == []
+
+
+def test_an_earlier_retention_rule_gains_the_compacted_days_rule_on_a_plain_rerun(cloud):
+    fresh(cloud, RETENTION_DAYS="30")
+    state = cloud.state
+    state["buckets"]["my-omi-audio"]["lifecycle_config"]["rule"].pop()  # as a deploy.sh without compaction left it
+    cloud.save(state)
+    result, calls = cloud.deploy()
+    assert result.returncode == 0, result.stderr
+    rule, compacted = lifecycle_of(cloud)["rule"]
+    assert rule["condition"]["age"] == 30 and compacted["condition"]["daysSinceCustomTime"] == 30
+    assert "compacted days' objects (.flac, .wav, .json.gz) 30 days after the end" in result.stderr
+    result, calls = cloud.deploy()
+    assert not find(calls, "storage", "buckets", "update")
+
+
+def test_a_dry_run_lists_the_compaction_and_changes_nothing(cloud):
+    result, calls = cloud.deploy("--dry-run", GCS_BUCKET_NAME="b-1")
+    assert result.returncode == 0, result.stderr
+    assert changing(calls) == []
+    (enable,) = [line for line in result.stderr.splitlines() if line.startswith("+ gcloud services enable")]
+    assert "cloudscheduler.googleapis.com" in enable.split()
+    for line in (
+        "+ gcloud iam roles create omiAudioCompactor",
+        "--enable-autoclass --autoclass-terminal-storage-class=ARCHIVE",
+        f"+ gcloud functions deploy {COMPACT_FN}",
+        f"+ gcloud functions add-invoker-policy-binding {COMPACT_FN}",
+        f"+ gcloud scheduler jobs create http {COMPACT_FN}-daily",
+    ):
+        assert line in result.stderr, line
+    assert "Compaction: every day at 03:17 UTC" in result.stdout
+
+    fresh(cloud)
+    result, calls = cloud.deploy("--dry-run", COMPACT_AFTER_DAYS="0")
+    assert result.returncode == 0, result.stderr
+    assert changing(calls) == []
+    assert f"+ gcloud scheduler jobs delete {COMPACT_FN}-daily" in result.stderr
+    assert f"+ gcloud functions delete {COMPACT_FN}" in result.stderr
+    assert compaction_of(cloud)[0] is not None
+
+
 # --- dry run -----------------------------------------------------------------------------
 
 
@@ -1243,7 +1522,7 @@ def test_the_upload_is_a_staged_copy_of_the_function_files_alone(cloud, tmp_path
     upload holds the Python files at the root and requirements.txt, and the function
     runs from it."""
     checkout = tmp_path / "checkout"
-    for name in ("deploy.sh", *function_files()):
+    for name in ("deploy.sh", *function_files(), "compactor/main.py", "compactor/requirements.txt"):
         (checkout / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, checkout / name)
     for junk in (
@@ -1252,8 +1531,11 @@ def test_the_upload_is_a_staged_copy_of_the_function_files_alone(cloud, tmp_path
         ".venv/bin/python",
         ".git/HEAD",
         "service-account-key.json",
-        "omi_audio/export.py",
+        "omi_audio/__init__.py",  # the tools' package: only the compaction uploads it
         "omi_audio/page.html",
+        "omi_audio/__pycache__/export.cpython-312.pyc",
+        "compactor/requirements.in",
+        "compactor/notes.txt",
         "tests/test_main.py",
         "pyproject.toml",
     ):
@@ -1267,11 +1549,16 @@ def test_the_upload_is_a_staged_copy_of_the_function_files_alone(cloud, tmp_path
     assert result.returncode == 0, result.stderr
     assert set(cloud.uploaded()) == function_files()
     assert flags(find(calls, "functions", "deploy")[0])["source"] != str(checkout)
+    # The compaction's: its main.py and lock, the root's modules but main.py, the package.
+    compaction = {*function_files(), "omi_audio/__init__.py", "omi_audio/page.html"}
+    assert set(cloud.state["other_uploads"][COMPACT_FN][-1]) == compaction
     assert cloud.post(cloud.token(1)) == 200  # the staged copy is the whole function
     if REAL_GCLOUD:  # the real gcloud uploads the same from the staged copy, ignore files on or off
         staged = Path(cloud.function()["source"])
         assert files_for_upload(staged, tmp_path) == function_files()
         assert files_for_upload(staged, tmp_path, CLOUDSDK_GCLOUDIGNORE_ENABLED="false") == function_files()
+        staged = Path(compaction_of(cloud)[0]["source"])
+        assert files_for_upload(staged, tmp_path) == compaction
 
 
 def test_the_function_imports_nothing_outside_the_root_but_its_requirements():
@@ -1348,6 +1635,17 @@ def all_branches(cloud: Cloud, tmp: Path) -> None:
     for settings in ({"ALERT_EMAIL": "new@example.com", "ALERT_AFTER": "90m"}, {"ALERT_EMAIL": "none"}):
         result, _ = cloud.deploy(**settings)
         assert result.returncode == 0, result.stderr
+    # The compaction: turned off (its job, access and function removed), on again with
+    # another setting, then its job and role changed by hand and put back.
+    for settings in ({"COMPACT_AFTER_DAYS": "0"}, {"COMPACT_AFTER_DAYS": "7"}):
+        result, _ = cloud.deploy(**settings)
+        assert result.returncode == 0, result.stderr
+    state = cloud.state
+    state["scheduler_jobs"][f"us-central1/{COMPACT_FN}-daily"]["schedule"] = "0 12 * * *"
+    state["roles"]["omiAudioCompactor"] = {"deleted": True, "includedPermissions": ["storage.objects.list"]}
+    cloud.save(state)
+    result, _ = cloud.deploy()
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture(scope="module")
