@@ -328,7 +328,7 @@ def size(speech: bytes, url: str) -> dict:
     return figures
 
 
-def one_day(speech: bytes, count: int, url: str, tmp: Path) -> dict:
+def one_day(speech: bytes, count: int, url: str, tmp: Path, jobs: int) -> dict:
     """Figure 2: `count` chunks on one day, in four sessions of equal length, compacted through the proxy."""
     os.environ["STORAGE_EMULATOR_HOST"] = url
     bucket_name = new_bucket()
@@ -341,7 +341,8 @@ def one_day(speech: bytes, count: int, url: str, tmp: Path) -> dict:
     put_chunks(bucket_name, zip(times, chunks, strict=True))
     filled = time.perf_counter() - started
     with StorageProxy(url, delay=LATENCY, delete_preconditions=True, batches=True) as proxy:
-        command = omi_audio("compact", "--bucket", bucket_name, "--uid", UID, "--before", str(DAY + timedelta(days=1)))
+        before = str(DAY + timedelta(days=1))
+        command = omi_audio("compact", "--bucket", bucket_name, "--uid", UID, "--before", before, "--jobs", str(jobs))
         elapsed, cpu, rss = timed_run([*command, "--quiet"], through(proxy.url), tmp / "compact.log")
         seen = list(proxy.seen)
     store = storage.GcsStore(bucket_name)
@@ -404,6 +405,7 @@ def export_days(speech: bytes, days: int, per_day: int, url: str, tmp: Path) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=28800, help="chunks in figure 2's day (default 28800: 8 h)")
+    parser.add_argument("--jobs", type=int, default=compact.DEFAULT_JOBS, help="figure 2's omi-audio compact --jobs")
     parser.add_argument("--days", type=int, default=30, help="days exported in figure 3 (default 30)")
     parser.add_argument("--per-day", type=int, default=600, help="chunks a day in figure 3 (default 600: 10 min)")
     parser.add_argument("--speech-seconds", type=float, default=300, help="speech made for figure 1 (default 300)")
@@ -419,7 +421,7 @@ def main() -> int:
         with fake_gcs(tmp) as server:
             sized = size(speech, server.url)
         with fake_gcs(tmp) as server:
-            day = one_day(speech, args.chunks, server.url, tmp)
+            day = one_day(speech, args.chunks, server.url, tmp, args.jobs)
         with fake_gcs(tmp) as server:
             exports = export_days(speech, args.days, args.per_day, server.url, tmp)
 

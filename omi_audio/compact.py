@@ -361,7 +361,7 @@ def write_day(
     number = state.index.number + 1 if state.index else 1
     index = compacted.Index(uid, day, number, objects, rows, duplicate_rows, left)
     path = work / "index.json.gz"
-    path.write_bytes(index.to_bytes())
+    index.write(path)
     try:
         store.put_file(
             compacted.index_name(uid, day, number), path, compacted.INDEX_CONTENT_TYPE, compacted.day_end(day)
@@ -526,6 +526,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format", choices=FORMS, default="flac", help="audio objects as FLAC (default; the same samples) or WAV"
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=DEFAULT_JOBS,
+        choices=range(1, 65),
+        metavar="N",
+        help=f"concurrent reads and deletes (default {DEFAULT_JOBS})",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -596,7 +604,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 1 if failed else 0
     progress = console.Progress(None, args.quiet, desc="compacting")
     results = compact_store(
-        store, before, uids, args.format, args.dry_run, lambda result: print(describe(result)), progress
+        store, before, uids, args.format, args.dry_run, lambda result: print(describe(result)), progress, args.jobs
     )
     if progress.bar is not None:
         progress.bar.close()

@@ -149,7 +149,8 @@ class Index:
             found.append(chunk)
         return found
 
-    def to_bytes(self) -> bytes:
+    def write(self, path: Path) -> None:
+        """The index as gzipped JSON into the file `path`, streamed (a day's index is megabytes of text)."""
         document = {
             "format": INDEX_FORMAT,
             "uid": self.uid,
@@ -159,7 +160,10 @@ class Index:
             "duplicates": self.duplicates,
             "left": self.left,
         }
-        return gzip.compress(json.dumps(document, separators=(",", ":"), sort_keys=True).encode(), mtime=0)
+        encoder = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+        with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
+            for piece in encoder.iterencode(document):
+                out.write(piece.encode())
 
     @classmethod
     def from_bytes(cls, data: bytes, number: int) -> Index:
