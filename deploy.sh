@@ -1139,8 +1139,11 @@ DONE+=("function $FUNCTION_NAME in $REGION (token version $CURRENT${PREVIOUS:+, 
 #   --no-allow-unauthenticated: only the scheduler's account may start it.
 #   --timeout=3600s: the longest an HTTP function may run; a backlog of days is
 #     compacted in several runs, each resuming where the last stopped.
-#   --memory=512Mi, --cpu=1: omi-audio compact holds one session's audio at a time;
-#     the FLAC encoding and the sample-for-sample check are CPU work.
+#   --memory=2Gi, --cpu=1: the function's /tmp is memory. omi-audio compact writes one
+#     session's FLAC there at a time (an 8-hour session of speech is about 450 MB at
+#     the measured 0.49 of its WAV bytes) and, when a late chunk reopens a compacted
+#     day, the day's earlier object beside it; the process itself peaks at 233 MiB
+#     for a day of 28,800 chunks. The FLAC encoding and its check are CPU work.
 #   --max-instances=1, --concurrency=1: one run at a time, never two on one day.
 # The label omi_audio_config is a checksum of the upload and these flags: a re-run
 # deploys it again only when one of them changed.
@@ -1164,7 +1167,7 @@ if ((COMPACT_AFTER_DAYS > 0)); then
     --entry-point=compact_daily --trigger-http --no-allow-unauthenticated
     --service-account="$COMPACT_SA_EMAIL"
     --update-env-vars="GCS_BUCKET_NAME=$BUCKET,COMPACT_AFTER_DAYS=$COMPACT_AFTER_DAYS"
-    --memory=512Mi --cpu=1 --concurrency=1 --max-instances=1 --timeout=3600s)
+    --memory=2Gi --cpu=1 --concurrency=1 --max-instances=1 --timeout=3600s)
   COMPACT_CONFIG="c$( (
     cd "$COMPACT_STAGE" && find . -type f | LC_ALL=C sort | while read -r f; do printf '%s %s\n' "$f" "$(cksum <"$f")"; done
     printf '%s\n' "${COMPACT_FLAGS[@]}"

@@ -1250,7 +1250,7 @@ def test_first_deploy_sets_up_a_private_daily_compaction_with_its_own_narrow_acc
     assert env_of(fn) == {"GCS_BUCKET_NAME": "my-omi-audio", "COMPACT_AFTER_DAYS": "2"}
     assert sc["secretEnvironmentVariables"] == []  # it never sees the token
     assert sc["serviceAccountEmail"] == COMPACTOR
-    assert (sc["timeout"], sc["memory"], sc["max-instances"], sc["concurrency"]) == ("3600s", "512Mi", "1", "1")
+    assert (sc["timeout"], sc["memory"], sc["max-instances"], sc["concurrency"]) == ("3600s", "2Gi", "1", "1")
     # Private: only the scheduler's account may call it; the webhook stays public.
     assert fn["invokers"] == [f"serviceAccount:{SCHEDULER}"]
     assert cloud.function()["invokers"] == ["allUsers"]
