@@ -1004,23 +1004,27 @@ if ((!SA_EXISTS)); then
     --display-name="Omi audio webhook (writes to gs://$BUCKET)"
   DONE+=("service account $SA_EMAIL")
 fi
-IFS='|' read -r ROLE_DELETED ROLE_HAS <<<"$ROLE_STATE"
-if [[ "$ROLE_STATE" == missing ]]; then
-  run gcloud iam roles create "$ROLE_ID" --project="$PROJECT" --title="Omi audio writer" \
-    --description="Create audio objects and read one back to reconcile a retried upload" \
-    --permissions="$ROLE_PERMISSIONS" --stage=GA
-  DONE+=("custom role $ROLE_ID")
-else
-  if [[ "$ROLE_DELETED" == True ]]; then
-    echo "Custom role $ROLE_ID was deleted; restoring it." >&2
-    run gcloud iam roles undelete "$ROLE_ID" --project="$PROJECT"
-    DONE+=("custom role $ROLE_ID restored")
+# A custom role as wanted: created, restored if it was deleted, its permissions set.
+ensure_role() { # $1: id, $2: title, $3: description, $4: permissions, $5: "missing" or "deleted|permissions"
+  local deleted has
+  IFS='|' read -r deleted has <<<"$5"
+  if [[ "$5" == missing ]]; then
+    run gcloud iam roles create "$1" --project="$PROJECT" --title="$2" --description="$3" --permissions="$4" --stage=GA
+    DONE+=("custom role $1")
+    return
   fi
-  if [[ "$ROLE_HAS" != "$ROLE_PERMISSIONS" ]]; then
-    run gcloud iam roles update "$ROLE_ID" --project="$PROJECT" --permissions="$ROLE_PERMISSIONS" --quiet
-    DONE+=("custom role $ROLE_ID: permissions set")
+  if [[ "$deleted" == True ]]; then
+    echo "Custom role $1 was deleted; restoring it." >&2
+    run gcloud iam roles undelete "$1" --project="$PROJECT"
+    DONE+=("custom role $1 restored")
   fi
-fi
+  if [[ "$has" != "$4" ]]; then
+    run gcloud iam roles update "$1" --project="$PROJECT" --permissions="$4" --quiet
+    DONE+=("custom role $1: permissions set")
+  fi
+}
+ensure_role "$ROLE_ID" "Omi audio writer" "Create audio objects and read one back to reconcile a retried upload" \
+  "$ROLE_PERMISSIONS" "$ROLE_STATE"
 retry gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" --project="$PROJECT" \
   --member="serviceAccount:$SA_EMAIL" --role="projects/$PROJECT/roles/$ROLE_ID"
 # The compaction's identity: its own account, holding a custom role with exactly what
@@ -1038,22 +1042,9 @@ if ((COMPACT_AFTER_DAYS > 0)); then
       --display-name="Omi audio scheduler (starts $COMPACT_FUNCTION daily)"
     DONE+=("service account $INVOKER_SA_EMAIL")
   fi
-  IFS='|' read -r ROLE_DELETED ROLE_HAS <<<"$COMPACT_ROLE_STATE"
-  if [[ "$COMPACT_ROLE_STATE" == missing ]]; then
-    run gcloud iam roles create "$COMPACT_ROLE_ID" --project="$PROJECT" --title="Omi audio compactor" \
-      --description="List, read, write and delete audio objects to compact finished days" \
-      --permissions="$COMPACT_ROLE_PERMISSIONS" --stage=GA
-    DONE+=("custom role $COMPACT_ROLE_ID")
-  else
-    if [[ "$ROLE_DELETED" == True ]]; then
-      echo "Custom role $COMPACT_ROLE_ID was deleted; restoring it." >&2
-      run gcloud iam roles undelete "$COMPACT_ROLE_ID" --project="$PROJECT"
-    fi
-    if [[ "$ROLE_HAS" != "$COMPACT_ROLE_PERMISSIONS" ]]; then
-      run gcloud iam roles update "$COMPACT_ROLE_ID" --project="$PROJECT" --permissions="$COMPACT_ROLE_PERMISSIONS" --quiet
-      DONE+=("custom role $COMPACT_ROLE_ID: permissions set")
-    fi
-  fi
+  ensure_role "$COMPACT_ROLE_ID" "Omi audio compactor" \
+    "List, read, write and delete audio objects to compact finished days" \
+    "$COMPACT_ROLE_PERMISSIONS" "$COMPACT_ROLE_STATE"
   retry gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" --project="$PROJECT" \
     --member="serviceAccount:$COMPACT_SA_EMAIL" --role="projects/$PROJECT/roles/$COMPACT_ROLE_ID" >&2
   DONE+=("access: $COMPACT_SA_EMAIL may list, read, write and delete in gs://$BUCKET")
