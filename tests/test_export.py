@@ -990,7 +990,7 @@ def test_the_export_bench_runs_end_to_end_and_prints_every_figure(tmp_path):
     for line in [*figures, "export --by conversation of one day (300 chunks, 4 conversations"]:
         assert line in text, text
     for bucket in ("archive", "day alone"):
-        assert f"exporting the day from the {bucket}: 1 list call(s) returning 10 names, 10 downloads" in text, text
+        assert f"exporting the day from the {bucket}: 2 list call(s) returning 10 names, 10 downloads" in text, text
 
 
 def test_a_mistyped_uid_is_unknown_naming_the_known_ones(source, tmp_path, capsys):
