@@ -487,9 +487,9 @@ def verify_day(store: storage.Store, uid: str, day: date, index: compacted.Index
     return problems
 
 
-def verify_store(store: storage.Store, uids: list[str] | None, report: Callable[[str], None]) -> int:
-    """Check every compacted day of `uids` (default: all); returns how many failed."""
-    failed = 0
+def verify_store(store: storage.Store, uids: list[str] | None, report: Callable[[str], None]) -> tuple[int, int]:
+    """Check every compacted day of `uids` (default: all); returns (days checked, days that failed)."""
+    checked = failed = 0
     for uid in uids if uids is not None else store.list_uids():
         days = compacted.CompactedDays(store, uid)
         for day in sorted(days.folders()):
@@ -498,11 +498,12 @@ def verify_store(store: storage.Store, uids: list[str] | None, report: Callable[
                 problems = verify_day(store, uid, day, index) if index else ["no index: an unfinished run"]
             except Exception as exc:  # unreadable index, a storage error: say so, check the rest
                 problems = [f"{type(exc).__name__}: {exc}"]
+            checked += 1
             failed += bool(problems)
             count = f"{len(index.chunks):,} chunks in {len(index.objects)} object(s)" if index else ""
             verdict = "; ".join(problems) if problems else f"ok, {count}"
             report(f"{console.terminal_text(uid)} {day.isoformat()}: {console.terminal_text(verdict)}")
-    return failed
+    return checked, failed
 
 
 # ------------------------------------------------------------------- command
@@ -598,7 +599,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         console.say(f"note: --before {before} is after today; compacting the days before today ({today})")
     uids = [console.resolve_uid(store, args.uid)] if args.uid else None
     if args.verify:
-        failed = verify_store(store, uids, print)
+        checked, failed = verify_store(store, uids, print)
+        if not checked:
+            console.say("no compacted day to check")
         if failed:
             console.say(f"{failed} compacted day(s) failed the check")
         return 1 if failed else 0

@@ -486,3 +486,11 @@ def test_a_bucket_s_chunks_are_deleted_100_to_a_request(bucket, fake_gcs, monkey
         batches = [seen for seen in proxy.seen if seen.method == "POST" and seen.path.startswith("/batch/")]
         deletes = [seen for seen in proxy.seen if seen.method == "DELETE"]
         assert (len(batches), len(deletes), loose(store)) == (3, 250, [])
+
+
+def test_verify_and_dry_run_say_so_when_there_is_nothing(tmp_path, capsys):
+    root = tmp_path / "recordings"
+    put(storage.LocalStore(root), datetime.now(UTC), pcm_tone(1))  # today's: never compacted
+    assert run(capsys, "compact", "--local-dir", str(root), "--verify") == (0, "", "no compacted day to check\n")
+    code, out, err = run(capsys, "compact", "--local-dir", str(root), "--dry-run")
+    assert (code, out) == (0, "") and err.startswith("nothing to compact before ")
