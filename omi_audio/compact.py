@@ -80,6 +80,7 @@ class DayResult:
     duplicates: int = 0
     left: int = 0  # chunks kept loose (their bytes could not be rebuilt exactly)
     objects: list[str] = field(default_factory=list)  # audio objects the index names
+    planned: int = 0  # with --dry-run: the audio objects it would write
     chunk_bytes: int = 0  # what the chunks held, as WAV objects
     stored_bytes: int = 0  # what the audio objects hold
     deleted: int = 0  # objects deleted (or to delete)
@@ -267,7 +268,7 @@ def compact_day(
     if dry_run:
         sessions = _planned_sessions(kept)
         result = DayResult(uid, day, "would compact", len(kept), len(duplicates), 0)
-        result.objects = [f"{sessions} session object(s) and an index"]
+        result.planned = sessions
         result.chunk_bytes = sum(chunk.size for chunk in kept)
         kept_loose = {(row["name"], row["generation"]) for row in state.index.left} if state.index else set()
         result.deleted = sum(1 for info in state.loose if (info.name, info.generation) not in kept_loose)
@@ -577,8 +578,10 @@ def describe(result: DayResult) -> str:
     if result.action == "nothing to do":
         return head
     parts = [f"{result.chunks:,} chunks"]
-    if result.objects:
-        parts.append(f"{len(result.objects)} audio object(s)" if result.stored_bytes else result.objects[0])
+    if result.planned:
+        parts.append(f"{result.planned} session object(s) and an index")
+    elif result.objects:
+        parts.append(f"{len(result.objects)} audio object(s)")
     if result.stored_bytes and result.chunk_bytes:
         parts.append(f"{result.stored_bytes / result.chunk_bytes:.0%} of the chunks' bytes")
     if result.duplicates:
