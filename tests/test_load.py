@@ -104,12 +104,19 @@ def test_thousands_of_chunks_from_concurrent_senders_are_all_kept_in_order_in_fl
                     if seq >= user.quota:
                         return
                     started = time.perf_counter()
-                    response = session.post(
-                        f"{url}/?token={TOKEN}&sample_rate={user.rate}&uid={user.name}",
-                        data=chunk_pcm(user.name, seq, user.rate),
-                        headers={"Content-Type": "application/octet-stream", "Idempotency-Key": str(uuid.uuid4())},
-                        timeout=30,
-                    )
+                    key = str(uuid.uuid4())
+                    for attempt in range(2):  # as Omi's client: a dropped connection is retried, same key
+                        try:
+                            response = session.post(
+                                f"{url}/?token={TOKEN}&sample_rate={user.rate}&uid={user.name}",
+                                data=chunk_pcm(user.name, seq, user.rate),
+                                headers={"Content-Type": "application/octet-stream", "Idempotency-Key": key},
+                                timeout=30,
+                            )
+                            break
+                        except requests.ConnectionError:  # a kept-alive connection the server had closed
+                            if attempt:
+                                raise
                     took = time.perf_counter() - started
                     if response.status_code != 200:
                         failures.append(f"{user.name} #{seq}: {response.status_code} {response.text[:200]}")
