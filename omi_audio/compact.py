@@ -555,7 +555,8 @@ def compact_store(
     now: datetime | None = None,
 ) -> list[DayResult]:
     """Compact every listed day of `uids` (default: all) before `before`; never today or later."""
-    before = min(before, datetime.now(UTC).date())
+    now = now or datetime.now(UTC)
+    before = min(before, now.date())
     results = []
     for uid in uids if uids is not None else store.list_uids():
         for day in days_to_visit(store, uid, before):
@@ -596,7 +597,8 @@ def describe(result: DayResult) -> str:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run `omi-audio compact`; returns the exit status (1 when a day failed: run it again)."""
     store = console.open_store(args, parser)
-    today = datetime.now(UTC).date()
+    now = datetime.now(UTC)
+    today = now.date()
     before = args.before or default_before(today)
     if before > today:
         console.say(f"note: --before {before} is after today; compacting the days before today ({today})")
@@ -610,7 +612,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 1 if failed else 0
     progress = console.Progress(None, args.quiet, desc="compacting")
     results = compact_store(
-        store, before, uids, args.format, args.dry_run, lambda result: print(describe(result)), progress, args.jobs
+        store, before, uids, args.format, args.dry_run, lambda result: print(describe(result)), progress, args.jobs, now
     )
     if progress.bar is not None:
         progress.bar.close()

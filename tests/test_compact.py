@@ -169,10 +169,10 @@ def test_wav_objects_where_asked(store):
 
 
 def test_days_from_before_on_and_today_are_never_compacted(store):
-    today = datetime.now(UTC).date()
+    now = datetime.now(UTC)
     fill_day(store, DAY)
-    put(store, datetime.now(UTC) - timedelta(seconds=5), pcm_tone(1))
-    results = compact.compact_store(store, today + timedelta(days=30), [UID])
+    put(store, now, pcm_tone(1))
+    results = compact.compact_store(store, now.date() + timedelta(days=30), [UID], now=now)
     assert [result.day for result in results] == [DAY]
     assert len(loose(store)) == 1  # today's chunk
     assert compact.compact_store(store, DAY, [UID]) == []  # DAY is not before DAY
