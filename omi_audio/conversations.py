@@ -271,11 +271,11 @@ class AudioCut:
     def __init__(self, out_dir: Path, item: Planned, output: Any, warn: Callable[[str], None]) -> None:
         assert item.cut is not None
         self.item, self.cut, self.warn = item, item.cut, warn
-        self.writer = output.writer(out_dir, self.cut.sample_rate)
         self.final = out_dir / f"{item.stem}{output.suffix}"
         self.written = 0  # frames
         self.holes: list[archive.Hole] = []
         self.left_out = {hole.at: hole.left_out for hole in self.cut.holes if hole.left_out}
+        self.writer = output.writer(out_dir, self.cut.sample_rate)  # last: nothing here fails once its file exists
 
     def _silence(self, frames: int) -> None:
         if frames <= 0:

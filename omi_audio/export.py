@@ -47,7 +47,6 @@ import hashlib
 import os
 import signal
 import sys
-import tempfile
 import threading
 import wave
 from collections.abc import Callable, Iterable, Iterator
@@ -187,18 +186,27 @@ def plan_sessions(
 # ---------------------------------------------------------------------- export
 
 
+def temporary_path(out_dir: Path, suffix: str) -> Path:
+    """A new name for a file being written; it takes its final name only once whole."""
+    return out_dir / f".export-{os.urandom(8).hex()}{suffix}.tmp"
+
+
 class _PartWriter:
     """One output WAV being written (the standard library's `wave`): a temporary file until `finish` renames it."""
 
     def __init__(self, out_dir: Path, sample_rate: int) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".wav.tmp", dir=out_dir)
-        os.fchmod(fd, 0o644)  # mkstemp makes it private; the result is an ordinary file
-        self.path = Path(tmp)
-        self.file: BinaryIO = os.fdopen(fd, "wb")
-        self.wave = wave.open(self.file, "wb")  # closed by `finish` or `discard`
-        self.wave.setnchannels(wav.CHANNELS)
-        self.wave.setsampwidth(wav.SAMPLE_WIDTH)
-        self.wave.setframerate(sample_rate)
+        self.path = temporary_path(out_dir, ".wav")
+        self.file: BinaryIO | None = None
+        self.wave: wave.Wave_write | None = None
+        try:  # named before it exists: a Ctrl-C or SIGTERM anywhere from here removes it
+            self.file = open(self.path, "xb")
+            self.wave = wave.open(self.file, "wb")  # closed by `finish` or `discard`
+            self.wave.setnchannels(wav.CHANNELS)
+            self.wave.setsampwidth(wav.SAMPLE_WIDTH)
+            self.wave.setframerate(sample_rate)
+        except BaseException:
+            self.discard()
+            raise
         self.size = 0
         self.loudness = loudness.Meter(sample_rate)  # measured as written: the file is never read back
 
@@ -216,6 +224,7 @@ class _PartWriter:
 
     def write(self, pcm: memoryview, hole: bool = False) -> None:
         """Append `pcm`; `hole`: it is silence standing in for audio that was never stored."""
+        assert self.wave is not None
         self.wave.writeframesraw(pcm)
         self.size += len(pcm)
         if hole:
@@ -224,15 +233,19 @@ class _PartWriter:
             self.loudness.add(pcm)
 
     def finish(self, final: Path) -> None:
+        assert self.wave is not None and self.file is not None
         self.wave.close()  # writes the header's sizes
         os.fsync(self.file.fileno())
         self.file.close()
         os.replace(self.path, final)
 
     def discard(self) -> None:
-        with contextlib.suppress(OSError):
-            self.wave.close()
-        self.file.close()
+        """Remove the unfinished file; harmless after `finish` or a failed start."""
+        if self.wave is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.wave.close()
+        if self.file is not None:
+            self.file.close()
         self.path.unlink(missing_ok=True)
 
 
@@ -242,13 +255,17 @@ class _FlacWriter:
     def __init__(self, out_dir: Path, sample_rate: int) -> None:
         import soundfile  # a tools dependency (requirements-tools.txt), needed for FLAC only
 
-        fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".flac.tmp", dir=out_dir)
-        os.fchmod(fd, 0o644)
-        self.path = Path(tmp)
-        self.fd = fd
-        self.file = soundfile.SoundFile(
-            fd, "w", samplerate=sample_rate, channels=1, format="FLAC", subtype="PCM_16", closefd=False
-        )
+        self.path = temporary_path(out_dir, ".flac")
+        self.fd: int | None = None
+        self.file: soundfile.SoundFile | None = None
+        try:  # as in _PartWriter: an interruption from here on removes the file
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self.file = soundfile.SoundFile(
+                self.fd, "w", samplerate=sample_rate, channels=1, format="FLAC", subtype="PCM_16", closefd=False
+            )
+        except BaseException:
+            self.discard()
+            raise
         self.size = 0
         self.loudness = loudness.Meter(sample_rate)
 
@@ -270,6 +287,7 @@ class _FlacWriter:
             return None
 
     def write(self, pcm: memoryview, hole: bool = False) -> None:
+        assert self.file is not None
         self.file.buffer_write(pcm, dtype="int16")
         self.size += len(pcm)
         if hole:
@@ -278,16 +296,24 @@ class _FlacWriter:
             self.loudness.add(pcm)
 
     def finish(self, final: Path) -> None:
+        assert self.file is not None and self.fd is not None
         self.file.close()  # libsndfile writes the stream's totals on close
-        os.fsync(self.fd)
-        os.close(self.fd)
+        fd, self.fd = self.fd, None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(self.path, final)
 
     def discard(self) -> None:
+        """Remove the unfinished file; harmless after `finish` or a failed start."""
         try:
-            self.file.close()
+            if self.file is not None:
+                self.file.close()
         finally:
-            os.close(self.fd)
+            fd, self.fd = self.fd, None
+            if fd is not None:
+                os.close(fd)
             self.path.unlink(missing_ok=True)
 
 

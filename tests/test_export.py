@@ -853,6 +853,31 @@ def test_an_interrupted_export_leaves_no_truncated_wav_and_resumes(bucket, fake_
     assert_session(written, RATE, second)
 
 
+@pytest.mark.parametrize(("form", "opened_by"), [("wav", "wave.open"), ("flac", "soundfile.SoundFile")])
+def test_an_interruption_while_an_output_file_is_opened_leaves_no_temporary_file(
+    tmp_path, monkeypatch, form, opened_by
+):
+    # A SIGTERM is a KeyboardInterrupt raised wherever the export is: here, just after the file was created.
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    module, name = opened_by.split(".")
+    monkeypatch.setattr(f"{module}.{name}", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export.FORMATS[form].writer(tmp_path, RATE)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("form", ["wav", "flac"])
+def test_discarding_a_finished_output_file_keeps_it(tmp_path, form):
+    writer = export.FORMATS[form].writer(tmp_path, RATE)
+    writer.write(memoryview(pcm_tone(0.1, RATE, 0)))
+    writer.finish(tmp_path / f"whole.{form}")
+    writer.discard()  # what the export's cleanup does when it is interrupted right after a finish
+    assert [path.name for path in tmp_path.iterdir()] == [f"whole.{form}"]
+    assert soundfile.info(str(tmp_path / f"whole.{form}")).frames == RATE // 10
+
+
 # -- progress --------------------------------------------------------------------
 
 
