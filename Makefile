@@ -31,11 +31,18 @@ TEST_WORKERS ?= 4
 test: $(VENV)/.test
 	$(PY) -m pytest -n $(TEST_WORKERS)
 
-# The same suite with the wall clock a year ahead (tests/clock_ahead/sitecustomize.py):
+# The tests make test leaves out (the `slow` marker): deploy.sh run against the
+# stand-in project, every call it makes replayed through the real gcloud, and each
+# benchmark run end to end.  CI runs them after make test.
+.PHONY: test-slow
+test-slow: $(VENV)/.test
+	$(PY) -m pytest -n $(TEST_WORKERS) -m slow
+
+# Both together, with the wall clock a year ahead (tests/clock_ahead/sitecustomize.py):
 # a test that mixes a fixed date with today's fails here.
 .PHONY: test-clock-ahead
 test-clock-ahead: $(VENV)/.test
-	PYTHONPATH=tests/clock_ahead $(PY) -m pytest -n $(TEST_WORKERS)
+	PYTHONPATH=tests/clock_ahead $(PY) -m pytest -n $(TEST_WORKERS) -m 'not full_outage'
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .

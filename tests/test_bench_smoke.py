@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_bench_quick_mode_prints_every_figure_with_its_goal(tmp_path):
     out = tmp_path / "bench.txt"
     with open(out, "w") as log:

@@ -10,10 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 
+@pytest.mark.slow
 def test_compact_bench_runs_to_its_verdict_and_prints_each_figure():
     tiny = ("--chunks", "60", "--days", "2", "--per-day", "20", "--speech-seconds", "20")
     result = subprocess.run(

@@ -23,6 +23,8 @@ from conftest import free_port
 
 import storage
 
+pytestmark = pytest.mark.slow  # each test runs deploy.sh: make test-slow
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy.sh"
 REAL_GCLOUD = shutil.which("gcloud")

@@ -1003,6 +1003,7 @@ def test_audio_streamed_through_the_function_comes_back_as_sent(client, bucket, 
     assert "2 session(s)" in out and "7 chunk(s)" in out
 
 
+@pytest.mark.slow
 def test_the_export_bench_runs_end_to_end_and_prints_every_figure(tmp_path):
     """A smoke run at a tiny size; its figures mean something only from `make bench-export`."""
     command = [sys.executable, "bench/export_bench.py", "--chunks", "40", "--per-day", "10", "--repeats", "1"]

@@ -512,6 +512,7 @@ def test_stems_of_any_script_and_a_bare_percent_sign_open_by_anchor(chromium, tm
     assert [e for e in chromium.get_log("browser") if e["level"] == "SEVERE"] == []
 
 
+@pytest.mark.slow
 def test_page_bench_runs_and_prints_each_figure_with_its_goal(chromium):
     """bench/page_bench.py works end to end; on 40 conversations its figures mean nothing."""
     import subprocess
