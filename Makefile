@@ -25,24 +25,26 @@ run: $(VENV)/.runtime
 	LOCAL_AUDIO_DIR="$(LOCAL_AUDIO_DIR)" $(VENV)/bin/functions-framework \
 		--source=main.py --target=receive_audio --host=$(HOST) --port=$(PORT)
 
-# Most of the suite's time is waiting (storage outages, deadlines, servers starting),
-# not computing, so four workers overlap those waits even on two cores.
+# Much of the suite's time is waiting (storage outages, deadlines, servers starting),
+# so four workers overlap those waits even on two cores; an idle worker takes tests
+# queued for a busy one (worksteal), so a long test does not hold the end of the run.
 TEST_WORKERS ?= 4
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 test: $(VENV)/.test
-	$(PY) -m pytest -n $(TEST_WORKERS)
+	$(PYTEST)
 
 # The tests make test leaves out (the `slow` marker): deploy.sh run against the
 # stand-in project, every call it makes replayed through the real gcloud, and each
 # benchmark run end to end.  CI runs them after make test.
 .PHONY: test-slow
 test-slow: $(VENV)/.test
-	$(PY) -m pytest -n $(TEST_WORKERS) -m slow
+	$(PYTEST) -m slow
 
 # Both together, with the wall clock a year ahead (tests/clock_ahead/sitecustomize.py):
 # a test that mixes a fixed date with today's fails here.
 .PHONY: test-clock-ahead
 test-clock-ahead: $(VENV)/.test
-	PYTHONPATH=tests/clock_ahead $(PY) -m pytest -n $(TEST_WORKERS) -m 'not full_outage'
+	PYTHONPATH=tests/clock_ahead $(PYTEST) -m 'not full_outage'
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
